@@ -1,0 +1,5 @@
+import sys
+
+from guidediff.cli import main
+
+sys.exit(main())
