@@ -1,0 +1,206 @@
+"""Noise schedules as maps u ↦ λ(u) from continuous time u ∈ [0, 1] to log-SNR λ = log(α²/σ²).
+
+Every schedule is decreasing (λ(0) = λ_max, λ(1) = λ_min) and exposes ``lam(u)``, ``dlam_du(u)``
+and ``u_of_lam(lam)``, so losses and samplers never ask which one they have.
+Variance preserving throughout: α² = sigmoid(λ), σ² = sigmoid(−λ).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from guidediff.errors import UsageError, require
+
+
+def alpha_sigma(lam: Tensor) -> tuple[Tensor, Tensor]:
+    """α_λ = sqrt(sigmoid(λ)), σ_λ = sqrt(sigmoid(−λ)) (variance preserving, α² + σ² = 1)."""
+    # sigmoid in both directions keeps full relative precision at |λ| = 20, unlike 1 − sigmoid.
+    return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
+
+
+def snr(lam: Tensor) -> Tensor:
+    """Signal-to-noise ratio α²/σ² = exp(λ)."""
+    return torch.exp(lam)
+
+
+def _check_range(lam_min: float, lam_max: float) -> None:
+    require(
+        math.isfinite(lam_min) and math.isfinite(lam_max),
+        f"lam_min={lam_min} and lam_max={lam_max} must be finite numbers",
+    )
+    require(
+        lam_min < lam_max,
+        f"lam_min ({lam_min}) must be smaller than lam_max ({lam_max}); swap them or pick another range",
+    )
+
+
+@dataclass(frozen=True)
+class CFGSchedule:
+    """The CFG paper's schedule λ(u) = −2·log tan(a·u + b) (Ho & Salimans 2022, §4).
+
+    b = arctan(exp(−λ_max/2)) and a = arctan(exp(−λ_min/2)) − b, so λ(0) = λ_max and λ(1) = λ_min.
+    It is the cosine schedule truncated to [λ_min, λ_max].
+    """
+
+    lam_min: float = -20.0
+    lam_max: float = 20.0
+    name: str = "cfg"
+
+    def __post_init__(self) -> None:
+        _check_range(self.lam_min, self.lam_max)
+
+    @property
+    def _ab(self) -> tuple[float, float]:
+        b = math.atan(math.exp(-self.lam_max / 2))
+        a = math.atan(math.exp(-self.lam_min / 2)) - b
+        return a, b
+
+    def lam(self, u: Tensor) -> Tensor:
+        a, b = self._ab
+        return -2.0 * torch.log(torch.tan(a * u + b))
+
+    def dlam_du(self, u: Tensor) -> Tensor:
+        a, b = self._ab
+        # d/du[−2 log tan θ] = −2a/(sin θ cos θ) = −4a / sin 2θ
+        return -4.0 * a / torch.sin(2.0 * (a * u + b))
+
+    def u_of_lam(self, lam: Tensor) -> Tensor:
+        a, b = self._ab
+        return (torch.atan(torch.exp(-lam / 2)) - b) / a
+
+
+@dataclass(frozen=True)
+class _AlphaBarSchedule:
+    """A DDPM schedule given by log ᾱ(t), t ∈ [0, 1], truncated to λ ∈ [λ_min, λ_max].
+
+    λ(t) = log ᾱ − log(1 − ᾱ); u ∈ [0, 1] is mapped linearly onto [t(λ_max), t(λ_min)].
+    """
+
+    lam_min: float
+    lam_max: float
+
+    def log_alpha_bar(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def dlog_alpha_bar_dt(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _t_range(self) -> tuple[float, float]:
+        ends = self.t_of_lam(torch.tensor([self.lam_max, self.lam_min], dtype=torch.float64))
+        return float(ends[0]), float(ends[1])
+
+    def _lam_of_t(self, t: Tensor) -> Tensor:
+        log_ab = self.log_alpha_bar(t)
+        # 1 − ᾱ = −expm1(log ᾱ) keeps precision when ᾱ is close to 1 (high SNR).
+        return log_ab - torch.log(-torch.expm1(log_ab))
+
+    def lam(self, u: Tensor) -> Tensor:
+        t0, t1 = self._t_range()
+        return self._lam_of_t(t0 + (t1 - t0) * u)
+
+    def dlam_du(self, u: Tensor) -> Tensor:
+        t0, t1 = self._t_range()
+        t = t0 + (t1 - t0) * u
+        log_ab = self.log_alpha_bar(t)
+        # dλ/dt = (log ᾱ)' / (1 − ᾱ)
+        return self.dlog_alpha_bar_dt(t) / (-torch.expm1(log_ab)) * (t1 - t0)
+
+    def u_of_lam(self, lam: Tensor) -> Tensor:
+        t0, t1 = self._t_range()
+        return (self.t_of_lam(lam) - t0) / (t1 - t0)
+
+
+@dataclass(frozen=True)
+class CosineSchedule(_AlphaBarSchedule):
+    """Cosine DDPM schedule (Nichol & Dhariwal 2021, eq. 17): ᾱ(t) = cos²(θ(t))/cos²(θ(0)),
+    θ(t) = (π/2)·(t + s)/(1 + s), expressed in λ and truncated to [λ_min, λ_max]."""
+
+    lam_min: float = -20.0
+    lam_max: float = 20.0
+    s: float = 0.008
+    name: str = "cosine"
+
+    def __post_init__(self) -> None:
+        _check_range(self.lam_min, self.lam_max)
+
+    def _theta(self, t: Tensor) -> Tensor:
+        return (math.pi / 2) * (t + self.s) / (1 + self.s)
+
+    def log_alpha_bar(self, t: Tensor) -> Tensor:
+        cos0 = math.cos(math.pi / 2 * self.s / (1 + self.s))
+        return 2 * torch.log(torch.cos(self._theta(t))) - 2 * math.log(cos0)
+
+    def dlog_alpha_bar_dt(self, t: Tensor) -> Tensor:
+        return -2 * torch.tan(self._theta(t)) * (math.pi / 2) / (1 + self.s)
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        # ᾱ = sigmoid(λ) ⇒ cos θ = cos θ0 · sqrt(sigmoid(λ))
+        cos0 = math.cos(math.pi / 2 * self.s / (1 + self.s))
+        theta = torch.acos(cos0 * torch.sigmoid(lam).sqrt())
+        return theta * (1 + self.s) / (math.pi / 2) - self.s
+
+
+@dataclass(frozen=True)
+class LinearSchedule(_AlphaBarSchedule):
+    """Linear-β DDPM schedule (Ho et al. 2020) in continuous time (Song et al. 2021, VP SDE):
+    log ᾱ(t) = −β_min·t − ½(β_max − β_min)·t², with β_min = 0.1, β_max = 20 (DDPM's 1e-4…0.02 × 1000).
+
+    Its natural range is λ ∈ [−10.05, +∞); the default λ_max = 9.21 is DDPM's first step (β_1 = 1e-4).
+    """
+
+    lam_min: float = -10.0
+    lam_max: float = 9.21
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    name: str = "linear"
+
+    def __post_init__(self) -> None:
+        _check_range(self.lam_min, self.lam_max)
+        natural_min = float(self._lam_of_t(torch.tensor(1.0, dtype=torch.float64)))
+        require(
+            self.lam_min >= natural_min - 1e-9,
+            f"the linear schedule reaches only lam_min={natural_min:.3f}; raise lam_min to at least that",
+        )
+
+    def log_alpha_bar(self, t: Tensor) -> Tensor:
+        return -self.beta_min * t - 0.5 * (self.beta_max - self.beta_min) * t * t
+
+    def dlog_alpha_bar_dt(self, t: Tensor) -> Tensor:
+        return -self.beta_min - (self.beta_max - self.beta_min) * t
+
+    def t_of_lam(self, lam: Tensor) -> Tensor:
+        # solve ½·d·t² + b·t + log ᾱ = 0 for t ≥ 0, with log ᾱ = log sigmoid(λ)
+        d = self.beta_max - self.beta_min
+        log_ab = torch.nn.functional.logsigmoid(lam)
+        return (-self.beta_min + torch.sqrt(self.beta_min**2 - 2 * d * log_ab)) / d
+
+
+Schedule = CFGSchedule | CosineSchedule | LinearSchedule
+
+SCHEDULES = {"cfg": CFGSchedule, "cosine": CosineSchedule, "linear": LinearSchedule}
+
+
+def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None = None) -> Schedule:
+    """Build a schedule by name ('cfg', 'cosine', 'linear'); None keeps the schedule's default range."""
+    if name not in SCHEDULES:
+        raise UsageError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    kwargs = {}
+    if lam_min is not None:
+        kwargs["lam_min"] = float(lam_min)
+    if lam_max is not None:
+        kwargs["lam_max"] = float(lam_max)
+    return SCHEDULES[name](**kwargs)
+
+
+def lam_grid(schedule: Schedule, steps: int, *, dtype=torch.float32, device=None) -> Tensor:
+    """The sampling grid: steps + 1 values of λ at u = 1, 1 − 1/steps, …, 0 (increasing λ)."""
+    require(isinstance(steps, int) and steps >= 1, f"steps must be an integer >= 1, got {steps!r}")
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return schedule.lam(u).to(dtype=dtype, device=device)
