@@ -165,10 +165,12 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, self.head_dim, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, d], as SDPA expects
+        # Going through [B, H, W, 3C] is free for channels_last input and gives q, k, v unit stride
+        # along the head dimension, which the fused (flash / memory-efficient) SDPA kernels want.
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, HW, d]
         a = F.scaled_dot_product_attention(q, k, v)
-        a = a.transpose(-1, -2).reshape(b, c, h, w)
+        a = a.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
         return x + self.proj(a)
 
 
