@@ -141,7 +141,8 @@ class UNetConfig:
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_classes", "extra_input_channels"):
             require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        require(self.output_channels >= 1, f"out_channels must be >= 1 (or None for in_channels), got {self.out_channels}")
+        require(self.output_channels >= 1,
+                f"out_channels must be >= 1 (or None for in_channels), got {self.out_channels}")
         require(len(self.channel_mult) >= 1 and all(m >= 1 for m in self.channel_mult),
                 f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
