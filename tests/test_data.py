@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import urllib.error
 import warnings
@@ -98,6 +99,11 @@ def test_idx_rejects_bad_files(tmp_path):
         with pytest.raises(UsageError, match=path.name) as info:
             read_idx(path)
         assert "delete it" in str(info.value)
+    trailing = tmp_path / "trailing.gz"
+    with gzip.open(trailing, "wb") as f:
+        f.write(gzip.decompress(good.read_bytes()) + b"\0")
+    with pytest.raises(UsageError, match="trailing.gz"):
+        read_idx(trailing)
     with pytest.raises(UsageError, match="rank 3, expected 1"):
         read_idx(good, expected_ndim=1)
 
@@ -115,6 +121,15 @@ def test_load_fmnist_from_data_dir_and_subfolder(tmp_path):
     # The upstream git checkout keeps them under data/fashion.
     write_fake_fmnist(tmp_path / "repo" / "data" / "fashion", seed=3)
     assert fmnist.find_fmnist_dir(tmp_path / "repo") == tmp_path / "repo" / "data" / "fashion"
+
+    # torchvision leaves them uncompressed under FashionMNIST/raw.
+    raw = tmp_path / "tv" / "FashionMNIST" / "raw"
+    write_fake_fmnist(raw, seed=4)
+    for gz in raw.glob("*.gz"):
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    assert fmnist.find_fmnist_dir(tmp_path / "tv") == raw
+    assert fmnist.load_fmnist("train", tmp_path / "tv")[0].shape == (20, 28, 28)
 
     with pytest.raises(UsageError, match="split"):
         fmnist.load_fmnist("validation", data_dir=tmp_path / "mine")
@@ -242,12 +257,14 @@ def test_image_folder_cache(tmp_path, monkeypatch):
     second = load_image_folder(tmp_path / "imgs", resolution=6, channels=3)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
-    monkeypatch.undo()
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    # A changed file is a cache miss.
-    _save(tmp_path / "imgs" / "b_red" / "1.png", Image.new("RGB", (40, 30), (0, 0, 255)))
-    third, _, _ = load_image_folder(tmp_path / "imgs", resolution=6, channels=3)
-    np.testing.assert_array_equal(third[2, 0, 0], [0, 0, 255])
+    with pytest.raises(pytest.fail.Exception):  # other settings are other cache entries
+        load_image_folder(tmp_path / "imgs", resolution=6, channels=1)
+    # A touched file (same size, new mtime) is a cache miss.
+    path = tmp_path / "imgs" / "b_red" / "1.png"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(pytest.fail.Exception):
+        load_image_folder(tmp_path / "imgs", resolution=6, channels=3)
 
 
 def test_image_folder_layout_errors(tmp_path):
@@ -262,6 +279,16 @@ def test_image_folder_layout_errors(tmp_path):
         load_image_folder(tmp_path / "flat", 8, 3)
     with pytest.raises(UsageError, match="channels"):
         load_image_folder(tmp_path / "flat", 8, 4)
+
+
+def test_class_indices_follow_sorted_names(tmp_path):
+    order = ["zebra", "mole", "ant", "quail", "cat", "yak"]  # created out of order on purpose
+    for i, name in enumerate(order):
+        _save(tmp_path / "z" / name / "x.png", Image.new("L", (3, 3), 10 * i))
+    images, labels, names = load_image_folder(tmp_path / "z", resolution=3, channels=1, cache=False)
+    assert names == sorted(order)
+    for image, label in zip(images, labels):
+        assert image[0, 0, 0] == 10 * order.index(names[label])
 
 
 # ---- stacked Fashion-MNIST ------------------------------------------------------------------
