@@ -1,0 +1,123 @@
+"""One self-contained HTML page for a run directory: figures, sample grids, metric tables,
+config and device, every image embedded as a data URI so the file can be mailed or archived."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from guidediff.errors import require
+
+_METRIC_COLUMNS = ["w", "fid", "fid_floor", "kid", "is", "cas", "precision", "recall", "sec_per_image", "nfe_per_image", "n"]
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3} figure{display:inline-block;margin:.5em} figcaption{font-size:.8em;color:#555}
+img{max-width:100%;image-rendering:pixelated} pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em}
+"""
+
+# Marks the body once every image has decoded, so a headless browser (and the test) can check it.
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
+});
+"""
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    present = [c for c in columns if any(c in r for r in rows)]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in present)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in present) + "</tr>" for r in rows)
+    return f'<table class="metrics"><tr>{head}</tr>{body}</table>'
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` for a run directory (training run, sweep or eval output)."""
+    from guidediff import plots
+
+    run = Path(run_dir)
+    require(run.is_dir(), f"{run} is not a directory; pass the run or sweep output directory")
+    parts = [f"<h1>guidediff report: {html.escape(run.name or str(run))}</h1>"]
+
+    sweep_path = run / "sweep.json"
+    if sweep_path.exists():
+        sweep = json.loads(sweep_path.read_text())
+        parts.append("<h2>Guidance sweep</h2>")
+        parts.append(
+            f"<p>model <code>{_fmt(sweep.get('model'))}</code>, {_fmt(sweep.get('n_per_w'))} images per w, "
+            f"{_fmt(sweep.get('sampler'))} with {_fmt(sweep.get('steps'))} steps, device {_fmt(sweep.get('device'))}, "
+            f"torch {_fmt(sweep.get('torch'))}. Real-data FID floor (10k train vs test): {_fmt(sweep.get('fid_floor'))}.</p>"
+        )
+        parts.append(_table(sweep.get("points", []), _METRIC_COLUMNS))
+
+    evals = []
+    for path in sorted(run.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and "fid" in data and "points" not in data:
+            evals.append({"file": path.name, **data})
+    if evals:
+        parts.append("<h2>Evaluations</h2>")
+        parts.append(_table(evals, ["file", *_METRIC_COLUMNS[1:]]))
+
+    log = run / "log.jsonl"
+    figures = []
+    if log.exists():
+        records = _read_jsonl(log)
+        if any("loss" in r for r in records):
+            curve = run / "training_curve.png"
+            plots.training_curve(records, curve)
+    for path in sorted(run.glob("*.png")) + sorted((run / "samples").glob("*.png"))[-4:]:
+        figures.append(_img(path, path.relative_to(run).as_posix()))
+    if figures:
+        parts.append("<h2>Figures and samples</h2>")
+        parts.extend(figures)
+
+    config = run / "config.json"
+    if config.exists():
+        parts.append("<h2>Config</h2>")
+        parts.append(f"<pre>{html.escape(config.read_text())}</pre>")
+
+    target = Path(out) if out else run / "report.html"
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>guidediff report</title>"
+        f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>{''.join(parts)}</body></html>"
+    )
+    target.write_text(page, encoding="utf-8")
+    return target

@@ -1,0 +1,73 @@
+"""The HTML report renders in headless Chromium with every image loaded and the metric table present."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from guidediff import plots
+from guidediff.cli import main
+from guidediff.report import write_report
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    points = [
+        {"w": w, "fid": 10 - w, "fid_floor": 1.0, "kid": 0.01, "is": 5 + w, "cas": 0.8 + 0.05 * w,
+         "precision": 0.7, "recall": 0.6 - 0.1 * w, "sec_per_image": 1e-3, "n": 100}
+        for w in (0.0, 1.0, 3.0)
+    ]
+    (tmp_path / "sweep.json").write_text(json.dumps({"model": "m", "fid_floor": 1.0, "points": points}))
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"lr": 2e-4}}))
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) for s in range(1, 20)))
+    plots.fid_vs_is({"CFG": points}, tmp_path / "fid_vs_is.png", fid_floor=1.0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+    plots.grid_across_knob(images, np.repeat(np.arange(3), 4), np.tile([0.0, 1.0], 6), tmp_path / "grid.png", per_cell=2)
+    return tmp_path
+
+
+def test_report_contains_table_and_embedded_images(sweep_dir):
+    page = write_report(sweep_dir).read_text()
+    assert '<table class="metrics">' in page
+    assert page.count("data:image/png;base64,") == 3  # two figures + the training curve it draws
+    assert "lr" in page
+
+
+def test_report_renders_in_headless_chromium(sweep_dir, tmp_path_factory):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("GUIDEDIFF_REQUIRE_CHROMIUM"):
+            pytest.fail("Chromium is required here (GUIDEDIFF_REQUIRE_CHROMIUM is set) but not installed")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    assert main(["report", str(sweep_dir)]) == 0
+    page = sweep_dir / "report.html"
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    dom = result.stdout
+    assert 'data-images-loaded="3/3"' in dom, result.stderr[-2000:]
+    assert "<table" in dom and "<th>fid</th>" in dom
+
+
+def test_report_rejects_missing_dir(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
