@@ -1,0 +1,61 @@
+"""Evaluation features and class probabilities of uint8 Fashion-MNIST-shaped images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from guidediff.errors import UsageError
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' → cuda when available, else cpu; 'cuda' without a GPU is a usage error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked, but torch sees no CUDA GPU; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+def check_fmnist_images(images: np.ndarray) -> np.ndarray:
+    """Validate and return images as uint8 [N, 28, 28, 1] (an [N, 28, 28] array is accepted too)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (28, 28, 1) or len(images) == 0:
+        hint = ("; RGB 3-channel images need the Inception path (--inception-weights PATH)"
+                if images.ndim == 4 and images.shape[-1] == 3 else "")
+        raise UsageError(f"evaluation images must be uint8 [N, 28, 28, 1] with N >= 1 (grayscale "
+                         f"Fashion-MNIST size), got {images.dtype} {list(images.shape)}{hint}")
+    return images
+
+
+@torch.inference_mode()
+def extract(images: np.ndarray, classifier: torch.nn.Module, batch_size: int = 1000,
+            device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features float64 [N, D] and softmax probabilities float64 [N, K] of `images`.
+
+    `classifier` needs `features(x)` and a linear `head`-style `forward(x)`; it runs in eval mode
+    and in float32 (no autocast: the statistics should not depend on the device's low precision).
+    """
+    images = check_fmnist_images(images)
+    device = resolve_device(device)
+    was_training = classifier.training
+    classifier.eval()
+    feats, probs = [], []
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(np.array(images[start:start + batch_size], copy=True)).to(device)
+            x = chunk.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            f = classifier.features(x)
+            logits = classifier.head(f) if hasattr(classifier, "head") else classifier(x)
+            feats.append(f.double().cpu())
+            probs.append(torch.softmax(logits.double(), dim=1).cpu())
+    finally:
+        classifier.train(was_training)
+    return torch.cat(feats).numpy(), torch.cat(probs).numpy()
