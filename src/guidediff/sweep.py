@@ -4,7 +4,6 @@ weight, and write sweep.json plus the CFG paper's trade-off figures."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,16 @@ import numpy as np
 from guidediff.errors import require
 
 
-def _synchronize(device) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+def flatten_metrics(metrics: dict) -> dict:
+    """evaluate_samples' result with KID and CAS as plain numbers (their details kept beside)."""
+    flat = dict(metrics)
+    kid = metrics.get("kid")
+    if isinstance(kid, dict):
+        flat["kid"], flat["kid_std"] = kid["mean"], kid["std"]
+    cas = metrics.get("cas")
+    if isinstance(cas, dict):
+        flat["cas"], flat["cas_per_class"] = cas["overall"], cas["per_class"]
+    return flat
 
 
 def run_sweep(
@@ -40,7 +44,7 @@ def run_sweep(
     from guidediff import plots
     from guidediff.checkpoint import load_model
     from guidediff.metrics.evaluate import evaluate_samples
-    from guidediff.metrics.classifier import load_eval_classifier
+    from guidediff.nets.fmnist_classifier import load_eval_classifier
     from guidediff.sampling import generate, resolve_device
 
     require(n >= 10, f"--n must be at least 10 (one image per class), got {n}")
@@ -55,16 +59,13 @@ def run_sweep(
 
     points, grids = [], []
     for w in ws:
-        _synchronize(device)
-        start = time.perf_counter()
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
             steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
         )
-        _synchronize(device)
-        seconds = time.perf_counter() - start
+        seconds = result["seconds"]
         images, labels = result["x"], result["y"]
-        metrics = evaluate_samples(images, labels, classifier=eval_net, device=device)
+        metrics = flatten_metrics(evaluate_samples(images, labels, classifier=eval_net, device=device))
         point = {"w": float(w), **metrics, "sec_per_image": seconds / len(images), "nfe_per_image": result.get("nfe_per_image")}
         points.append(point)
         print(
