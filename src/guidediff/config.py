@@ -1,0 +1,331 @@
+"""One configuration object for a training run: dataclass sections loaded from TOML, overridden by
+checked ``section.key=value`` pairs and saved resolved as ``config.json`` beside every run.
+
+Sections: ``data`` (DataConfig), ``model`` (the UNet's own UNetConfig), ``diffusion``
+(DiffusionConfig), ``train`` (TrainConfig), ``sample`` (SampleConfig), plus the top-level
+``out_dir``. An unknown section or key is a UsageError listing the close matches; a value of the
+wrong type is a UsageError naming the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guidediff.errors import UsageError, require
+from guidediff.nets.unet import UNetConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+PREDICTIONS = ("eps",)
+
+
+@dataclass
+class DataConfig:
+    """name: "fmnist" (or another dataset name of guidediff.data) or the path of an image folder
+    with one sub-folder per class. resolution/channels: required for folders, fixed for fmnist."""
+
+    name: str = "fmnist"
+    data_dir: str | None = None
+    resolution: int | None = None
+    channels: int | None = None
+    hflip: bool = False
+    skip_bad_images: bool = False
+
+
+@dataclass
+class DiffusionConfig:
+    """schedule: "cfg" | "cosine" | "linear"; lam_min/lam_max None keep the schedule's own range.
+    p_uncond: probability of training a sample with the null label (CFG paper: 0.1 or 0.2).
+    antithetic: VDM's low-discrepancy sampler for the times u."""
+
+    schedule: str = "cfg"
+    lam_min: float | None = None
+    lam_max: float | None = None
+    p_uncond: float = 0.1
+    prediction: str = "eps"
+    antithetic: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """batch_size is the GLOBAL batch (split evenly over processes). lr warms up linearly over
+    warmup_steps, then stays constant. EMA decay d_n = min(ema_decay, (1+n)/(10+n)) when
+    ema_warmup, so a short run averages over about n/9 steps instead of 1/(1−ema_decay).
+    "auto" for mixed_precision/compile/channels_last means: on for CUDA, off on CPU."""
+
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 1000
+    steps: int = 20000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    mixed_precision: str = "auto"
+    seed: int = 0
+    log_every: int = 100
+    sample_every: int = 5000
+    checkpoint_every: int = 5000
+    keep_last: int = 3
+    compile: bool | str = "auto"
+    channels_last: bool | str = "auto"
+    deterministic: bool = False
+    tensorboard: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for the sample grids written during training and for ``guidediff sample``.
+    w follows the CFG paper (ε̃ = (1+w)ε(z,c) − wε(z,∅); diffusers' guidance_scale = 1 + w)."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    w: list[float] = field(default_factory=lambda: [0.0, 3.0])
+    eta: float = 0.0
+    v: float = 0.3
+    n: int = 8
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": UNetConfig,
+    "diffusion": DiffusionConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+}
+TOP_LEVEL = ("out_dir",)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    out_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (tuples become lists)."""
+        out: dict[str, Any] = {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        out["out_dir"] = self.out_dir
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> Config:
+        """Build and validate a config from a nested dict; missing keys keep their defaults."""
+        return apply_overrides(cls(), d, source=source)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def validate(self) -> None:
+        """Raise UsageError naming the fix for values that are well typed but unusable."""
+        d, t, s = self.diffusion, self.train, self.sample
+        require(d.schedule in ("cfg", "cosine", "linear"),
+                f"diffusion.schedule {d.schedule!r} is unknown; choose cfg, cosine or linear")
+        require(0.0 <= d.p_uncond <= 1.0, f"diffusion.p_uncond must lie in [0, 1], got {d.p_uncond}")
+        require(d.prediction in PREDICTIONS,
+                f"diffusion.prediction {d.prediction!r} is not supported; use {', '.join(PREDICTIONS)}")
+        for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_last"):
+            require(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
+        require(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+        require(t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a positive number, got {t.lr}")
+        require(t.adam_eps > 0, f"train.adam_eps must be > 0, got {t.adam_eps}")
+        require(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+        require(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 turns clipping off), got {t.grad_clip}")
+        require(t.mixed_precision in MIXED_PRECISION,
+                f"train.mixed_precision {t.mixed_precision!r} is unknown; choose {', '.join(MIXED_PRECISION)}")
+        for name in ("compile", "channels_last"):
+            value = getattr(t, name)
+            require(isinstance(value, bool) or value == "auto",
+                    f"train.{name} must be true, false or \"auto\", got {value!r}")
+        require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
+        require(s.sampler in ("ddim", "ancestral"), f"sample.sampler {s.sampler!r} is unknown; choose ddim or ancestral")
+        require(s.steps >= 1 and s.n >= 1, f"sample.steps and sample.n must be >= 1, got {s.steps} and {s.n}")
+        require(all(math.isfinite(w) for w in s.w), f"sample.w must hold finite numbers, got {s.w}")
+        self.model.validate()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- typed, checked assignment ----------------------------------------------------------------
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+_PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_PLURALS.get(typing.get_args(tp)[0], 'values')}"
+    return _NAMES.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, converted value) for a JSON/TOML value against an annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _convert(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if tp is type(None):
+        return value is None, None
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        (item_tp, *_) = typing.get_args(tp)
+        items = []
+        for v in value:
+            ok, out = _convert(v, item_tp)
+            if not ok:
+                return False, value
+            items.append(out)
+        return True, tuple(items) if origin is tuple else items
+    raise TypeError(f"unsupported config annotation {tp!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown(kind: str, name: str, choices: list[str]) -> UsageError:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"valid {kind}s: {', '.join(choices)}"
+    return UsageError(f"unknown config {kind} {name!r}; {hint}")
+
+
+def set_value(config: Config, dotted: str, value: Any, source: str = "override") -> None:
+    """Assign ``section.key = value`` on config, checking that the key exists and the type fits."""
+    if dotted in TOP_LEVEL:
+        ok, value = _convert(value, str | None)
+        require(ok, f"{dotted} must be a string path ({source}), got {value!r}")
+        setattr(config, dotted, value)
+        return
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        if not key:
+            raise _unknown("key", dotted, all_keys())
+        raise _unknown("section", section, list(SECTIONS) + list(TOP_LEVEL))
+    hints = _field_types(SECTIONS[section])
+    if key not in hints:
+        raise _unknown("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
+    ok, converted = _convert(value, hints[key])
+    if not ok:
+        raise UsageError(f"config key {dotted} ({source}) must be {_type_name(hints[key])}, got {value!r}")
+    setattr(getattr(config, section), key, converted)
+
+
+def apply_overrides(config: Config, nested: dict[str, Any], source: str = "config") -> Config:
+    """Apply a nested dict {section: {key: value}, out_dir: ...} onto config in place; returns it."""
+    require(isinstance(nested, dict), f"{source} must hold a table of sections")
+    for section, body in nested.items():
+        if section in TOP_LEVEL:
+            set_value(config, section, body, source)
+            continue
+        if section not in SECTIONS:
+            raise _unknown("section", section, list(SECTIONS) + list(TOP_LEVEL))
+        require(isinstance(body, dict), f"[{section}] in {source} must be a table of keys, got {body!r}")
+        for key, value in body.items():
+            set_value(config, f"{section}.{key}", value, source)
+    return config
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a TOML literal (3, 2e-4, true, [0, 3], "x"); else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'section.key=value' -> (dotted key, value)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip().removeprefix("--")
+    require(bool(sep) and bool(key), f"override {item!r} is not of the form section.key=value; e.g. train.lr=1e-4")
+    return key, parse_value(raw.strip())
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    require(path.is_file(), f"config file {path} does not exist; pass a TOML file such as configs/fmnist_cfg.toml")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults ← TOML file (if any) ← ``section.key=value`` overrides, then validated."""
+    config = Config()
+    if path is not None:
+        apply_overrides(config, load_toml(path), source=str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_value(config, key, value, source=f"--set {item}")
+    follow_data(config)
+    config.validate()
+    return config
+
+
+def follow_data(config: Config) -> None:
+    """model.image_size / in_channels follow data.resolution / channels where those are set
+    (the data decides; training sets num_classes too once the data is loaded)."""
+    d, m = config.data, config.model
+    config.model = dataclasses.replace(m, image_size=d.resolution or m.image_size,
+                                       in_channels=d.channels or m.in_channels)
+
+
+def load_json_config(path: str | Path) -> Config:
+    """A resolved config.json, as written next to every run."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read config {path} ({exc}); restore it or start a new run") from None
+    config = Config.from_dict(d, source=str(path))
+    config.validate()
+    return config
+
+
+def all_keys() -> list[str]:
+    """Every dotted key a user may set, e.g. 'train.lr'."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)] + list(TOP_LEVEL)
