@@ -22,16 +22,16 @@ def _classifier(classifier: torch.nn.Module | str | Path | None, device: torch.d
     return load_eval_classifier(classifier, device)
 
 
-def inception_fid(images: np.ndarray, weights: str | Path, ref: str = "test", device: str | torch.device = "cpu",
+def inception_fid(images: np.ndarray, net: torch.nn.Module, ref: str = "test", device: str | torch.device = "cpu",
                   data_dir: str | Path | None = None) -> tuple[float, float]:
-    """(FID, floor) on the standard Inception pool3 features, against a Fashion-MNIST reference."""
+    """(FID, floor) on the standard Inception pool3 features (`net` from load_fid_inception),
+    against a Fashion-MNIST reference set."""
     from guidediff.metrics.features import resolve_device
     from guidediff.metrics.fid import fit_gaussian, frechet_distance
-    from guidediff.metrics.inception import inception_features, load_fid_inception
+    from guidediff.metrics.inception import inception_features
     from guidediff.metrics.reference import cached_reference, weights_fingerprint
 
     device = resolve_device(device)
-    net = load_fid_inception(weights, device)
     fingerprint = weights_fingerprint(net)
 
     def stats(name: str):
@@ -75,6 +75,11 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
         raise UsageError(f"need more than {PR_K} samples to evaluate, got {n}; generate more")
     device = resolve_device(device)
     model = _classifier(classifier, device)
+    inception = None
+    if inception_weights is not None:
+        from guidediff.metrics.inception import load_fid_inception
+
+        inception = load_fid_inception(inception_weights, device)  # fail before the long part
 
     features, probs = extract(images, model, batch_size, device)
     test = classifier_reference("test", model, device, data_dir, batch_size)
@@ -94,9 +99,9 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
         "precision": precision,
         "recall": recall,
     }
-    if inception_weights is not None:
+    if inception is not None:
         result["fid_inception"], result["fid_inception_floor"] = inception_fid(
-            images, inception_weights, ref, device, data_dir)
+            images, inception, ref, device, data_dir)
     return result
 
 

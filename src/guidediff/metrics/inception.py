@@ -257,6 +257,8 @@ def inception_features(images: np.ndarray, net: FIDInceptionV3, batch_size: int 
     Each image is scaled to [-1, 1] and resized bilinearly to 299×299 (no antialiasing), as the
     pytorch-fid reference pipeline does.
     """
+    from guidediff.data.images import to_float
+
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -266,8 +268,7 @@ def inception_features(images: np.ndarray, net: FIDInceptionV3, batch_size: int 
     net.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(np.array(images[start:start + batch_size], copy=True)).to(device)
-        x = chunk.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        x = to_float(torch.from_numpy(np.array(images[start:start + batch_size], copy=True)).to(device))
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):

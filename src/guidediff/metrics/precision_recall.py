@@ -18,21 +18,11 @@ def knn_radii(f: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     return torch.cat(radii)
 
 
-def in_union_of_balls(query: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
-                      chunk: int = 1024) -> torch.Tensor:
-    """Bool [Q]: whether each query lies within radii[j] of some centre j (Kynkäänniemi eq. 1)."""
-    inside = []
-    for start in range(0, len(query), chunk):
-        d = torch.cdist(query[start:start + chunk], centres)
-        inside.append((d <= radii[None, :]).any(dim=1))
-    return torch.cat(inside)
-
-
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, device: str | torch.device = "cpu",
                      chunk: int = 1024) -> tuple[float, float]:
     """(precision, recall): the share of fake samples inside the real manifold estimate (union of
     real k-NN balls), and the share of real samples inside the fake one (Kynkäänniemi et al. 2019,
-    §2, k = 3 as in the paper)."""
+    eq. 1-3, k = 3 as in the paper)."""
     r = torch.as_tensor(np.asarray(real, np.float32), device=device)
     f = torch.as_tensor(np.asarray(fake, np.float32), device=device)
     if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
@@ -41,6 +31,12 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, device: str
     if min(len(r), len(f)) <= k:
         raise UsageError(f"precision/recall with k={k} need more than {k} samples in each set, got "
                          f"{len(r)} real and {len(f)} generated")
-    precision = in_union_of_balls(f, r, knn_radii(r, k, chunk), chunk).float().mean().item()
-    recall = in_union_of_balls(r, f, knn_radii(f, k, chunk), chunk).float().mean().item()
-    return precision, recall
+    radius_real, radius_fake = knn_radii(r, k, chunk), knn_radii(f, k, chunk)
+    # One pass over the fake×real distances serves both directions.
+    fake_inside = torch.zeros(len(f), dtype=torch.bool, device=f.device)
+    real_inside = torch.zeros(len(r), dtype=torch.bool, device=r.device)
+    for start in range(0, len(f), chunk):
+        d = torch.cdist(f[start:start + chunk], r)
+        fake_inside[start:start + chunk] = (d <= radius_real[None, :]).any(dim=1)
+        real_inside |= (d <= radius_fake[start:start + chunk, None]).any(dim=0)
+    return fake_inside.float().mean().item(), real_inside.float().mean().item()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -161,6 +162,8 @@ def cached_reference(name: str, fingerprint: str, tag: str, compute: Callable[[n
         warnings.warn(f"reference cache {npz} is incomplete (npz or sidecar missing); rebuilding it",
                       stacklevel=2)
 
+    print(f"computing {tag} reference statistics of Fashion-MNIST {name} ({n} images); cached in {folder}",
+          file=sys.stderr)
     features = compute(images)
     mu, sigma = fit_gaussian(features)
     stats = ReferenceStats(name, n, mu, sigma, features.astype(np.float32) if keep_features else None)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from guidediff.data.imagefolder import IMAGE_EXTENSIONS
 from guidediff.errors import UsageError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray | None, source: str) -> tuple[np.ndarray, np.ndarray | None]:
