@@ -1,0 +1,195 @@
+"""A VDM as one module: denoiser (UNet, optionally fed Fourier features) + noise schedule.
+
+``VDMModel(unet_config, vdm_config)(x, c, u, eps, eps_0)`` returns the bound's three terms per
+image, so the whole objective is one ``forward`` (what DDP and the training loop need). For
+sampling and guidance use ``model.denoiser`` and ``model.schedule`` like any other pair:
+
+    lams = lam_grid(model.schedule, 100)                    # the learned schedule's grid
+    x = samplers.sample(cfg(model.denoiser, w, null), z, lams, c)
+
+The model carries its VDMConfig as JSON bytes in a uint8 buffer (``vdm_config``): every path that
+moves weights (checkpoint, EMA, exported model) moves the config with them, and ``load_vdm``
+rebuilds the model from the weights file plus the run's Config alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from guidediff.errors import UsageError, require
+from guidediff.nets.unet import UNet, UNetConfig
+from guidediff.vdm.bound import BoundTerms, bits_per_dim, dims_of, vlb_terms
+from guidediff.vdm.fourier import FourierFeatures, VDMDenoiser, fourier_channels
+from guidediff.vdm.schedule import LearnedSchedule
+
+CONFIG_BUFFER = "vdm_config"
+FIXED_SCHEDULES = ("cfg", "cosine", "linear")
+
+
+@dataclass
+class VDMConfig:
+    """What makes a model a VDM, on top of its UNet.
+
+    schedule: "learned" (VDM's monotone network) or a fixed one: "cfg", "cosine", "linear".
+    lam_min, lam_max: the log-SNR range λ(1), λ(0); for "learned" the initial endpoints
+        (VDM's γ_0 = −13.3, γ_1 = 5.0 ⇒ λ_max = 13.3, λ_min = −5.0), which then train.
+    schedule_hidden: width of the schedule network's hidden layer (VDM: 1024).
+    fourier, fourier_n_min, fourier_n_max: Fourier-feature input channels sin/cos(2^n π z).
+    timesteps: 0 trains the continuous-time bound L_∞, T ≥ 1 the discrete-time L_T.
+    variance_minimisation: the learned schedule's shape minimises the loss estimator's variance.
+    antithetic: low-discrepancy times u_i = (u_0 + i/B) mod 1 during training.
+    """
+
+    schedule: str = "learned"
+    lam_min: float = -5.0
+    lam_max: float = 13.3
+    schedule_hidden: int = 1024
+    fourier: bool = True
+    fourier_n_min: int = 7
+    fourier_n_max: int = 8
+    timesteps: int = 0
+    variance_minimisation: bool = True
+    antithetic: bool = True
+
+    def validate(self) -> None:
+        require(self.schedule == "learned" or self.schedule in FIXED_SCHEDULES,
+                f"vdm schedule {self.schedule!r} is unknown; choose learned, {', '.join(FIXED_SCHEDULES)}")
+        require(self.lam_min < self.lam_max,
+                f"vdm lam_min ({self.lam_min}) must be below lam_max ({self.lam_max}); swap them")
+        require(self.schedule_hidden >= 1, f"vdm schedule_hidden must be >= 1, got {self.schedule_hidden}")
+        require(self.fourier_n_min <= self.fourier_n_max,
+                f"vdm fourier_n_min ({self.fourier_n_min}) must not exceed fourier_n_max ({self.fourier_n_max})")
+        require(self.timesteps >= 0, f"vdm timesteps must be >= 0 (0 = continuous time), got {self.timesteps}")
+
+    def extra_channels(self, in_channels: int) -> int:
+        """Input channels the UNet needs beyond the image's: the Fourier features'."""
+        return fourier_channels(in_channels, self.fourier_n_min, self.fourier_n_max) if self.fourier else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VDMConfig:
+        """Config from a dict; unknown keys and wrong types are one-line UsageErrors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in d.items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=3)
+                hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(fields)}"
+                raise UsageError(f"unknown vdm config key {key!r}; {hint}")
+            default = fields[key].default
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                value = float(value) if ok else value
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise UsageError(f"vdm config key {key!r} has the wrong type: {value!r}; expected a value like {default!r}")
+            kwargs[key] = value
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+
+def vdm_unet_config(unet: UNetConfig, vdm: VDMConfig) -> UNetConfig:
+    """The UNet config with extra_input_channels set for the VDM's Fourier features."""
+    return dataclasses.replace(unet, extra_input_channels=vdm.extra_channels(unet.in_channels))
+
+
+def make_vdm_schedule(vdm: VDMConfig):
+    """The schedule a VDMConfig names: a LearnedSchedule (a module) or a fixed schedule."""
+    if vdm.schedule == "learned":
+        return LearnedSchedule(vdm.schedule_hidden, gamma_0=-vdm.lam_max, gamma_1=-vdm.lam_min)
+    from guidediff.schedules import make_schedule
+
+    return make_schedule(vdm.schedule, vdm.lam_min, vdm.lam_max)
+
+
+def _config_bytes(vdm: VDMConfig) -> Tensor:
+    return torch.tensor(list(json.dumps(vdm.to_dict(), sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def config_from_tensors(tensors: dict[str, Tensor]) -> VDMConfig | None:
+    """The VDMConfig stored in a state dict's ``vdm_config`` buffer; None for a non-VDM model."""
+    raw = tensors.get(CONFIG_BUFFER)
+    if raw is None:
+        return None
+    try:
+        d = json.loads(bytes(raw.to("cpu", torch.uint8).tolist()).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError("the model's vdm_config buffer is unreadable; the weights file is damaged: train or "
+                         "export it again") from None
+    return VDMConfig.from_dict(d)
+
+
+class VDMModel(nn.Module):
+    """Denoiser + schedule; forward(x, c, u, eps, eps_0) -> BoundTerms per image, in nats.
+
+    A fixed schedule is a plain attribute (no parameters); a learned one is a submodule and trains
+    with the network. ``unet`` must have extra_input_channels matching the Fourier features
+    (``vdm_unet_config`` sets it).
+    """
+
+    def __init__(self, unet: UNetConfig, vdm: VDMConfig | None = None):
+        super().__init__()
+        vdm = vdm or VDMConfig()
+        vdm.validate()
+        want = vdm.extra_channels(unet.in_channels)
+        require(unet.extra_input_channels == want,
+                f"the UNet has extra_input_channels={unet.extra_input_channels} but the VDM's Fourier features "
+                f"need {want}; build the UNet config with guidediff.vdm.vdm_unet_config")
+        self.vdm = vdm
+        fourier = FourierFeatures(vdm.fourier_n_min, vdm.fourier_n_max) if vdm.fourier else None
+        self.denoiser = VDMDenoiser(UNet(unet), fourier)
+        self.schedule = make_vdm_schedule(vdm)
+        self.register_buffer(CONFIG_BUFFER, _config_bytes(vdm))
+
+    @property
+    def unet(self) -> UNet:
+        return self.denoiser.net
+
+    @property
+    def num_classes(self) -> int:
+        return self.unet.config.num_classes
+
+    def forward(self, x: Tensor, c: Tensor, u: Tensor, eps: Tensor, eps_0: Tensor,
+                T: int | None = None) -> BoundTerms:
+        """The three bound terms per image (see guidediff.vdm.bound.vlb_terms); T None means the
+        config's timesteps. The schedule's shape gets the variance gradient while training."""
+        T = self.vdm.timesteps if T is None else T
+        variance_grad = self.training and self.vdm.variance_minimisation
+        return vlb_terms(self.denoiser, x, c, self.schedule, u, eps, eps_0, T=T, variance_grad=variance_grad)
+
+
+def vdm_loss(vdm: VDMConfig, *, p_uncond: float, null_class: int) -> Callable:
+    """A loss closure for guidediff.train: the bound in bits/dim, mean over the batch.
+
+    Randomness (u, ε, ε_0, label dropout) is drawn for the global batch from ctx.generator and
+    sliced to this process, as the CFG loss does. Labels are replaced by the null token ∅ with
+    probability p_uncond (CFG paper), so the model can be guided with guidance.cfg."""
+    from guidediff.losses import drop_condition, sample_u
+
+    def loss_fn(model: nn.Module, x: Tensor, c: Tensor, ctx) -> Tensor:
+        n, g, sl = ctx.global_batch, ctx.generator, slice(ctx.start, ctx.stop)
+        u = sample_u(n, x.device, antithetic=vdm.antithetic, generator=g)[sl]
+        eps = torch.randn((n, *x.shape[1:]), generator=g, device=x.device)[sl]
+        eps_0 = torch.randn((n, *x.shape[1:]), generator=g, device=x.device)[sl]
+        drop = torch.rand(n, generator=g, device=x.device)[sl] < p_uncond
+        if null_class:
+            c = drop_condition(c, drop, null_class)
+        terms = model(x, c, u, eps, eps_0)
+        return bits_per_dim(terms.total.mean(), dims_of(x))
+
+    return loss_fn
