@@ -106,28 +106,32 @@ def generate(
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     null = num_classes  # the null token; an unconditional net ignores c
     options = {"eta": eta} if sampler == "ddim" else {"v": v}
-    batches = range(0, len(items), batch_size)
+    # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
+    kinds: dict[float | None, list[int]] = {}
+    for k, (w, _, _) in enumerate(items):
+        kinds.setdefault(w if w in (0.0, -1.0) else None, []).append(k)
+    batches = [ks[lo:lo + batch_size] for ks in kinds.values() for lo in range(0, len(ks), batch_size)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(items), desc="sampling", unit="img", leave=False)
-    xs: list[np.ndarray] = []
+    out = np.empty((len(items), mc.image_size, mc.image_size, mc.in_channels), dtype=np.uint8)
     start = time.perf_counter()
     with torch.inference_mode():
-        for b, lo in enumerate(batches):
-            chunk = items[lo:lo + batch_size]
+        for b, ks in enumerate(batches):
+            chunk = [items[k] for k in ks]
             z = initial_noise(seed, [(c, i) for _, c, i in chunk], shape).to(device)
             c = torch.tensor([max(c, 0) for _, c, _ in chunk], dtype=torch.long, device=device)
-            w_values = sorted({w for w, _, _ in chunk})
             if b == 0 and hasattr(net, "check_inputs"):
                 net.check_inputs(z, lams[0].expand(len(chunk)), c)
-            # one weight for the whole batch lets cfg skip the uncond forward for w = 0 / w = −1
-            w = w_values[0] if len(w_values) == 1 else torch.tensor([w for w, _, _ in chunk], device=device)
+            w_values = {w for w, _, _ in chunk}
+            # a plain number lets cfg skip the uncond forward (w = 0) or the cond one (w = −1)
+            w = w_values.pop() if len(w_values) == 1 else torch.tensor([w for w, _, _ in chunk], device=device)
             guided = counter if num_classes == 0 else cfg(counter, w, null)
             g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
             x = sample(guided, z, lams, c, sampler=sampler, generator=g, **options)
-            xs.append(to_uint8(x.clamp(-1, 1)))
+            out[ks] = to_uint8(x.clamp(-1, 1))
             if bar is not None:
                 bar.update(len(chunk))
     if cuda:
@@ -136,7 +140,7 @@ def generate(
     if bar is not None:
         bar.close()
     return {
-        "x": np.concatenate(xs),
+        "x": out,
         "y": np.asarray([c for _, c, _ in items], dtype=np.int64),
         "w": np.asarray([w for w, _, _ in items], dtype=np.float32),
         "nfe_per_image": counter.nfe_per_image(len(items)),

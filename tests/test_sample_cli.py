@@ -1,0 +1,89 @@
+"""`guidediff sample` and sampling.generate on a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from guidediff.checkpoint import load_model
+from guidediff.cli import main
+from guidediff.sampling import generate, initial_noise
+from guidediff.train import train
+from train_helpers import tiny_arrays, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run")
+    train(tiny_config("train.steps=2", "train.sample_every=100"), path, dataset=tiny_arrays(), progress=False,
+          log=lambda _m: None)
+    return path
+
+
+def sample(run_dir, out, *extra):
+    return main(["sample", str(run_dir), "--classes", "0-2", "--w", "0,2", "--n", "2", "--steps", "3",
+                 "--out", str(out), "--device", "cpu", *extra])
+
+
+def test_npz_contract_and_grids(run_dir, tmp_path, capsys):
+    assert sample(run_dir, tmp_path / "s") == 0
+    printed = capsys.readouterr().out
+    with np.load(tmp_path / "s" / "samples.npz") as f:
+        assert sorted(f.files) == ["w", "x", "y"]
+        x, y, w = f["x"], f["y"], f["w"]
+    assert x.dtype == np.uint8 and x.shape == (12, 8, 8, 1)
+    assert y.dtype == np.int64 and y.tolist() == [0, 0, 1, 1, 2, 2] * 2
+    assert w.dtype == np.float32 and w.tolist() == [0.0] * 6 + [2.0] * 6
+    assert (tmp_path / "s" / "grid_w0.png").is_file() and (tmp_path / "s" / "grid_w2.png").is_file()
+    # w = 0 costs one forward per step, w = 2 two (cond + uncond): (3·1 + 3·2)/2 = 4.5 per image
+    assert "NFE per image: 4.5" in printed and "ms per image" in printed
+
+
+def test_same_seed_same_samples_any_batch_size(run_dir, tmp_path):
+    assert sample(run_dir, tmp_path / "a", "--seed", "3") == 0
+    assert sample(run_dir, tmp_path / "b", "--seed", "3", "--batch-size", "5") == 0
+    assert sample(run_dir, tmp_path / "c", "--seed", "4") == 0
+    a, b, c = (np.load(tmp_path / d / "samples.npz")["x"] for d in "abc")
+    # DDIM is deterministic and the start noise is per (class, index): batching changes at most
+    # the last bit of a float, so at most one grey level
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert not np.array_equal(a, c)
+    assert sample(run_dir, tmp_path / "d", "--seed", "3") == 0
+    assert np.array_equal(a, np.load(tmp_path / "d" / "samples.npz")["x"])
+
+
+def test_nfe_and_initial_noise(run_dir):
+    net, config = load_model(run_dir)
+    one = generate(net, config, [1], [0.0], 2, steps=4, seed=0, device="cpu", progress=False)
+    two = generate(net, config, [1], [-1.0, 3.0], 2, steps=4, seed=0, device="cpu", progress=False)
+    assert one["nfe_per_image"] == 4 and two["nfe_per_image"] == 6  # w=-1: uncond only; w=3: both
+    # the start noise of (class, index) does not depend on what else is asked
+    z = initial_noise(0, [(1, 0), (1, 1), (2, 0)], (1, 8, 8))
+    assert torch.equal(z[2], initial_noise(0, [(2, 0)], (1, 8, 8))[0])
+    assert not torch.equal(z[0], z[1])
+
+
+def test_ancestral_runs_and_repeats(run_dir, tmp_path):
+    for d in "ab":
+        assert sample(run_dir, tmp_path / d, "--sampler", "ancestral") == 0
+    assert np.array_equal(np.load(tmp_path / "a" / "samples.npz")["x"], np.load(tmp_path / "b" / "samples.npz")["x"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "5"], "class 5 is out of range: the model has 3 classes (0-2)"),
+    (["--w", "nan"], "not finite"),
+    (["--n", "0"], "--n must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys, args, message):
+    code = main(["sample", str(run_dir), "--out", str(tmp_path), "--device", "cpu", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_truncated_model_file_is_one_line_exit_2(run_dir, tmp_path, capsys):
+    data = (run_dir / "model.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])
+    assert main(["sample", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "is truncated" in err and err.count("\n") == 1
