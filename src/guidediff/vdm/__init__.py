@@ -14,11 +14,13 @@ from guidediff.vdm.bound import (
 )
 from guidediff.vdm.bpd import BpdResult, evaluate_bpd
 from guidediff.vdm.fourier import FourierFeatures, VDMDenoiser, fourier_channels, fourier_features
-from guidediff.vdm.model import VDMConfig, VDMModel, vdm_loss, vdm_unet_config
+from guidediff.vdm.config import VDMConfig, load_vdm_run_config
+from guidediff.vdm.model import VDMModel, vdm_loss, vdm_unet_config
 from guidediff.vdm.schedule import LearnedSchedule
 
 __all__ = [
     "BoundTerms", "BpdResult", "FourierFeatures", "LearnedSchedule", "VDMConfig", "VDMDenoiser", "VDMModel",
+    "load_vdm_run_config",
     "bits_per_dim", "diffusion_loss_continuous", "diffusion_loss_discrete", "evaluate_bpd", "fourier_channels",
     "fourier_features", "gaussian_reconstruction_loss", "prior_loss", "reconstruction_loss",
     "snr_ratio_minus_one", "vdm_loss", "vdm_unet_config", "vlb_terms",

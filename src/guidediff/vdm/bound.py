@@ -15,8 +15,7 @@ Notation: λ = log SNR = −γ, α² = sigmoid(λ), σ² = sigmoid(−λ); u ∈
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -199,9 +198,9 @@ def diffusion_loss_discrete(
 
 # -- the whole bound --------------------------------------------------------------------------------
 
-@dataclass
-class BoundTerms:
-    """The three terms of −VLB(x) per image [B], in nats."""
+class BoundTerms(NamedTuple):
+    """The three terms of −VLB(x) per image [B], in nats. A NamedTuple, so DDP and Accelerate
+    see the tensors inside a model's output."""
 
     prior: Tensor
     reconstruction: Tensor

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from guidediff.errors import UsageError, require
-from guidediff.vdm.model import CONFIG_BUFFER, VDMConfig, VDMModel, config_from_tensors
+from guidediff.vdm.config import VDMConfig
+from guidediff.vdm.model import CONFIG_BUFFER, VDMModel, config_from_tensors
 
 
 def _fixed_schedule_vdm(config) -> VDMConfig:
