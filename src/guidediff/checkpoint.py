@@ -95,6 +95,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
     # channels_last weights are not contiguous and safetensors stores only row-major data.
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(flat, str(path), metadata=metadata)
+    os.chmod(path, 0o644)  # safetensors creates 0600 files; models get shipped and shared
     _fsync_path(path)
 
 

@@ -456,7 +456,7 @@ def describe(result: TrainResult) -> str:
     if result.final_loss is not None:
         lines.append(f"final loss: {result.final_loss:.5f}")
     if result.images_per_sec is not None:
-        lines.append(f"throughput: {result.images_per_sec:.0f} images/s")
+        lines.append(f"throughput: {result.images_per_sec:.4g} images/s")
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint}")
     if result.model_file is not None:
