@@ -216,6 +216,11 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     for b in range(2):
         windows = [padded[b, :, i:i + 5, j:j + 5] for i in range(5) for j in range(5)]
         assert any(torch.equal(out[b], w) for w in windows)
+    # Every one of the 5x5 offsets is drawn: the centre pixel (value 12) stays in view and where it
+    # lands names the offset.
+    crops = random_crop(x[:1].expand(400, 1, 5, 5), 2, torch.Generator().manual_seed(1))
+    offsets = {tuple((c[0] == 12).nonzero()[0].tolist()) for c in crops}
+    assert len(offsets) == 25
 
 
 def test_missing_shipped_classifier_says_how_to_train(monkeypatch, tmp_path):
@@ -345,6 +350,18 @@ def test_inception_architecture_size(inception_net):
     # torchvision's inception_v3 has 27,161,264 parameters; without its aux head (3,326,696) and
     # its 1000-way fc (2,049,000) that leaves the pool3 trunk.
     assert sum(p.numel() for p in inception_net.parameters()) == 27_161_264 - 3_326_696 - 2_049_000
+
+
+def test_only_the_last_block_max_pools(inception_net):
+    # The TF graph's quirk: Mixed_7c pools its side branch with a max, every other block averages.
+    blocks = [m for m in inception_net.modules() if hasattr(m, "max_pool")]
+    assert [m.max_pool for m in blocks] == [False, True] and blocks[1] is inception_net.Mixed_7c
+    x = torch.randn(1, 2048, 8, 8)
+    pooled = {}
+    inception_net.Mixed_7c.branch_pool.register_forward_hook(lambda m, i, o: pooled.update(x=i[0]))
+    with torch.no_grad():
+        inception_net.Mixed_7c(x)
+    assert torch.equal(pooled["x"], torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1))
 
 
 def test_tf_average_pool_ignores_padding():
