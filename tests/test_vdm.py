@@ -388,3 +388,33 @@ def test_prior_term_is_the_gaussian_kl():
         a2, s2 = 1 / (1 + math.exp(-lam_1)), 1 / (1 + math.exp(lam_1))
         want = (0.5 * (s2 + a2 * x**2 - 1 - math.log(s2))).flatten(1).sum(1)
         torch.testing.assert_close(prior_loss(x, torch.tensor(lam_1, dtype=torch.float64)), want, rtol=1e-10, atol=1e-14)
+
+
+def test_training_loop_takes_the_vdm_loss_and_the_checkpoint_reloads(tmp_path):
+    """guidediff.train with the VDM bound as its loss closure; the checkpoint and the exported
+    (float16) model both come back as the same VDM, schedule included."""
+    from guidediff.config import Config
+    from guidediff.data.images import DatasetArrays
+    from guidediff.train import train
+    from guidediff.vdm import vdm_loss
+    from guidediff.vdm.loading import load_vdm
+
+    rng = np.random.default_rng(0)
+    data = DatasetArrays(rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8), np.arange(16) % 10,
+                         [str(i) for i in range(10)], 10)
+    vdm = VDMConfig(schedule_hidden=16)
+    config = Config()
+    config.model = vdm_unet_config(tiny_unet(), vdm)
+    t = config.train
+    t.batch_size, t.steps, t.warmup_steps, t.log_every = 8, 2, 1, 1
+    t.device, t.tensorboard, t.compile = "cpu", False, False
+    torch.manual_seed(0)
+    net = VDMModel(config.model, vdm)
+    result = train(config, tmp_path / "run", loss_fn=vdm_loss(vdm, p_uncond=0.1, null_class=10), net=net,
+                   dataset=data, sample_fn=lambda *a: None, progress=False)
+    assert result.step == 2 and math.isfinite(result.final_loss)
+    model, _ = load_vdm(result.checkpoint)
+    assert isinstance(model, VDMModel) and model.vdm == vdm and model.unet.config.extra_input_channels == 4
+    assert model.schedule.lam_max != 13.3  # the endpoints trained
+    exported, _ = load_vdm(result.model_file)
+    assert exported.schedule.lam_max == pytest.approx(model.schedule.lam_max, abs=1e-2)

@@ -174,13 +174,13 @@ def diffusion_loss_discrete(
     u: Tensor,
     eps: Tensor,
     T: int,
-    *,
-    variance_grad: bool = False,
 ) -> Tensor:
     """L_T per image (VDM §4): (T/2)·(exp(γ(t) − γ(s)) − 1)·‖ε − ε̂(z_t; t)‖², with step
     i = ⌊u·T⌋ + 1, t = i/T, s = (i−1)/T: a one-sample estimate of Σ_i E[KL(q(z_s|z_t,x) ‖ p(z_s|z_t))].
 
-    The weight is expm1(λ_s − λ_t) (see ``snr_ratio_minus_one``), from λ in float64."""
+    The weight is expm1(λ_s − λ_t) (see ``snr_ratio_minus_one``), from λ in float64. No variance
+    routing here: with finitely many steps the schedule's shape changes E[L_T] itself, so a
+    learned shape must follow the bound's gradient."""
     if T < 1:
         raise ValueError(f"the number of steps T must be >= 1, got {T}")
     with _no_autocast(x.device):
@@ -191,8 +191,6 @@ def diffusion_loss_discrete(
     err = _eps_error(denoiser, x, c, lam_t, eps)
     with _no_autocast(x.device):
         loss = weight * err
-    if variance_grad and p_t.shape and torch.is_grad_enabled():
-        _route_variance_gradient(p_t.shape[:1] + p_s.shape[:1], loss)
     return loss
 
 
@@ -228,7 +226,8 @@ def vlb_terms(
 
     u [B]: times for the diffusion term; eps: its noise; eps_0: the noise of z_0 ~ q(z_0|x) for
     the reconstruction term. T = 0 is continuous time (L_∞), T ≥ 1 the discrete-time L_T.
-    discretised: the 8-bit decoder (images); False: the Gaussian decoder (continuous data)."""
+    discretised: the 8-bit decoder (images); False: the Gaussian decoder (continuous data).
+    variance_grad: the variance routing of the continuous-time loss (ignored for T ≥ 1)."""
     x = x.float()
     with _no_autocast(x.device):
         lam_0, lam_1 = lam_endpoints(schedule, x)
@@ -236,7 +235,7 @@ def vlb_terms(
         z_0 = q_sample(x, lam_0.expand(x.shape[0]), eps_0.float())
         recon = reconstruction_loss(x, z_0, lam_0) if discretised else gaussian_reconstruction_loss(x, z_0, lam_0)
     if T:
-        diff = diffusion_loss_discrete(denoiser, x, c, schedule, u, eps.float(), T, variance_grad=variance_grad)
+        diff = diffusion_loss_discrete(denoiser, x, c, schedule, u, eps.float(), T)
     else:
         diff = diffusion_loss_continuous(denoiser, x, c, schedule, u, eps.float(), variance_grad=variance_grad)
     return BoundTerms(prior=prior, reconstruction=recon, diffusion=diff)

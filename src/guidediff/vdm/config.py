@@ -29,7 +29,8 @@ class VDMConfig:
     schedule_hidden: width of the schedule network's hidden layer (VDM: 1024).
     fourier, fourier_n_min, fourier_n_max: Fourier-feature input channels sin/cos(2^n π z).
     timesteps: 0 trains the continuous-time bound L_∞, T ≥ 1 the discrete-time L_T.
-    variance_minimisation: the learned schedule's shape minimises the loss estimator's variance.
+    variance_minimisation: the learned schedule's shape minimises the loss estimator's variance
+        (continuous time only: for T >= 1 the shape changes the bound and follows its gradient).
     antithetic: low-discrepancy times u_i = (u_0 + i/B) mod 1 during training.
     """
 
