@@ -62,7 +62,7 @@ def train_fmnist_classifier(out_path: str | Path, epochs: int = 20, batch_size: 
     """
     from guidediff.data.fmnist import load_fmnist
     from guidediff.data.images import random_hflip, to_tensor_dataset
-    from guidediff.metrics.features import resolve_device
+    from guidediff.sampling import resolve_device
     from guidediff.nets.fmnist_classifier import FmnistClassifier, save_classifier
 
     if epochs < 1 or batch_size < 1 or not (lr > 0) or not math.isfinite(lr):

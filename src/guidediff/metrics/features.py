@@ -6,20 +6,7 @@ import numpy as np
 import torch
 
 from guidediff.errors import UsageError
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' → cuda when available, else cpu; 'cuda' without a GPU is a usage error."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked, but torch sees no CUDA GPU; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+from guidediff.sampling import resolve_device
 
 
 def check_fmnist_images(images: np.ndarray) -> np.ndarray:
