@@ -83,6 +83,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def train_curve(path: Path, points: int = 40) -> list[list[float]]:
+    """[step, training bits/dim] pairs from the run's log.jsonl, thinned to about `points`."""
+    import json
+
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    stride = max(1, len(records) // points)
+    picked = records[::stride] + ([records[-1]] if records and (len(records) - 1) % stride else [])
+    return [[r["step"], r["loss"]] for r in picked]
+
+
 def save_figure(path: Path, variants: list[dict]) -> None:
     import matplotlib
 
@@ -204,6 +216,7 @@ def main(argv=None) -> int:
             sample_grid(grid, model, args.sample_steps, seed=0)
             entry["samples"] = grid.name
         entry["eval_seconds"] = time.time() - t_eval
+        entry["train_log"] = train_curve(run_dir / "log.jsonl")
         payload["variants"].append(entry)
         null_txt = f", null {entry['bpd_null']:.4f}" if "bpd_null" in entry else ""
         print(f"{name:16s} {entry['bpd']:.4f} ± {entry['bpd_ci95']:.4f} bits/dim{null_txt}  "

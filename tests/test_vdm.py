@@ -387,7 +387,8 @@ def test_prior_term_is_the_gaussian_kl():
     for lam_1 in (-10.0, -2.0, 0.0, 3.0):
         a2, s2 = 1 / (1 + math.exp(-lam_1)), 1 / (1 + math.exp(lam_1))
         want = (0.5 * (s2 + a2 * x**2 - 1 - math.log(s2))).flatten(1).sum(1)
-        torch.testing.assert_close(prior_loss(x, torch.tensor(lam_1, dtype=torch.float64)), want, rtol=1e-10, atol=1e-14)
+        got = prior_loss(x, torch.tensor(lam_1, dtype=torch.float64))
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
 
 
 def test_training_loop_takes_the_vdm_loss_and_the_checkpoint_reloads(tmp_path):

@@ -42,7 +42,8 @@ def run(args) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-        require(device.type != "cuda" or torch.cuda.is_available(), "--device cuda but no GPU is visible; use --device cpu")
+        require(device.type != "cuda" or torch.cuda.is_available(),
+                "--device cuda but no GPU is visible; use --device cpu")
 
     model, config = load_vdm(args.model, device=device, weights=args.weights)
     d = config.data

@@ -83,7 +83,8 @@ class VDMConfig:
             else:
                 ok = isinstance(value, str)
             if not ok:
-                raise UsageError(f"vdm config key {key!r} has the wrong type: {value!r}; expected a value like {default!r}")
+                raise UsageError(f"vdm config key {key!r} has the wrong type: {value!r}; "
+                                 f"expected a value like {default!r}")
             kwargs[key] = value
         config = cls(**kwargs)
         config.validate()

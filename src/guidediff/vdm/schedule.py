@@ -142,6 +142,11 @@ class LearnedSchedule(nn.Module):
         return f"hidden={self.hidden}, lam=[{self.lam_min:.3f}, {self.lam_max:.3f}]"
 
 
+# Kept out of torch.compile graphs: the shape tensors must be real (eager) tensors whose gradient
+# is the full gradient from every use, so the variance hooks of vdm.bound see all of it. Inside a
+# compiled graph they would be intermediates, and a hook on a graph output sees none of the uses
+# that the graph itself made of them.
+@torch.compiler.disable
 def schedule_point(schedule, u: Tensor) -> SchedulePoint:
     """λ(u), dλ/du (and the shape tensors of a learned schedule) for any schedule object."""
     if isinstance(schedule, LearnedSchedule):
