@@ -1,0 +1,314 @@
+"""Denoising diffusion GANs (Xiao et al. 2022) on the project's three benchmarks, in one script.
+
+Parts (choose with --parts; each trains its own DDGAN for a time or step budget, then evaluates):
+
+  gaussians25  DDGAN on the 25-Gaussians (paper Fig. 6): modes covered and the share of
+               high-quality samples (within 3σ of a mode), against DDIM at the same NFE driven by
+               the EXACT score of the mixture (guidediff.toy's closed form: an upper bound for any
+               trained diffusion model at that NFE). Figure ddgan_gaussians25.png.
+  stacked      DDGAN on stacked Fashion-MNIST (1000 modes): modes covered and KL(histogram ‖ uniform)
+               over --n-stacked (26k) samples, each channel classified by the evaluation classifier.
+  fmnist       DDGAN at T = --fmnist-T (1 2 4 8): FID-FMNIST (with its real-data floor), precision,
+               recall and seconds per image over --n-eval samples; the reference CFG diffusion model
+               (--cfg-model, w = 0, DDIM) at --nfe (4 10 50) beside it. Grids ddgan_fmnist_T{T}.png.
+
+Results merge into <out>/ddgan.json (out: --out, else $BENCH_OUT, else benchmarks/results), so the
+parts can run in separate calls; --merge A.json B.json combines files written elsewhere. Parts that
+need the evaluation classifier or the CFG model say so and are skipped when those are missing.
+
+CPU smoke run (about a minute):
+    python benchmarks/ddgan.py --tiny --out /tmp/ddgan_bench
+GPU (see docs/ddgan.md for the call plan):
+    python benchmarks/ddgan.py --parts gaussians25 stacked --stacked-minutes 4 --out $OUT
+    python benchmarks/ddgan.py --parts fmnist --fmnist-T 1 2 --minutes 3.5 --cfg-model fmnist-cfg --out $OUT
+    python benchmarks/ddgan.py --parts fmnist --fmnist-T 4 8 --minutes 3.5 --no-diffusion --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from guidediff.ddgan.config import load_config  # noqa: E402
+from guidediff.ddgan.modes import grid_coverage, stacked_coverage  # noqa: E402
+from guidediff.ddgan.sample import generate, load_generator  # noqa: E402
+from guidediff.ddgan.train import load_training_data, train  # noqa: E402
+from guidediff.errors import UsageError  # noqa: E402
+
+PARTS = ("gaussians25", "stacked", "fmnist")
+TINY_NETS = ["generator.base_channels=32", "generator.channel_mult=[1, 2]", "generator.num_res_blocks=1",
+             "generator.attention_resolutions=[]", "discriminator.base_channels=16",
+             "discriminator.channel_mult=[1, 2]"]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def train_run(data: str, T: int, run_dir: Path, args, overrides: list[str], minutes: float | None,
+              steps: int) -> tuple[object, object]:
+    """Train one DDGAN (fresh run directory) and load its EMA generator."""
+    import shutil
+
+    items = [f"diffusion.T={T}", f"train.steps={steps}", f'train.device="{args.device}"'] + overrides
+    if minutes:
+        items.append(f"train.minutes={minutes}")
+    if data != "grid25":
+        items.append(f"train.batch_size={args.batch_size}")
+        if args.data_dir:
+            items.append(f'data.data_dir="{args.data_dir}"')
+        if args.tiny:
+            items += TINY_NETS
+    config = load_config(data, None, items + list(args.set if data != "grid25" else []))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    result = train(config, run_dir, progress=False, command="benchmarks/ddgan.py")
+    log(f"  trained {data} T={T}: {result.step} steps in {result.elapsed_s:.0f} s "
+        f"({result.steps_per_sec or 0:.1f} steps/s), stopped by {result.stopped_by}, last {result.last}")
+    G, saved = load_generator(result.model_file, device=args.device)
+    return result, (G, saved)
+
+
+def timed_generate(G, config, n: int, args) -> dict:
+    generate(G, config, min(n, args.sample_batch), seed=123, device=args.device, batch_size=args.sample_batch)  # warm-up
+    return generate(G, config, n, seed=0, device=args.device, batch_size=args.sample_batch)
+
+
+# -- parts -----------------------------------------------------------------------------------------
+
+def part_gaussians25(args, work: Path, out: Path) -> dict:
+    from guidediff.data.toy2d import grid25
+    from guidediff.samplers import sample_ddim
+    from guidediff.schedules import CFGSchedule, lam_grid
+
+    mix = grid25()
+    means, std = mix.means.numpy(), float(mix.covs[0, 0, 0].sqrt())
+    result, (G, config) = train_run("grid25", args.toy_T, work / "grid25", args, [], args.toy_minutes, args.toy_steps)
+    samples = generate(G, config, args.n_toy, seed=0, device=args.device)
+    ours = grid_coverage(samples["x"], means, std)
+    # Diffusion baseline: DDIM (η = 0) over the exact ε of the mixture, same NFE, the library's
+    # default CFG schedule λ ∈ [−20, 20]; the mixture is unconditional here (c = null token).
+    nfe = config.diffusion.T
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(args.n_toy, 2, generator=g, dtype=torch.float64)
+    c = torch.full((args.n_toy,), mix.null_class, dtype=torch.long)
+    x_ddim = sample_ddim(mix, z, lam_grid(CFGSchedule(), nfe, dtype=torch.float64), c).numpy()
+    base = grid_coverage(x_ddim, means, std)
+    entry = {"T": nfe, "nfe": nfe, "modes": ours["modes"], "high_quality_share": ours["high_quality_share"],
+             "n": ours["n"], "steps": result.step, "train_seconds": round(result.elapsed_s, 1),
+             "baseline": {"method": "ddim-exact-score (upper bound for a trained diffusion model)", "nfe": nfe,
+                          "modes": base["modes"], "high_quality_share": base["high_quality_share"]}}
+    log(f"  25-Gaussians: DDGAN T={nfe} {ours['modes']}/25 modes, {ours['high_quality_share']:.1%} high quality; "
+        f"DDIM exact score at {nfe} NFE {base['modes']}/25, {base['high_quality_share']:.1%}")
+    _figure_gaussians(out / "ddgan_gaussians25.png", mix, samples["x"], x_ddim, nfe, ours, base)
+    return entry
+
+
+def _figure_gaussians(path: Path, mix, x_gan: np.ndarray, x_ddim: np.ndarray, nfe: int, ours: dict, base: dict) -> None:
+    from guidediff.plots import _pyplot
+
+    plt = _pyplot()
+    data, _ = mix.sample(len(x_gan), generator=torch.Generator().manual_seed(1))
+    panels = [("data", data.numpy(), None), (f"DDGAN, T = {nfe}", x_gan, ours),
+              (f"DDIM, exact score, {nfe} NFE", x_ddim, base)]
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.7))
+    for ax, (title, x, cov) in zip(axes, panels):
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.25)
+        if cov is not None:
+            title += f"\n{cov['modes']}/25 modes, {cov['high_quality_share']:.0%} high quality"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(-2.1, 2.1)
+        ax.set_ylim(-2.1, 2.1)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log(f"  wrote {path}")
+
+
+def part_stacked(args, work: Path, out: Path, classifier) -> dict | None:
+    if classifier is None:
+        log("  stacked: skipped (no evaluation classifier; pass --classifier PATH)")
+        return None
+    result, (G, config) = train_run("stacked-fmnist", args.stacked_T, work / "stacked", args, [],
+                                    args.stacked_minutes, args.stacked_steps)
+    samples = generate(G, config, args.n_stacked, seed=0, device=args.device, batch_size=args.sample_batch)
+    cov = stacked_coverage(samples["x"], classifier, device=args.device)
+    _grid(out / "ddgan_stacked.png", samples["x"])
+    log(f"  stacked FMNIST: {cov['modes']}/1000 modes, KL {cov['kl']:.3f} over n={cov['n']}")
+    return {**cov, "T": config.diffusion.T, "steps": result.step, "train_seconds": round(result.elapsed_s, 1)}
+
+
+def part_fmnist(args, work: Path, out: Path, classifier) -> list[dict]:
+    from guidediff.metrics.evaluate import evaluate_samples
+
+    if classifier is None:
+        log("  fmnist: skipped (no evaluation classifier; pass --classifier PATH)")
+        return []
+    entries = []
+    for T in args.fmnist_T:
+        result, (G, config) = train_run("fmnist", T, work / f"fmnist_T{T}", args, [], args.minutes, args.steps)
+        samples = timed_generate(G, config, args.n_eval, args)
+        metrics = evaluate_samples(samples["x"], None, classifier, device=args.device, data_dir=args.data_dir)
+        _grid(out / f"ddgan_fmnist_T{T}.png", samples["x"])
+        entry = {"method": "ddgan", "T": T, "nfe": T, "fid": metrics["fid"], "fid_floor": metrics["fid_floor"],
+                 "precision": metrics["precision"], "recall": metrics["recall"], "n": metrics["n"],
+                 "sec_per_image": samples["seconds"] / len(samples["x"]), "steps": result.step,
+                 "train_seconds": round(result.elapsed_s, 1)}
+        log(f"  DDGAN T={T}: FID-FMNIST {entry['fid']:.2f} (floor {entry['fid_floor']:.2f}), recall "
+            f"{entry['recall']:.3f}, {entry['sec_per_image'] * 1e3:.3f} ms/image")
+        entries.append(entry)
+    if args.no_diffusion:
+        return entries
+    if args.cfg_model is None:
+        log("  diffusion baseline: skipped (pass --cfg-model PATH or a shipped name such as fmnist-cfg)")
+        return entries
+    try:
+        from guidediff.checkpoint import load_model
+
+        net, cfg_config = load_model(args.cfg_model, args.device)
+    except UsageError as exc:
+        log(f"  diffusion baseline: skipped ({exc})")
+        return entries
+    from guidediff.sampling import generate as cfg_generate
+
+    num_classes = cfg_config.model.num_classes
+    classes = list(range(num_classes)) if num_classes else [-1]
+    per_class = -(-args.n_eval // len(classes))
+    for nfe in args.nfe:
+        # w = 0: the conditional model without guidance, one network evaluation per DDIM step;
+        # classes in equal shares, so the sample set matches the data's class balance.
+        kwargs = dict(sampler="ddim", steps=nfe, device=args.device, batch_size=args.sample_batch, progress=False)
+        cfg_generate(net, cfg_config, classes[:1], [0.0], min(per_class, args.sample_batch), seed=123, **kwargs)
+        res = cfg_generate(net, cfg_config, classes, [0.0], per_class, seed=0, **kwargs)
+        metrics = evaluate_samples(res["x"], None, classifier, device=args.device, data_dir=args.data_dir)
+        entry = {"method": "diffusion-ddim", "w": 0.0, "nfe": res["nfe_per_image"], "fid": metrics["fid"],
+                 "fid_floor": metrics["fid_floor"], "precision": metrics["precision"], "recall": metrics["recall"],
+                 "n": metrics["n"], "sec_per_image": res["seconds"] / len(res["x"])}
+        log(f"  diffusion DDIM {nfe} NFE: FID-FMNIST {entry['fid']:.2f}, recall {entry['recall']:.3f}, "
+            f"{entry['sec_per_image'] * 1e3:.3f} ms/image")
+        entries.append(entry)
+    return entries
+
+
+def _grid(path: Path, x: np.ndarray, k: int = 64) -> None:
+    from guidediff.images import save_grid
+
+    save_grid(path, x[:k], 8, 8)
+
+
+# -- results -----------------------------------------------------------------------------------------
+
+def merge(old: dict, new: dict) -> dict:
+    """new over old; fmnist entries are replaced per (method, nfe), kept otherwise."""
+    merged = {**old, **{k: v for k, v in new.items() if k != "fmnist"}}
+    entries = {(e["method"], e["nfe"]): e for e in old.get("fmnist", [])}
+    entries.update({(e["method"], e["nfe"]): e for e in new.get("fmnist", [])})
+    if entries:
+        merged["fmnist"] = sorted(entries.values(), key=lambda e: (e["method"], e["nfe"]))
+    return merged
+
+
+def print_table(result: dict) -> None:
+    if "gaussians25" in result:
+        g = result["gaussians25"]
+        log(f"25-Gaussians  DDGAN T={g['T']}: {g['modes']}/25 modes, {g['high_quality_share']:.1%} HQ | "
+            f"DDIM exact score {g['baseline']['nfe']} NFE: {g['baseline']['modes']}/25, "
+            f"{g['baseline']['high_quality_share']:.1%} HQ")
+    if "stacked" in result:
+        s = result["stacked"]
+        log(f"stacked FMNIST  modes {s['modes']}/1000  KL {s['kl']:.3f}  n={s['n']}")
+    if result.get("fmnist"):
+        log(f"{'method':<16}{'NFE':>5}{'FID':>9}{'floor':>8}{'recall':>8}{'ms/img':>9}")
+        for e in result["fmnist"]:
+            log(f"{e['method']:<16}{e['nfe']:>5}{e['fid']:>9.2f}{e['fid_floor']:>8.2f}{e['recall']:>8.3f}"
+                f"{e['sec_per_image'] * 1e3:>9.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=None, help="folder of ddgan.json and figures (default $BENCH_OUT or benchmarks/results)")
+    p.add_argument("--work-dir", default="/tmp/ddgan_bench", help="run directories (checkpoints) go here")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files (default: the usual search)")
+    p.add_argument("--classifier", default=None, help="evaluation classifier weights (default: the shipped one)")
+    p.add_argument("--cfg-model", default=None, help="reference CFG model (run dir, .safetensors or shipped name)")
+    p.add_argument("--fmnist-T", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--minutes", type=float, default=3.5, help="training minutes per fmnist T")
+    p.add_argument("--steps", type=int, default=1_000_000, help="training step cap per fmnist T")
+    p.add_argument("--batch-size", type=int, default=256, help="image batch size (fmnist and stacked)")
+    p.add_argument("--set", action="append", default=[], help="extra DDGAN config override for image runs")
+    p.add_argument("--n-eval", type=int, default=10_000, help="samples per FID evaluation")
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 10, 50], help="DDIM steps of the diffusion baseline")
+    p.add_argument("--no-diffusion", action="store_true", help="skip the diffusion baseline in the fmnist part")
+    p.add_argument("--sample-batch", type=int, default=1000)
+    p.add_argument("--toy-T", type=int, default=4)
+    p.add_argument("--toy-steps", type=int, default=20_000)
+    p.add_argument("--toy-minutes", type=float, default=1.5)
+    p.add_argument("--n-toy", type=int, default=10_000)
+    p.add_argument("--stacked-T", type=int, default=4)
+    p.add_argument("--stacked-minutes", type=float, default=4.0)
+    p.add_argument("--stacked-steps", type=int, default=1_000_000)
+    p.add_argument("--n-stacked", type=int, default=26_000)
+    p.add_argument("--tiny", action="store_true", help="CPU smoke test: a few steps, tiny nets, few samples")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only merge these result files into <out>")
+    args = p.parse_args(argv)
+
+    out = Path(args.out or os.environ.get("BENCH_OUT") or common.RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "ddgan.json"
+    old = json.loads(target.read_text()) if target.is_file() else {}
+    if args.merge:
+        for path in args.merge:
+            old = merge(old, json.loads(Path(path).read_text()))
+        common.write_result("ddgan", {k: v for k, v in old.items() if k not in ("device", "torch", "commit", "cuda")},
+                            str(out))
+        print_table(old)
+        return 0
+    if args.tiny:
+        args.minutes, args.steps, args.n_eval, args.nfe = None, 20, 200, [2]
+        args.toy_minutes, args.toy_steps, args.n_toy = None, 100, 2000
+        args.stacked_minutes, args.stacked_steps, args.n_stacked = None, 10, 500
+        args.fmnist_T, args.batch_size, args.sample_batch = [1, 2], 16, 100
+
+    classifier = None
+    if "stacked" in args.parts or "fmnist" in args.parts:
+        from guidediff.nets.fmnist_classifier import load_eval_classifier
+
+        try:
+            classifier = load_eval_classifier(args.classifier, args.device)
+        except UsageError as exc:
+            log(f"no evaluation classifier ({exc}); the stacked and fmnist parts will be skipped")
+    work = Path(args.work_dir)
+    new: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("merge",)}}
+    start = time.perf_counter()
+    if "gaussians25" in args.parts:
+        log("== 25-Gaussians")
+        new["gaussians25"] = part_gaussians25(args, work, out)
+    if "stacked" in args.parts:
+        log("== stacked Fashion-MNIST")
+        stacked = part_stacked(args, work, out, classifier)
+        if stacked is not None:
+            new["stacked"] = stacked
+    if "fmnist" in args.parts:
+        log("== Fashion-MNIST")
+        new["fmnist"] = part_fmnist(args, work, out, classifier)
+    new["settings"]["wall_seconds"] = round(time.perf_counter() - start, 1)
+    merged = merge({k: v for k, v in old.items() if k not in ("device", "torch", "commit", "cuda")}, new)
+    common.write_result("ddgan", merged, str(out))
+    print_table(merged)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Configuration of a DDGAN run: dataclass sections, per-dataset presets, TOML files and checked
+``section.key=value`` overrides (the same typed checks as guidediff.config), saved resolved as
+``config.json`` and inside every checkpoint, so a checkpoint loads from its path alone.
+
+Resolution order: preset for data.name ← TOML file ← overrides ← the train-ddgan flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guidediff.config import _convert, _type_name, _unknown, load_toml, parse_override
+from guidediff.errors import UsageError, require
+
+DATASETS = ("fmnist", "stacked-fmnist", "grid25")
+TOY_DATASETS = ("grid25",)
+
+# shape of one sample and number of classes, per dataset (what the networks are built for)
+_SPECS: dict[str, tuple[tuple[int, ...], int]] = {
+    "fmnist": ((1, 28, 28), 10),
+    "stacked-fmnist": ((3, 28, 28), 1000),
+    "grid25": ((2,), 5),
+}
+
+
+def data_spec(name: str) -> tuple[tuple[int, ...], int]:
+    """(sample shape, number of classes) of a dataset name."""
+    require(name in _SPECS, f"data.name {name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    return _SPECS[name]
+
+
+@dataclass
+class DataSection:
+    """name: fmnist | stacked-fmnist | grid25. conditional: class-conditional G and D (labels of
+    the dataset; grid25 has 5 row classes). toy_size: points drawn once (seeded) for 2-D data."""
+
+    name: str = "fmnist"
+    data_dir: str | None = None
+    conditional: bool = False
+    hflip: bool = False
+    toy_size: int = 100_000
+
+
+@dataclass
+class DiffusionSection:
+    """T denoising steps on DDGAN's VP schedule (β_min, β_max); see ddgan.schedule."""
+
+    T: int = 4
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+
+@dataclass
+class GeneratorSection:
+    """Images: an ADM UNet (base_channels, channel_mult, num_res_blocks, attention_resolutions)
+    whose embedding adds mapping(z) (mapping_layers linear layers); 2-D: an MLP (hidden, layers)."""
+
+    nz: int = 100
+    base_channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [7])
+    mapping_layers: int = 3
+    hidden: int = 128
+    layers: int = 3
+
+
+@dataclass
+class DiscriminatorSection:
+    """Images: one residual down block per channel_mult entry; 2-D: an MLP (hidden, layers)."""
+
+    base_channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
+    hidden: int = 128
+    layers: int = 3
+
+
+@dataclass
+class TrainSection:
+    """Adam(β1, β2) for G and D; R1 weight r1_gamma applied every r1_every steps (lazy R1, scaled by
+    r1_every as in StyleGAN2 so the average penalty does not change); EMA of G with warm-up.
+    Training stops at `steps` or after `minutes` of wall time, whichever comes first.
+    mixed_precision: auto (bf16 on CUDA) | no | bf16; R1 is always computed in float32."""
+
+    batch_size: int = 128
+    lr_g: float = 1.6e-4
+    lr_d: float = 1.25e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    r1_gamma: float = 0.02
+    r1_every: int = 1
+    ema_decay: float = 0.999
+    steps: int = 20_000
+    minutes: float | None = None
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 2_000
+    keep_last: int = 2
+    mixed_precision: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+    device: str = "auto"
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSection,
+    "diffusion": DiffusionSection,
+    "generator": GeneratorSection,
+    "discriminator": DiscriminatorSection,
+    "train": TrainSection,
+}
+
+
+@dataclass
+class DDGANConfig:
+    data: DataSection = field(default_factory=DataSection)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    generator: GeneratorSection = field(default_factory=GeneratorSection)
+    discriminator: DiscriminatorSection = field(default_factory=DiscriminatorSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    @property
+    def is_toy(self) -> bool:
+        return self.data.name in TOY_DATASETS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> DDGANConfig:
+        """A config from a nested dict; the preset of its data.name fills what is missing."""
+        name = (d.get("data") or {}).get("name", DataSection.name) if isinstance(d, dict) else DataSection.name
+        config = apply_nested(preset(name), d, source)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """UsageError naming the fix for well-typed but unusable values."""
+        dt, df, g, dsc, t = self.data, self.diffusion, self.generator, self.discriminator, self.train
+        require(dt.name in DATASETS, f"data.name {dt.name!r} is unknown; choose one of {', '.join(DATASETS)}")
+        require(df.T >= 1, f"diffusion.T must be >= 1, got {df.T}")
+        require(0 < df.beta_min < df.beta_max, f"need 0 < diffusion.beta_min < diffusion.beta_max, got "
+                f"{df.beta_min} and {df.beta_max}")
+        for section, names in ((g, ("nz", "base_channels", "num_res_blocks", "mapping_layers", "hidden", "layers")),
+                               (dsc, ("base_channels", "hidden", "layers")),
+                               (t, ("batch_size", "steps", "r1_every", "log_every", "checkpoint_every",
+                                    "keep_last")),
+                               (dt, ("toy_size",))):
+            for name in names:
+                value = getattr(section, name)
+                require(value >= 1, f"{_section_name(section)}.{name} must be >= 1, got {value}")
+        require(len(g.channel_mult) >= 1 and min(g.channel_mult) >= 1,
+                f"generator.channel_mult must hold positive integers, got {g.channel_mult}")
+        require(len(dsc.channel_mult) >= 1 and min(dsc.channel_mult) >= 1,
+                f"discriminator.channel_mult must hold positive integers, got {dsc.channel_mult}")
+        for name in ("lr_g", "lr_d"):
+            value = getattr(t, name)
+            require(value > 0 and math.isfinite(value), f"train.{name} must be a positive number, got {value}")
+        require(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, f"train.beta1 and train.beta2 must lie in [0, 1), got "
+                f"{t.beta1} and {t.beta2}")
+        require(t.r1_gamma >= 0, f"train.r1_gamma must be >= 0 (0 turns R1 off), got {t.r1_gamma}")
+        require(0 <= t.ema_decay < 1, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+        require(t.minutes is None or t.minutes > 0, f"train.minutes must be positive, got {t.minutes}")
+        require(t.mixed_precision in ("auto", "no", "bf16"),
+                f"train.mixed_precision {t.mixed_precision!r} is unknown; choose auto, no or bf16")
+        require(isinstance(t.channels_last, bool) or t.channels_last == "auto",
+                f"train.channels_last must be true, false or \"auto\", got {t.channels_last!r}")
+        require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
+        if not self.is_toy:
+            self.unet_config(channels=1, num_classes=0).validate()
+
+
+    def unet_config(self, channels: int, num_classes: int):
+        """The generator's UNetConfig for 28×28 images with `channels` channels."""
+        from guidediff.nets.unet import UNetConfig
+
+        g = self.generator
+        heads = {"head_channels": 64} if all(g.base_channels * m % 64 == 0 for m in g.channel_mult) else {"num_heads": 1}
+        return UNetConfig.from_dict(dict(
+            image_size=28, in_channels=channels, base_channels=g.base_channels, channel_mult=list(g.channel_mult),
+            num_res_blocks=g.num_res_blocks, attention_resolutions=list(g.attention_resolutions), dropout=0.0,
+            num_classes=num_classes, **heads))
+
+
+def _section_name(section: Any) -> str:
+    return next(name for name, cls in SECTIONS.items() if isinstance(section, cls))
+
+
+def preset(name: str) -> DDGANConfig:
+    """Defaults for a dataset (its configs/ddgan_*.toml says the same):
+
+    - fmnist / stacked-fmnist: UNet G 64·(1, 2, 2), 2 blocks, attention at 7; D 64·(1, 2, 4);
+      batch 128, lr 1.6e-4 / 1.25e-4, Adam(0.5, 0.9), R1 γ = 0.02 (DDGAN's CIFAR-10 settings).
+    - grid25: MLPs of width 128 and depth 3, nz = 2, batch 256, lr 5e-4, R1 γ = 0.1 every step.
+    """
+    require(name in DATASETS, f"data.name {name!r} is unknown; choose one of {', '.join(DATASETS)}")
+    config = DDGANConfig(data=DataSection(name=name))
+    if name in TOY_DATASETS:
+        config.diffusion.T = 2
+        config.generator.nz = 2
+        config.train = TrainSection(batch_size=256, lr_g=5e-4, lr_d=5e-4, r1_gamma=0.1, ema_decay=0.999,
+                                    steps=4000, log_every=250, checkpoint_every=4000)
+    return config
+
+
+def apply_nested(config: DDGANConfig, nested: dict[str, Any], source: str = "config") -> DDGANConfig:
+    """Set {section: {key: value}} on config in place (checked keys and types); returns it."""
+    require(isinstance(nested, dict), f"{source} must hold a table of sections")
+    for section, body in nested.items():
+        require(isinstance(body, dict), f"[{section}] in {source} must be a table of keys, got {body!r}")
+        for key, value in body.items():
+            set_value(config, f"{section}.{key}", value, source)
+    return config
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def set_value(config: DDGANConfig, dotted: str, value: Any, source: str = "override") -> None:
+    """Assign section.key = value, checking that the key exists and the value has its type."""
+    import typing
+
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        raise _unknown("section" if key else "key", section if key else dotted, list(SECTIONS) if key else all_keys())
+    hints = typing.get_type_hints(SECTIONS[section])
+    if key not in hints:
+        raise _unknown("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
+    ok, converted = _convert(value, hints[key])
+    if not ok:
+        raise UsageError(f"config key {dotted} ({source}) must be {_type_name(hints[key])}, got {value!r}")
+    setattr(getattr(config, section), key, converted)
+
+
+def load_config(data: str | None = None, path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> DDGANConfig:
+    """preset(data or the file's data.name) ← TOML file ← 'section.key=value' overrides, validated."""
+    nested = load_toml(path) if path is not None else {}
+    file_data = (nested.get("data") or {}).get("name")
+    if data is not None and file_data is not None and data != file_data:
+        raise UsageError(f"--data {data} disagrees with data.name = {file_data!r} in {path}; drop one of them")
+    config = preset(data or file_data or DataSection.name)
+    apply_nested(config, nested, str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_value(config, key, value, source=f"--set {item}")
+    config.validate()
+    return config

@@ -1,0 +1,418 @@
+"""The DDGAN training loop: two networks, two Adam optimizers, alternating steps (Xiao et al. 2022,
+Algorithm in App. B). A dedicated loop rather than guidediff.train's single-loss one.
+
+One step, for a batch x_0 with levels i ~ U{1..T} (λ_t = λ_i, λ_s = λ_{i−1}):
+  real pair   (x_s, x_t) ~ q(x_s | x_0) q(x_t | x_s)                               schedule.forward_pair
+  fake x_s    x_s' ~ q(x_s | x_t, x̂_0),  x̂_0 = G(x_t, z, λ_t, c),  z ~ N(0, I)      schedule.posterior_sample
+  D step      softplus(−D(x_s, x_t)) + softplus(D(x_s', x_t)) [+ R1 on the real x_s, float32]
+  G step      softplus(−D(x_s'', x_t)) with a fresh z (non-saturating)
+then the EMA of G. Randomness is a function of (seed, step), so --resume continues exactly.
+
+A non-finite loss stops training before the optimizer step that would spread it: the last
+finite state is saved as a checkpoint and TrainingDiverged (a UsageError) names the fix.
+
+Run directory: config.json, log.jsonl, checkpoints/ckpt-XXXXXXX/ (guidediff.checkpoint format
+with state.json "kind": "ddgan"; model.safetensors holds G.* and D.*, ema.safetensors the EMA
+of G, optimizer.safetensors both optimizers), model.safetensors (the exported EMA generator) and
+samples.png. Single device; multi-GPU is not implemented for DDGAN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from guidediff.ddgan.config import DDGANConfig
+from guidediff.ddgan.losses import d_loss, g_loss, r1_penalty
+from guidediff.ddgan.schedule import DiscreteVP, forward_pair, posterior_sample
+from guidediff.errors import UsageError, require
+from guidediff.sampling import derive_seed, resolve_device
+
+CHECKPOINTS = "checkpoints"
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+KIND = "ddgan"
+MODEL_FORMAT = "guidediff-ddgan-model-v1"
+
+
+class TrainingDiverged(UsageError):
+    """A loss became NaN or infinite; a checkpoint of the last finite state was written."""
+
+
+class _NonFinite(Exception):
+    def __init__(self, what: str, value: float):
+        super().__init__(what)
+        self.what, self.value = what, value
+
+
+# -- data --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    """The whole training set on the device: images uint8 [N, H, W, C] or points float [N, d]."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    sample_shape: tuple[int, ...]
+    toy: Any = None  # the GaussianMixture of 2-D data (for evaluation)
+
+    @property
+    def is_images(self) -> bool:
+        return self.x.dtype == torch.uint8
+
+    def batch(self, batch_size: int, g: torch.Generator, hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(self.x), (batch_size,), generator=g, device=self.x.device)
+        if not self.is_images:
+            return self.x[idx], self.labels[idx]
+        # uint8 NHWC permuted to NCHW is already channels_last in memory; x = v/127.5 − 1.
+        x = self.x[idx].permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        if hflip:
+            flip = torch.rand(batch_size, generator=g, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, self.labels[idx]
+
+
+def load_training_data(config: DDGANConfig, device: torch.device) -> TrainingData:
+    """The dataset of config.data on `device` (2-D points are drawn once from the mixture, seeded)."""
+    d = config.data
+    if config.is_toy:
+        from guidediff.data.toy2d import load_toy
+
+        mixture = load_toy(d.name)
+        g = torch.Generator().manual_seed(derive_seed(config.train.seed, "toy-data"))
+        x, y = mixture.sample(d.toy_size, generator=g)
+        return TrainingData(x.float().to(device), y.to(device), mixture.num_classes, (x.shape[1],), mixture)
+    from guidediff.data.images import load_dataset
+
+    arrays = load_dataset(d.name, "train", d.data_dir)
+    images = torch.from_numpy(arrays.images.copy()).to(device)
+    labels = torch.from_numpy(arrays.labels.astype("int64")).to(device)
+    return TrainingData(images, labels, arrays.num_classes, (arrays.channels, arrays.resolution, arrays.resolution))
+
+
+# -- networks ----------------------------------------------------------------------------------
+
+def build_networks(config: DDGANConfig, sample_shape: tuple[int, ...], num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for the data's shape; class-conditional when config.data.conditional."""
+    from guidediff.ddgan.discriminator import ImageDiscriminator, MLPDiscriminator
+    from guidediff.ddgan.generator import ImageGenerator, MLPGenerator
+
+    k = num_classes if config.data.conditional else 0
+    g, d = config.generator, config.discriminator
+    if len(sample_shape) == 1:
+        return (MLPGenerator(sample_shape[0], g.nz, g.hidden, g.layers, k),
+                MLPDiscriminator(sample_shape[0], d.hidden, d.layers, k))
+    channels = sample_shape[0]
+    return (ImageGenerator(config.unet_config(channels, k), g.nz, g.mapping_layers),
+            ImageDiscriminator(channels, d.base_channels, tuple(d.channel_mult), k))
+
+
+# -- one step ----------------------------------------------------------------------------------
+
+@dataclass
+class Nets:
+    G: nn.Module  # raw modules (what checkpoints hold)
+    D: nn.Module
+    G_run: Callable  # possibly compiled forwards
+    D_run: Callable
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+
+def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch.Tensor, config: DDGANConfig,
+               g: torch.Generator, *, r1_step: bool, bf16: bool) -> dict[str, torch.Tensor]:
+    """One D update and one G update on the batch x0; raises _NonFinite before a bad update."""
+    t = config.train
+    b, T, nz = x0.shape[0], config.diffusion.T, config.generator.nz
+    dev = x0.device
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=g, device=dev)
+
+    i = torch.randint(1, T + 1, (b,), generator=g, device=dev)
+    lam_t, lam_s = lams[i], lams[i - 1]
+    x_s, x_t = forward_pair(x0, lam_s, lam_t, randn(*x0.shape), randn(*x0.shape))
+
+    def fake(latent: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            x0_hat = nets.G_run(x_t, latent, lam_t, c)
+        return posterior_sample(x_t, x0_hat.float(), lam_t, lam_s, noise)
+
+    # -- discriminator
+    nets.D.requires_grad_(True)
+    if r1_step:
+        # R1 needs ∇_x D in full precision, and double backward (no compiled D here).
+        x_real = x_s.detach().requires_grad_(True)
+        with torch.autocast(dev.type, enabled=False):
+            d_real = nets.D(x_real, x_t, lam_t, c).float()
+    else:
+        with autocast:
+            d_real = nets.D_run(x_s, x_t, lam_t, c).float()
+    with torch.no_grad():
+        x_fake = fake(randn(b, nz), randn(*x0.shape))
+    with autocast:
+        d_fake = nets.D_run(x_fake, x_t, lam_t, c).float()
+    loss_d = d_loss(d_real, d_fake)
+    r1 = r1_penalty(d_real, x_real, t.r1_gamma) * t.r1_every if r1_step else torch.zeros((), device=dev)
+    total_d = loss_d + r1
+    value = float(total_d.detach())
+    if not math.isfinite(value):
+        raise _NonFinite("the discriminator loss", value)
+    nets.opt_d.zero_grad(set_to_none=True)
+    total_d.backward()
+    nets.opt_d.step()
+
+    # -- generator
+    nets.D.requires_grad_(False)
+    x_fake = fake(randn(b, nz), randn(*x0.shape))
+    with autocast:
+        d_gen = nets.D_run(x_fake, x_t, lam_t, c).float()
+    loss_g = g_loss(d_gen)
+    value = float(loss_g.detach())
+    if not math.isfinite(value):
+        raise _NonFinite("the generator loss", value)
+    nets.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    nets.opt_g.step()
+    nets.D.requires_grad_(True)
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "r1": r1.detach(),
+            "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def merge_optimizers(sd_g: dict[str, Any], sd_d: dict[str, Any]) -> dict[str, Any]:
+    """Two optimizer state_dicts as one (D's parameter indices shifted after G's; each group
+    tagged with its network), so guidediff.checkpoint stores them in one file."""
+    shift = sum(len(group["params"]) for group in sd_g["param_groups"])
+    state = {**sd_g["state"], **{int(k) + shift: v for k, v in sd_d["state"].items()}}
+    groups = [{**group, "net": "G"} for group in sd_g["param_groups"]]
+    groups += [{**group, "net": "D", "params": [p + shift for p in group["params"]]} for group in sd_d["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def split_optimizers(merged: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inverse of merge_optimizers."""
+    out = []
+    for net in ("G", "D"):
+        groups = [g for g in merged["param_groups"] if g.get("net") == net]
+        indices = [p for g in groups for p in g["params"]]
+        shift = min(indices) if indices else 0
+        out.append({
+            "state": {int(k) - shift: v for k, v in merged["state"].items() if int(k) in set(indices)},
+            "param_groups": [{**{k: v for k, v in g.items() if k != "net"}, "params": [p - shift for p in g["params"]]}
+                             for g in groups],
+        })
+    return out[0], out[1]
+
+
+def _prefixed(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def save_ddgan_checkpoint(out_dir: Path, step: int, nets: Nets, ema, config: DDGANConfig,
+                          extra: dict[str, Any]) -> Path:
+    """ckpt-{step} under out_dir/checkpoints, written atomically by guidediff.checkpoint."""
+    from guidediff.checkpoint import environment, save_checkpoint
+
+    state = {"kind": KIND, "config": config.to_dict(), "ema": ema.meta(), **environment(), **extra}
+    return save_checkpoint(Path(out_dir) / CHECKPOINTS, step, model={**_prefixed("G", nets.G), **_prefixed("D", nets.D)},
+                           ema=ema.state_dict(), optimizer=merge_optimizers(nets.opt_g.state_dict(), nets.opt_d.state_dict()),
+                           state=state, keep_last=config.train.keep_last)
+
+
+def read_ddgan_checkpoint(path: str | Path, parts: tuple[str, ...] = ("model", "ema", "optimizer"),
+                          device: str | torch.device = "cpu") -> tuple[Path, dict[str, Any], dict[str, dict]]:
+    """(checkpoint dir, state.json, {part: tensors}) of a DDGAN checkpoint or run directory."""
+    from guidediff.checkpoint import STATE_FILE, TENSOR_FILES, read_tensors, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{ckpt / STATE_FILE} is unreadable ({exc.__class__.__name__}); resume from an older "
+                         "checkpoint or train again") from None
+    require(isinstance(state, dict) and state.get("kind") == KIND and "config" in state,
+            f"{ckpt} is not a DDGAN checkpoint (state.json has no \"kind\": \"{KIND}\"); pass the run directory of "
+            "`guidediff train-ddgan`")
+    return ckpt, state, {part: read_tensors(ckpt / TENSOR_FILES[part], device) for part in parts}
+
+
+def export_generator(ema_state: dict[str, torch.Tensor], config: DDGANConfig, path: Path, info: dict[str, Any]) -> Path:
+    """One .safetensors file of EMA generator weights; its metadata carries the config."""
+    import os
+
+    from safetensors.torch import save_file
+
+    meta = {"format": MODEL_FORMAT, "config": json.dumps(config.to_dict()), **{k: str(v) for k, v in info.items()}}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+@dataclass
+class DDGANResult:
+    out_dir: Path
+    step: int
+    stopped_by: str  # "steps" | "time"
+    checkpoint: Path
+    model_file: Path
+    elapsed_s: float
+    steps_per_sec: float | None
+    last: dict[str, float]
+
+
+def _all_finite(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          command: str | None = None, data: TrainingData | None = None) -> DDGANResult:
+    """Train DDGAN as configured into out_dir (resuming from its latest checkpoint if asked)."""
+    from guidediff.checkpoint import latest_checkpoint
+    from guidediff.ema import EMA
+
+    config.validate()
+    t = config.train
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / CHECKPOINTS
+    device = resolve_device(t.device)
+    cuda = device.type == "cuda"
+    bf16 = t.mixed_precision == "bf16" or (t.mixed_precision == "auto" and cuda)
+    channels_last = cuda if t.channels_last == "auto" else bool(t.channels_last)
+    require(resume or latest_checkpoint(ckpt_root) is None,
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+
+    state: dict[str, Any] | None = None
+    if resume and latest_checkpoint(ckpt_root) is not None:
+        _, state, tensors = read_ddgan_checkpoint(out_dir, device="cpu")
+        saved = DDGANConfig.from_dict(state["config"], source=str(ckpt_root))
+        # The run's architecture and data are fixed; the length and time budget may change.
+        saved.train.steps, saved.train.minutes = t.steps, t.minutes
+        config = saved
+        t = config.train
+
+    data = data if data is not None else load_training_data(config, device)
+    torch.manual_seed(t.seed)
+    G, D = build_networks(config, data.sample_shape, data.num_classes)
+    G, D = G.to(device), D.to(device)
+    if channels_last and data.is_images:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), foreach=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), foreach=True)
+    ema = EMA(G, decay=t.ema_decay, warmup=True)
+    step, prior_time, commands = 0, 0.0, []
+    if state is not None:
+        G.load_state_dict(_unprefixed("G", tensors["model"]))
+        D.load_state_dict(_unprefixed("D", tensors["model"]))
+        ema.load_state_dict(tensors["ema"])
+        ema.load_meta(state["ema"])
+        from guidediff.checkpoint import unflatten_optimizer
+
+        sd_g, sd_d = split_optimizers(unflatten_optimizer(tensors["optimizer"], state["optimizer"]))
+        opt_g.load_state_dict(sd_g)
+        opt_d.load_state_dict(sd_d)
+        step, prior_time = int(state["step"]), float(state.get("training_time_s", 0.0))
+        commands = list(state.get("commands", []))
+    if command:
+        commands.append(command)
+    G_run = torch.compile(G) if t.compile else G
+    D_run = torch.compile(D) if t.compile else D
+    nets = Nets(G, D, G_run, D_run, opt_g, opt_d)
+    lams = DiscreteVP(config.diffusion.T, config.diffusion.beta_min, config.diffusion.beta_max).lams(device=device)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(config.to_json() + "\n")
+    log_path = out_dir / LOG_FILE
+    start = time.perf_counter()
+    deadline = start + 60.0 * t.minutes if t.minutes else math.inf
+    last: dict[str, float] = {}
+    window: dict[str, torch.Tensor] = {}
+    window_steps, window_start = 0, start
+    steps_per_sec = None
+
+    def extra() -> dict[str, Any]:
+        return {"training_time_s": prior_time + time.perf_counter() - start, "metrics": last, "commands": commands}
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=t.steps, initial=step, desc=f"ddgan T={config.diffusion.T}", unit="step")
+    stopped_by = "steps"
+    try:
+        while step < t.steps:
+            if time.perf_counter() >= deadline:
+                stopped_by = "time"
+                break
+            g = torch.Generator(device=device).manual_seed(derive_seed(t.seed, "ddgan-step", step))
+            x0, c = data.batch(t.batch_size, g, hflip=config.data.hflip and not config.is_toy)
+            r1_step = t.r1_gamma > 0 and step % t.r1_every == 0
+            try:
+                stats = train_step(nets, x0, c if config.data.conditional else None, lams, config, g,
+                                   r1_step=r1_step, bf16=bf16)
+            except _NonFinite as bad:
+                if _all_finite(G) and _all_finite(D):
+                    where = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
+                    saved = f"saved the last finite state (step {step}) to {where}"
+                else:
+                    where = latest_checkpoint(ckpt_root)
+                    saved = f"the weights are no longer finite; the last good checkpoint is {where}"
+                raise TrainingDiverged(
+                    f"{bad.what} became {bad.value} at step {step}; {saved}; lower train.lr_g/train.lr_d or raise "
+                    "train.r1_gamma (--set train.lr_d=...), then continue with --resume") from None
+            ema.update(G)
+            step += 1
+            for k, v in stats.items():
+                window[k] = window[k] + v if k in window else v  # device tensors: no sync per step
+            window_steps += 1
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.perf_counter()
+                steps_per_sec = window_steps / max(now - window_start, 1e-9)
+                last = {k: float(v) / window_steps for k, v in window.items()}
+                last.update(step=step, steps_per_sec=steps_per_sec, elapsed_s=prior_time + now - start)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                window, window_steps, window_start = {}, 0, now
+                if bar is not None:
+                    bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
+            if step % t.checkpoint_every == 0 and step < t.steps:
+                save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    ckpt = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
+    model_file = export_generator(ema.state_dict(), config, out_dir / MODEL_FILE,
+                                  {"step": step, "training_time_s": extra()["training_time_s"],
+                                   "commit": _commit(), "torch": torch.__version__,
+                                   "commands": json.dumps(commands)})
+    elapsed = time.perf_counter() - start
+    return DDGANResult(out_dir, step, stopped_by, ckpt, model_file, elapsed, steps_per_sec, last)
+
+
+def _commit() -> str | None:
+    from guidediff.checkpoint import git_commit
+
+    return git_commit()

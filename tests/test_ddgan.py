@@ -1,0 +1,359 @@
+"""Tests of the denoising diffusion GAN (guidediff.ddgan): schedule, posterior draws, networks,
+losses, mode counting, the training loop (2-D run, NaN guard, exact resume) and the CLI. CPU."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from guidediff.data.toy2d import grid25
+from guidediff.ddgan import train as ddgan_train
+from guidediff.ddgan.config import DDGANConfig, load_config, preset
+from guidediff.ddgan.discriminator import ImageDiscriminator, MLPDiscriminator
+from guidediff.ddgan.generator import ImageGenerator, MLPGenerator
+from guidediff.ddgan.losses import d_loss, g_loss, r1_penalty
+from guidediff.ddgan.modes import grid_coverage, kl_to_uniform, mode_histogram, modes_covered, stacked_modes
+from guidediff.ddgan.sample import generate, load_generator, sample_chain
+from guidediff.ddgan.schedule import DiscreteVP, forward_pair, posterior_sample
+from guidediff.errors import UsageError
+from guidediff.schedules import LinearSchedule
+
+torch.set_num_threads(1)
+
+GRID_STD = 0.05 / 2.828
+
+
+def perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Randomise zero-initialised tensors (ADM zero-inits the last conv of every branch)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return module
+
+
+# -- schedule and posterior --------------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [1, 2, 4, 8])
+def test_levels_are_the_vp_schedule_at_i_over_T(T):
+    lams = DiscreteVP(T).lams(dtype=torch.float64)
+    assert lams.shape == (T + 1,) and math.isinf(lams[0]) and lams[0] > 0
+    assert bool((lams[1:] < lams[:-1]).all())
+    # LinearSchedule.t_of_lam inverts the same ᾱ(t) by solving a quadratic: an independent route.
+    t = LinearSchedule().t_of_lam(lams[1:])
+    torch.testing.assert_close(t, torch.arange(1, T + 1, dtype=torch.float64) / T, rtol=0, atol=1e-10)
+
+
+def _alpha_bar(lam: float) -> float:
+    return 1.0 / (1.0 + math.exp(-lam))
+
+
+def test_posterior_draws_match_the_ddpm_beta_form():
+    lams = DiscreteVP(4).lams(dtype=torch.float64)
+    n = 400_000
+    g = torch.Generator().manual_seed(0)
+    for i in (1, 2, 4):
+        lam_t, lam_s = float(lams[i]), float(lams[i - 1])
+        x0, xt = 0.7, -1.3
+        draws = posterior_sample(torch.full((n, 1), xt), torch.full((n, 1), x0), torch.full((n,), lam_t),
+                                 torch.full((n,), lam_s), torch.randn(n, 1, generator=g))
+        # DDPM (Ho et al. 2020, eq. 7) in float64 from ᾱ: β_t = 1 − ᾱ_t/ᾱ_s.
+        ab_t = _alpha_bar(lam_t)
+        ab_s = 1.0 if math.isinf(lam_s) else _alpha_bar(lam_s)
+        beta = 1 - ab_t / ab_s
+        mean = math.sqrt(ab_s) * beta / (1 - ab_t) * x0 + math.sqrt(1 - beta) * (1 - ab_s) / (1 - ab_t) * xt
+        var = (1 - ab_s) / (1 - ab_t) * beta
+        emp_mean, emp_var = draws.double().mean().item(), draws.double().var().item()
+        assert abs(emp_mean - mean) < 5 * math.sqrt(var / n) + 1e-6, (i, emp_mean, mean)
+        if var == 0:
+            assert torch.equal(draws, torch.full_like(draws, x0))  # the last step returns x̂_0 itself
+        else:
+            assert abs(emp_var / var - 1) < 0.01, (i, emp_var, var)
+
+
+def test_forward_pair_has_the_joint_of_q():
+    lams = DiscreteVP(4).lams(dtype=torch.float64)
+    n, x0 = 400_000, 0.4
+    g = torch.Generator().manual_seed(1)
+    lam_s, lam_t = lams[2], lams[3]
+    xs, xt = forward_pair(torch.full((n, 1), x0, dtype=torch.float64), lam_s.expand(n), lam_t.expand(n),
+                          torch.randn(n, 1, generator=g, dtype=torch.float64),
+                          torch.randn(n, 1, generator=g, dtype=torch.float64))
+    a_s, a_t = math.sqrt(_alpha_bar(float(lam_s))), math.sqrt(_alpha_bar(float(lam_t)))
+    s2_s, s2_t = 1 - a_s**2, 1 - a_t**2
+    assert abs(xt.mean().item() - a_t * x0) < 0.01 and abs(xt.var().item() / s2_t - 1) < 0.01
+    cov = ((xs - xs.mean()) * (xt - xt.mean())).mean().item()
+    assert abs(cov - (a_t / a_s) * s2_s) < 0.01  # Cov(x_s, x_t) = α_{t|s}·σ_s²
+
+
+def _exact_x0(mix, x_t: torch.Tensor, lam: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A draw from the true p(x_0 | x_t) of an isotropic Gaussian mixture: pick a component by its
+    posterior weight, then the Gaussian conditional inside it."""
+    alpha2 = torch.sigmoid(lam)[:, None].double()
+    sigma2 = torch.sigmoid(-lam)[:, None].double()
+    s2 = mix.covs[:, 0, 0][None, :]
+    m = mix.means
+    var = alpha2 * s2 + sigma2  # [B, K]
+    d2 = ((x_t.double()[:, None, :] - alpha2.sqrt()[:, :, None] * m[None]) ** 2).sum(-1)
+    logw = mix.weights.log()[None] - d2 / (2 * var) - torch.log(var)
+    k = torch.multinomial(torch.softmax(logw, 1), 1, generator=g)[:, 0]
+    var_k, s2_k = var.gather(1, k[:, None]), s2[0, k][:, None]
+    mean = m[k] + alpha2.sqrt() * s2_k / var_k * (x_t.double() - alpha2.sqrt() * m[k])
+    return (mean + (s2_k * sigma2 / var_k).sqrt() * torch.randn(mean.shape, generator=g, dtype=mean.dtype)).float()
+
+
+@pytest.mark.parametrize("T", [2, 4])
+def test_chain_with_the_exact_denoiser_reproduces_the_data(T):
+    """With x̂_0 drawn from the true p(x_0 | x_t), x_{t−1} ~ q(x_{t−1} | x_t, x̂_0) is exact, so the
+    chain's output is the data: this checks schedule, posterior and sampler without training."""
+    mix = grid25()
+    g = torch.Generator().manual_seed(T)
+    G = lambda x, z, lam, c: _exact_x0(mix, x, lam, g)  # noqa: E731
+    x = sample_chain(G, torch.randn(5000, 2, generator=g), DiscreteVP(T).lams(), nz=1, generator=g)
+    cov = grid_coverage(x.numpy(), mix.means.numpy(), GRID_STD)
+    assert cov["modes"] == 25 and min(cov["counts"]) > 120
+    # within 3σ in 2-D: P = 1 − e^{−4.5} = 0.9889
+    assert abs(cov["high_quality_share"] - (1 - math.exp(-4.5))) < 0.01
+
+
+# -- networks ----------------------------------------------------------------------------------
+
+def _image_config(**overrides) -> DDGANConfig:
+    items = ["generator.base_channels=16", "generator.channel_mult=[1, 2]", "generator.num_res_blocks=1",
+             "generator.attention_resolutions=[14]", "generator.nz=8", "discriminator.base_channels=8",
+             "discriminator.channel_mult=[1, 2]"] + [f"{k}={v}" for k, v in overrides.items()]
+    return load_config("fmnist", None, items)
+
+
+def test_image_discriminator_sees_pair_and_time():
+    torch.manual_seed(0)
+    D = ImageDiscriminator(1, 8, (1, 2), num_classes=3).eval()
+    x_prev, x_t = torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28)
+    lam, c = torch.tensor([-2.0, -2.0]), torch.tensor([0, 1])
+    out = D(x_prev, x_t, lam, c)
+    assert out.shape == (2,)
+    assert (D(x_prev, x_t, lam + 3.0, c) - out).abs().min() > 1e-5  # time enters
+    assert (D(x_prev, x_t + 0.5, lam, c) - out).abs().min() > 1e-5  # the condition x_t enters
+    assert (D(x_prev + 0.5, x_t, lam, c) - out).abs().min() > 1e-5  # the candidate x_{t−1} enters
+    assert (D(x_prev, x_t, lam, c.flip(0)) - out).abs().min() > 1e-5  # projection class term
+    # per-sample logits: sample 0 does not depend on sample 1's inputs (R1 relies on it)
+    x2 = x_prev.clone()
+    x2[1] += 1.0
+    assert torch.allclose(D(x2, x_t, lam, c)[0], out[0])
+
+
+def test_mlp_discriminator_sees_pair_and_time():
+    torch.manual_seed(0)
+    D = MLPDiscriminator(2, 32, 2, fourier=3)
+    x_prev, x_t, lam = torch.randn(4, 2), torch.randn(4, 2), torch.full((4,), -1.0)
+    out = D(x_prev, x_t, lam)
+    assert (D(x_prev, x_t, lam - 4.0) - out).abs().min() > 1e-6
+    assert (D(x_prev, x_t + 0.3, lam) - out).abs().min() > 1e-6
+
+
+def test_generators_use_latent_time_and_input():
+    torch.manual_seed(0)
+    cfg = _image_config()
+    G = perturbed(ImageGenerator(cfg.unet_config(1, 0), nz=8, mapping_layers=2)).eval()
+    x_t, z, lam = torch.randn(2, 1, 28, 28), torch.randn(2, 8), torch.tensor([0.5, 0.5])
+    out = G(x_t, z, lam)
+    assert out.shape == x_t.shape and out.abs().max() < 1
+    for changed in (G(x_t, z + 1, lam), G(x_t, z, lam - 3), G(x_t + 0.5, z, lam)):
+        assert (changed - out).abs().amax(dim=(1, 2, 3)).min() > 1e-5
+    M = MLPGenerator(2, 2, 32, 2, fourier=2)
+    x, z2, lam2 = torch.randn(3, 2), torch.randn(3, 2), torch.zeros(3)
+    assert (M(x, z2 + 1, lam2) - M(x, z2, lam2)).abs().min() > 1e-6
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+def test_gan_losses_are_the_non_saturating_logistic_losses():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    want_d = -(math.log(sig(2.0)) + math.log(sig(-1.0))) / 2 - (math.log(1 - sig(0.5)) + math.log(1 - sig(-3.0))) / 2
+    assert abs(d_loss(real, fake).item() - want_d) < 1e-6
+    assert abs(g_loss(fake).item() + (math.log(sig(0.5)) + math.log(sig(-3.0))) / 2) < 1e-6
+
+
+def test_r1_penalty_matches_hand_gradients():
+    w = torch.tensor([3.0, -4.0])  # ‖w‖² = 25
+    x = torch.randn(5, 2, requires_grad=True)
+    assert abs(r1_penalty(x @ w + 1.0, x, gamma=0.1).item() - 0.05 * 25) < 1e-5
+    # D(x) = ½·a·‖x‖² per sample: ∇ = a·x, so R1 = γ/2 · a² · mean‖x‖²
+    a, xq = 1.5, torch.randn(7, 3, requires_grad=True)
+    want = 0.5 * 0.2 * a**2 * xq.detach().pow(2).sum(1).mean().item()
+    assert abs(r1_penalty(0.5 * a * xq.pow(2).sum(1), xq, gamma=0.2).item() - want) < 1e-5
+    # it is differentiable (it trains D): d/da of γ/2·a²·E‖x‖² = γ·a·E‖x‖²
+    a_t = torch.tensor(a, requires_grad=True)
+    r1_penalty(0.5 * a_t * xq.pow(2).sum(1), xq, gamma=0.2).backward()
+    assert abs(a_t.grad.item() - 0.2 * a * xq.detach().pow(2).sum(1).mean().item()) < 1e-4
+
+
+# -- mode counting -----------------------------------------------------------------------------
+
+def test_grid_coverage_counts_by_hand():
+    means = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    pts = np.array([[0.01, 0.0], [0.0, 0.02], [1.0, 0.05], [0.5, 0.5], [0.0, 1.2], [np.nan, 0.0]])
+    cov = grid_coverage(pts, means, std=0.02, n_sigma=3)  # radius 0.06
+    assert cov["counts"] == [2, 1, 0] and cov["modes"] == 2 and cov["n"] == 6
+    assert abs(cov["high_quality_share"] - 3 / 6) < 1e-12
+    assert grid_coverage(pts, means, std=0.02, min_count=2)["modes"] == 1
+
+
+def test_kl_and_histogram_by_hand():
+    assert kl_to_uniform(np.array([5, 5, 5, 5])) == pytest.approx(0.0, abs=1e-12)
+    assert kl_to_uniform(np.array([0, 9, 0, 0])) == pytest.approx(math.log(4))
+    # p = (1/2, 1/4, 1/4, 0): Σ p log(4p) = ½ log 2 + 2·¼·log 1 = ½ log 2
+    assert kl_to_uniform(np.array([2, 1, 1, 0])) == pytest.approx(0.5 * math.log(2))
+    counts = mode_histogram(np.array([0, 3, 3, 999]), 1000)
+    assert counts.shape == (1000,) and counts[3] == 2 and counts.sum() == 4 and modes_covered(counts) == 3
+    with pytest.raises(UsageError):
+        mode_histogram(np.array([1000]), 1000)
+
+
+class _BrightnessClassifier(torch.nn.Module):
+    """Class k for an image of constant value −1 + 0.2·k: features = mean value, logits peak at k."""
+
+    def features(self, x):
+        return x.mean(dim=(1, 2, 3))[:, None]
+
+    def head(self, f):
+        centres = -1 + 0.2 * torch.arange(10, dtype=f.dtype)
+        return -((f - centres[None]) ** 2) * 100
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_stacked_modes_classify_each_channel():
+    triples = [(0, 0, 0), (9, 1, 4), (3, 7, 2)]
+    imgs = np.zeros((3, 28, 28, 3), np.uint8)
+    for n, trip in enumerate(triples):
+        for ch, k in enumerate(trip):
+            imgs[n, :, :, ch] = round((0.2 * k) * 127.5)  # v/127.5 − 1 = −1 + 0.2k
+    modes = stacked_modes(imgs, _BrightnessClassifier())
+    assert modes.tolist() == [100 * a + 10 * b + c for a, b, c in triples]
+
+
+# -- training ----------------------------------------------------------------------------------
+
+def _toy_config(steps: int, **overrides) -> DDGANConfig:
+    items = [f"train.steps={steps}", "train.device=\"cpu\""] + [f"{k}={v}" for k, v in overrides.items()]
+    return load_config("grid25", None, items)
+
+
+def test_grid25_run_covers_the_modes(tmp_path):
+    """The paper's Figure 6 set-up at toy scale: DDGAN on the 25-Gaussians, CPU, fixed seed."""
+    config = _toy_config(preset("grid25").train.steps)
+    result = ddgan_train.train(config, tmp_path / "run", progress=False)
+    G, saved = load_generator(tmp_path / "run")
+    x = generate(G, saved, 2000, seed=0)["x"]
+    cov = grid_coverage(x, grid25().means.numpy(), GRID_STD, min_count=10)
+    print(f"grid25: {cov['modes']}/25 modes with >= 10 of 2000 samples, "
+          f"{cov['high_quality_share']:.1%} high quality, {result.step} steps in {result.elapsed_s:.1f} s")
+    assert cov["modes"] >= 20
+    assert cov["high_quality_share"] > 0.3  # a blob that merely spans the grid scores ~2 %
+
+
+def test_nan_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_d_loss = ddgan_train.d_loss
+
+    def poisoned(d_real, d_fake):
+        calls["n"] += 1
+        out = real_d_loss(d_real, d_fake)
+        return out * float("nan") if calls["n"] == 4 else out
+
+    monkeypatch.setattr(ddgan_train, "d_loss", poisoned)
+    with pytest.raises(ddgan_train.TrainingDiverged, match="step 3.*ckpt-0000003.*--resume"):
+        ddgan_train.train(_toy_config(10, **{"generator.hidden": 16, "discriminator.hidden": 16}),
+                          tmp_path / "run", progress=False)
+    _, state, tensors = ddgan_train.read_ddgan_checkpoint(tmp_path / "run")
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in tensors["model"].values())
+
+
+def test_resume_continues_exactly(tmp_path):
+    small = {"generator.hidden": 16, "discriminator.hidden": 16, "train.r1_every": 2}
+    ddgan_train.train(_toy_config(6, **small), tmp_path / "once", progress=False)
+    ddgan_train.train(_toy_config(3, **small), tmp_path / "twice", progress=False)
+    ddgan_train.train(_toy_config(6, **small), tmp_path / "twice", resume=True, progress=False)
+    _, s1, a = ddgan_train.read_ddgan_checkpoint(tmp_path / "once")
+    _, s2, b = ddgan_train.read_ddgan_checkpoint(tmp_path / "twice")
+    assert s1["step"] == s2["step"] == 6
+    for part in ("model", "ema", "optimizer"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+    with pytest.raises(UsageError, match="--resume"):
+        ddgan_train.train(_toy_config(6, **small), tmp_path / "once", progress=False)
+
+
+def test_image_run_checkpoints_and_samples_uint8(tmp_path):
+    config = _image_config(**{"train.steps": 2, "train.batch_size": 4, "train.device": '"cpu"',
+                              "data.conditional": "true"})
+    g = torch.Generator().manual_seed(0)
+    data = ddgan_train.TrainingData(torch.randint(0, 256, (16, 28, 28, 1), generator=g, dtype=torch.uint8),
+                                    torch.arange(16) % 10, 10, (1, 28, 28))
+    result = ddgan_train.train(config, tmp_path / "img", progress=False, data=data)
+    assert result.step == 2 and result.model_file.is_file()
+    for source in (tmp_path / "img", result.model_file):
+        G, saved = load_generator(source)
+        out = generate(G, saved, 2, classes=[3, 7], seed=1)
+        assert out["x"].dtype == np.uint8 and out["x"].shape == (4, 28, 28, 1)
+        assert out["y"].tolist() == [3, 3, 7, 7] and out["nfe_per_image"] == saved.diffusion.T
+    log = [json.loads(line) for line in (tmp_path / "img" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and math.isfinite(log[-1]["loss_d"])
+
+
+def test_optimizer_merge_round_trip():
+    a, b = torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)
+    oa, ob = torch.optim.Adam(a.parameters(), lr=1e-3), torch.optim.Adam(b.parameters(), lr=2e-3)
+    for opt, net in ((oa, a), (ob, b)):
+        net(torch.randn(4, net.in_features)).sum().backward()
+        opt.step()
+    sa, sb = ddgan_train.split_optimizers(ddgan_train.merge_optimizers(oa.state_dict(), ob.state_dict()))
+    for got, want in ((sa, oa.state_dict()), (sb, ob.state_dict())):
+        assert got["param_groups"] == want["param_groups"]
+        for k in want["state"]:
+            for name, v in want["state"][k].items():
+                torch.testing.assert_close(got["state"][k][name], v)
+
+
+# -- config and CLI ----------------------------------------------------------------------------
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(UsageError, match="did you mean train.lr_d"):
+        load_config("fmnist", None, ["train.lr_dd=1e-4"])
+    with pytest.raises(UsageError, match="must be an integer"):
+        load_config("fmnist", None, ["diffusion.T=2.5"])
+    with pytest.raises(UsageError, match="choose one of"):
+        load_config("cifar", None, [])
+
+
+@pytest.mark.parametrize("name,data", [("fmnist", "fmnist"), ("stacked", "stacked-fmnist"), ("grid25", "grid25")])
+def test_config_files_equal_the_presets(name, data):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"ddgan_{name}.toml"
+    assert load_config(None, path).to_dict() == preset(data).to_dict()
+
+
+def test_cli_trains_and_resumes_grid25(tmp_path, capsys):
+    from guidediff.cli import main
+
+    out = tmp_path / "cli"
+    base = ["train-ddgan", "--data", "grid25", "--T", "2", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--set", "generator.hidden=16", "--set", "discriminator.hidden=16"]
+    assert main(base + ["--steps", "3"]) == 0
+    assert "modes" in capsys.readouterr().out and (out / "samples.png").is_file()
+    assert main(base + ["--steps", "3"]) == 2  # a second fresh run into the same folder is refused
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train-ddgan", "--out", str(out), "--steps", "5", "--device", "cpu", "--no-progress", "--resume"]) == 0
+    _, state, _ = ddgan_train.read_ddgan_checkpoint(out)
+    assert state["step"] == 5 and len(state["commands"]) == 2
