@@ -55,7 +55,7 @@ def test_eval_npz_writes_json_with_exactly_the_metric_keys(tmp_path, classifier_
     assert set(result["kid"]) == {"mean", "std"}
     assert result["fid"] >= 0 and result["fid_floor"] >= 0 and 1 <= result["is"] <= 10
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
-    assert "FID-FMNIST" in out and f"(floor {result['fid_floor']:.2f}, n=300)" in out
+    assert "FID-FMNIST" in out and f"(floor {result['fid_floor']:.3g}, n=300)" in out
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_format_summary_carries_floor_and_n():
     res = {"n": 10000, "fid": 12.345, "fid_floor": 1.93, "kid": {"mean": 0.01, "std": 0.001}, "is": 8.1,
            "cas": None, "precision": 0.8, "recall": 0.7}
     line = format_summary(res)
-    assert line.startswith("FID-FMNIST 12.35 (floor 1.93, n=10000)")
+    assert line.startswith("FID-FMNIST 12.3 (floor 1.93, n=10000)")
     assert "\n" not in line and "CAS" not in line
 
 

@@ -2,8 +2,10 @@
 
 The whole dataset sits on the device as one tensor and batches are indexed from it, so a GPU
 epoch is a few hundred small steps with no DataLoader in the way. Recipe: random crop (pad 2) +
-horizontal flip, AdamW with a one-cycle learning rate, label smoothing 0.1, bf16 autocast on CUDA.
-The last epoch's model is kept (no selection on the test set, which is only monitored).
+horizontal flip, AdamW with a one-cycle learning rate, bf16 autocast on CUDA. No label smoothing by
+default: it caps the classifier's confidence (at 0.1 smoothing a perfect prediction still has
+entropy 0.5 nats), and with it IS-FMNIST, whose range should reach 10 for confident, balanced
+predictions. The last epoch's model is kept (no selection on the test set, which is only monitored).
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return correct.item() / len(x)
 
 
-def train_fmnist_classifier(out_path: str | Path, epochs: int = 20, batch_size: int = 256,
+def train_fmnist_classifier(out_path: str | Path, epochs: int = 30, batch_size: int = 256,
                             lr: float = 2e-3, device: str | torch.device = "auto", seed: int = 0,
                             data_dir: str | Path | None = None, *, arch: dict | None = None,
-                            weight_decay: float = 0.05, label_smoothing: float = 0.1,
+                            weight_decay: float = 0.05, label_smoothing: float = 0.0,
                             train_limit: int | None = None,
                             log: Callable[[str], None] = print) -> dict:
     """Train FmnistClassifier on the 60k training images, write safetensors to out_path.

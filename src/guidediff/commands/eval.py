@@ -30,9 +30,9 @@ def add_parser(subparsers) -> None:
 def _table(result: dict) -> str:
     n = result["n"]
     rows = [("n", str(n)),
-            ("FID-FMNIST", f"{result['fid']:.3f}  (floor {result['fid_floor']:.3f})")]
+            ("FID-FMNIST", f"{result['fid']:.4g}  (floor {result['fid_floor']:.4g})")]
     if "fid_inception" in result:
-        rows.append(("FID-Inception", f"{result['fid_inception']:.3f}  (floor {result['fid_inception_floor']:.3f})"))
+        rows.append(("FID-Inception", f"{result['fid_inception']:.4g}  (floor {result['fid_inception_floor']:.4g})"))
     rows += [("KID-FMNIST", f"{result['kid']['mean']:.5f} ± {result['kid']['std']:.5f}"),
              ("IS-FMNIST", f"{result['is']:.3f}")]
     cas = result["cas"]

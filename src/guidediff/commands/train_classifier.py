@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
                     "defaults aim at 94-95%% test accuracy in about a minute on one GPU.",
     )
     p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (one-cycle)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

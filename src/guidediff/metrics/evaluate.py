@@ -109,10 +109,11 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
 def format_summary(result: dict) -> str:
     """One line; every FID carries its real-data floor and the sample count n."""
     n = result["n"]
-    parts = [f"FID-FMNIST {result['fid']:.2f} (floor {result['fid_floor']:.2f}, n={n})"]
+    # 3 significant digits: FID-FMNIST lives on the classifier's feature scale, often below 1.
+    parts = [f"FID-FMNIST {result['fid']:.3g} (floor {result['fid_floor']:.3g}, n={n})"]
     if "fid_inception" in result:
-        parts.append(f"FID-Inception {result['fid_inception']:.2f} "
-                     f"(floor {result['fid_inception_floor']:.2f}, n={n})")
+        parts.append(f"FID-Inception {result['fid_inception']:.3g} "
+                     f"(floor {result['fid_inception_floor']:.3g}, n={n})")
     parts.append(f"KID-FMNIST {result['kid']['mean']:.4f}±{result['kid']['std']:.4f}")
     parts.append(f"IS-FMNIST {result['is']:.2f}")
     if result["cas"] is not None:
