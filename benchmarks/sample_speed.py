@@ -48,7 +48,7 @@ def ours(batch: int, steps: int, w: float, repeats: int, compile_mode: str | Non
 
     def run():
         with torch.inference_mode():
-            return sample_ddim(denoiser, z0, lams, c)
+            return sample_ddim(denoiser, z0, lams, c, clip_x=1.0)
 
     common.reset_peak()
     times = common.time_call(run, warmup=2, repeats=repeats)

@@ -123,3 +123,23 @@ def test_cli_bad_image_and_skip(tmp_path, monkeypatch, capsys):
 def test_cli_needs_a_config_to_start(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--resume"]) == 2
     assert "pass --config FILE" in capsys.readouterr().err
+
+
+def test_resumed_optimizer_moments_take_the_parameter_layout():
+    # fused AdamW on CUDA rejects channels_last parameters whose moments are contiguous
+    import torch
+
+    from guidediff.train import _match_state_layout
+
+    conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(conv.parameters())
+    conv(torch.randn(1, 4, 5, 5)).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+    state["state"][0]["exp_avg"] = state["state"][0]["exp_avg"].contiguous()
+    opt.load_state_dict(state)
+    assert opt.state[conv.weight]["exp_avg"].stride() != conv.weight.stride()
+    _match_state_layout(opt)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert opt.state[conv.weight][key].stride() == conv.weight.stride()
+    torch.testing.assert_close(opt.state[conv.weight]["exp_avg"], state["state"][0]["exp_avg"])

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from guidediff.diffusion import eps_to_x, per_sample, posterior
+from guidediff.diffusion import eps_to_x, per_sample, posterior, x_to_eps
 from guidediff.errors import require
 from guidediff.schedules import alpha_sigma
 
@@ -21,6 +21,19 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 def _check(lams: Tensor) -> None:
     require(lams.dim() == 1 and lams.numel() >= 2, "lams must be a 1-D grid of at least 2 log-SNRs (steps >= 1)")
     require(bool((lams[1:] > lams[:-1]).all()), "lams must increase (from noisy λ_min to clean λ_max)")
+
+
+def _predict(denoiser: Denoiser, z: Tensor, lam_t: Tensor, c: Tensor, clip_x: float | None) -> tuple[Tensor, Tensor]:
+    """(x̂, ε̂) at λ_t. With ``clip_x``, x̂ is clamped to [−clip_x, clip_x] and ε̂ recomputed from it,
+    so the update stays consistent (ADM's clip_denoised). At λ_min = −20, x̂ = (z − σ·ε̂)/α
+    multiplies the network's ε-error by 1/α ≈ e^10; clipping to the data range stops that error
+    from reaching the samples."""
+    eps = denoiser(z, lam_t.expand(z.shape[0]), c)
+    x = eps_to_x(z, eps, lam_t)
+    if clip_x is not None:
+        x = x.clamp(-clip_x, clip_x)
+        eps = x_to_eps(z, x, lam_t)
+    return x, eps
 
 
 def _noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -42,6 +55,7 @@ def sample_ddim(
     c: Tensor,
     *,
     eta: float = 0.0,
+    clip_x: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
@@ -52,11 +66,9 @@ def sample_ddim(
     """
     _check(lams)
     require(eta >= 0.0, f"eta must be >= 0, got {eta}")
-    batch = z.shape[0]
     for i in _progress(len(lams) - 1, progress):
         lam_t, lam_s = lams[i], lams[i + 1]
-        eps = denoiser(z, lam_t.expand(batch), c)
-        x = eps_to_x(z, eps, lam_t)
+        x, eps = _predict(denoiser, z, lam_t, c, clip_x)
         alpha_s, sigma_s = alpha_sigma(lam_s)
         if eta == 0.0:
             z = alpha_s * x + sigma_s * eps
@@ -73,6 +85,7 @@ def sample_ancestral(
     c: Tensor,
     *,
     v: float = 0.3,
+    clip_x: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
@@ -82,12 +95,10 @@ def sample_ancestral(
     The last step returns the mean, without noise."""
     _check(lams)
     require(0.0 <= v <= 1.0, f"the variance exponent v must lie in [0, 1], got {v}")
-    batch = z.shape[0]
     steps = len(lams) - 1
     for i in _progress(steps, progress):
         lam_t, lam_s = lams[i], lams[i + 1]
-        eps = denoiser(z, lam_t.expand(batch), c)
-        x = eps_to_x(z, eps, lam_t)
+        x, _ = _predict(denoiser, z, lam_t, c, clip_x)
         mean, var_post = posterior(z, x, lam_t, lam_s)
         if i == steps - 1:
             z = mean

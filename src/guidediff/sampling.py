@@ -61,6 +61,7 @@ def generate(
     batch_size: int = 256,
     eta: float = 0.0,
     v: float = 0.3,
+    clip_x: float | None = 1.0,
     bf16: bool | None = None,
     channels_last: bool | None = None,
     progress: bool = True,
@@ -105,7 +106,9 @@ def generate(
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     null = num_classes  # the null token; an unconditional net ignores c
+    # images live in [-1, 1]: clip x̂ there (see samplers._predict for why it matters at λ_min)
     options = {"eta": eta} if sampler == "ddim" else {"v": v}
+    options["clip_x"] = clip_x
     # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
     kinds: dict[float | None, list[int]] = {}
     for k, (w, _, _) in enumerate(items):

@@ -205,6 +205,16 @@ def _make_accelerator(config: Config):
         raise UsageError(f"cannot set up training with mixed_precision={mp!r} ({exc}); set train.mixed_precision=no") from None
 
 
+def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer moments their parameter's memory layout: safetensors stores them
+    contiguous, and fused AdamW refuses channels_last parameters with contiguous moments."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -277,6 +287,8 @@ def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resum
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.set_float32_matmul_precision("high")
     param_names = [name for name, _ in net.named_parameters()]
 
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
@@ -295,6 +307,7 @@ def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resum
                 "resume with the config it was trained with")
         net.load_state_dict(ck.model)
         optimizer.load_state_dict(ck.optimizer_state())
+        _match_state_layout(optimizer)
         scheduler.load_state_dict(ck.state["scheduler"])
         set_rng_state(ck.state["rng"])
         step = ck.step
