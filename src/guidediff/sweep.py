@@ -42,7 +42,7 @@ def run_sweep(
     import torch
 
     from guidediff import plots
-    from guidediff.checkpoint import load_model
+    from guidediff.checkpoint import git_commit, load_model
     from guidediff.metrics.evaluate import evaluate_samples
     from guidediff.nets.fmnist_classifier import load_eval_classifier
     from guidediff.sampling import generate, resolve_device
@@ -57,7 +57,19 @@ def run_sweep(
     per_class = n // num_classes
     eval_net = load_eval_classifier(classifier, device=device)
 
-    points, grids = [], []
+    summary = {
+        "model": model,
+        "n_per_w": per_class * num_classes,
+        "steps": steps,
+        "sampler": sampler,
+        "seed": seed,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "commit": git_commit(),
+        "fid_floor": None,
+        "points": [],
+    }
+    points, grids = summary["points"], []
     for w in ws:
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
@@ -74,22 +86,13 @@ def run_sweep(
             f"{1e3 * point['sec_per_image']:.2f} ms/image",
             flush=True,
         )
+        summary["fid_floor"] = point["fid_floor"]
+        # written after every w, so an interrupted sweep keeps what it measured
+        (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
         keep = np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(num_classes)])
         grids.append((images[keep], labels[keep], np.full(len(keep), w, dtype=np.float32)))
 
-    fid_floor = points[0]["fid_floor"]
-    summary = {
-        "model": model,
-        "n_per_w": per_class * num_classes,
-        "steps": steps,
-        "sampler": sampler,
-        "seed": seed,
-        "device": torch.cuda.get_device_name(0) if str(device).startswith("cuda") else "cpu",
-        "torch": torch.__version__,
-        "fid_floor": fid_floor,
-        "points": points,
-    }
-    (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+    fid_floor = summary["fid_floor"]
     plots.fid_vs_is({"CFG": points}, out / "fid_vs_is.png", fid_floor=fid_floor)
     plots.metrics_vs_knob(points, out / "metrics_vs_w.png", fid_floor=fid_floor)
     plots.grid_across_knob(
