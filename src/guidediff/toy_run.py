@@ -36,7 +36,7 @@ from guidediff.errors import UsageError, require
 from guidediff.nets.mlp import MLPConfig, MLPDenoiser
 from guidediff.toy.distances import sliced_wasserstein
 from guidediff.toy.gmm import GaussianMixture
-from guidediff.toy.tilted import make_grid, sample_tilted, tilted_density
+from guidediff.toy.tilted import data_log_densities, make_grid, sample_tilted, tilted_density
 
 GUIDANCES = ("cfg", "classifier")
 BASES = ("uncond", "cond")
@@ -72,6 +72,7 @@ class ToyConfig:
     out: str = "runs/toy"
     plot: bool = True
     threads: int | None = None
+    progress: bool = False
 
 
 @dataclass
@@ -239,6 +240,7 @@ def sample_toy(
     seed: int = 0,
     dim: int = 2,
     dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One batched sampling run over every (weight, class) pair, n rows each, rows ordered by
     weight then class. ``denoiser`` is a factory ``weights [N] -> guided denoiser``. Returns x [N, dim],
@@ -250,7 +252,7 @@ def sample_toy(
     z = torch.randn(len(y), dim, generator=gen, dtype=dtype)
     lams = schedules.lam_grid(schedule, steps, dtype=dtype)
     with torch.no_grad():
-        x = samplers.sample(denoiser(w), z, lams, y, sampler=sampler, generator=gen)
+        x = samplers.sample(denoiser(w), z, lams, y, sampler=sampler, generator=gen, progress=progress)
     return x, y, w
 
 
@@ -260,31 +262,37 @@ def toy_metrics(
     exact: tuple[Tensor, Tensor, Tensor],
     model: tuple[Tensor, Tensor, Tensor] | None,
     *,
-    guidance: str,
-    base: str,
+    weights: tuple[float, ...],
+    classes: tuple[int, ...],
+    guidance: str = "cfg",
+    base: str = "uncond",
     projections: int = 256,
     seed: int = 0,
 ) -> list[dict]:
-    """Per (weight, class): (a) model↔exact, (b) exact↔tilted, (c) tilted↔tilted (see module doc)."""
-    x_exact, y, w = exact
-    rows = []
+    """Per (weight, class): (a) model↔exact, (b) exact↔tilted, (c) tilted↔tilted (see module doc).
+    Rows of the sample sets are in ``sample_toy``'s order: by weight, then class, n each."""
+    x_exact = exact[0]
+    n = len(x_exact) // (len(weights) * len(classes))
     gen = torch.Generator().manual_seed(seed + 1)
-    for value in sorted(set(w.tolist()), key=lambda v: list(w.tolist()).index(v)):
-        for c in sorted(set(y.tolist())):
-            sel = (w == value) & (y == c)
-            n = int(sel.sum())
+
+    def dist(a: Tensor, b: Tensor) -> float:
+        return sliced_wasserstein(a, b, projections=projections, seed=seed)
+
+    rows = []
+    for i, value in enumerate(weights):
+        for j, c in enumerate(classes):
+            block = slice((i * len(classes) + j) * n, (i * len(classes) + j + 1) * n)
             tilt = tilt_exponent(guidance, base, value)
             ref1 = sample_tilted(mixture, c, tilt, n, generator=gen)
             ref2 = sample_tilted(mixture, c, tilt, n, generator=gen)
-            dist = lambda a, b: sliced_wasserstein(a, b, projections=projections, seed=seed)  # noqa: E731
             rows.append(
                 {
                     "w": value,
                     "tilt_w": tilt,
                     "class": c,
                     "n": n,
-                    "model_vs_exact": None if model is None else dist(model[0][sel], x_exact[sel]),
-                    "exact_vs_tilted": dist(x_exact[sel], ref1),
+                    "model_vs_exact": None if model is None else dist(model[0][block], x_exact[block]),
+                    "exact_vs_tilted": dist(x_exact[block], ref1),
                     "tilted_vs_tilted": dist(ref1, ref2),
                 }
             )
@@ -311,6 +319,7 @@ def plot_toy(
     weights = list(dict.fromkeys(panels[0][3].tolist()))
     classes = sorted(set(panels[0][2].tolist()))
     grid = make_grid(mixture, max_cells=400)
+    logs = data_log_densities(mixture, grid.points)
     colours = plt.get_cmap("tab10" if mixture.num_classes <= 10 else "tab20")
     gx, gy = grid.xs.numpy(), grid.ys.numpy()
     # The view: the grid, widened to the bulk of the samples (guidance can push them outside it).
@@ -321,7 +330,7 @@ def plot_toy(
     fig, axes = plt.subplots(len(panels), len(weights), figsize=(3.2 * len(weights), 3.2 * len(panels)), squeeze=False)
     for col, value in enumerate(weights):
         tilt = tilt_exponent(guidance, base, value)
-        dens = {c: tilted_density(mixture, grid, c, tilt).numpy() for c in classes}
+        dens = {c: tilted_density(mixture, grid, c, tilt, log_densities=logs).numpy() for c in classes}
         for row, (name, x, y, w) in enumerate(panels):
             ax = axes[row][col]
             for c in classes:
@@ -380,7 +389,8 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         )
 
     common = dict(classes=config.classes, weights=config.w, n=config.n, steps=config.steps,
-                  sampler=config.sampler, schedule=schedule, seed=config.seed, dim=mixture.dim)
+                  sampler=config.sampler, schedule=schedule, seed=config.seed, dim=mixture.dim,
+                  progress=config.progress)
     model_samples = None
     if not config.oracle:
         t0 = time.time()
@@ -400,8 +410,8 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
     timings["sample_exact_s"] = time.time() - t0
 
     t0 = time.time()
-    rows = toy_metrics(mixture, exact, model_samples, guidance=config.guidance, base=config.base,
-                       projections=config.projections, seed=config.seed)
+    rows = toy_metrics(mixture, exact, model_samples, weights=config.w, classes=config.classes,
+                       guidance=config.guidance, base=config.base, projections=config.projections, seed=config.seed)
     timings["metrics_s"] = time.time() - t0
 
     x, y, w = model_samples if model_samples is not None else exact

@@ -232,8 +232,8 @@ class GaussianMixture:
 
     def log_prob_data(self, x: Tensor, c: Tensor) -> Tensor:
         """log p(x | c) of the clean data (α = 1, σ = 0) [B]; c = null_class gives log p(x)."""
-        ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        return self._log_prob_and_score(x, ones, torch.zeros_like(ones), _as_classes(c, x))[0]
+        one = torch.ones(1, dtype=x.dtype, device=x.device)
+        return self._log_prob_and_score(x, one, torch.zeros_like(one), _as_classes(c, x))[0]
 
     # ----------------------------------------------------------------- persistence
     def to_json(self) -> dict:

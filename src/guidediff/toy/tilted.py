@@ -78,10 +78,24 @@ def make_grid(mixture: GaussianMixture, *, margin: float = 5.0, cells_per_std: f
     return Grid(xs, ys)
 
 
-def tilted_density(mixture: GaussianMixture, grid: Grid, c: int, w: float, *, chunk: int = 1 << 16) -> Tensor:
-    """p̃_w(x | c) on the grid [ny, nx], normalised numerically: Σ density·cell_area = 1."""
-    pts = grid.points
-    log_d = torch.cat([tilted_log_density(mixture, pts[i : i + chunk], c, w) for i in range(0, len(pts), chunk)])
+def data_log_densities(mixture: GaussianMixture, x: Tensor, *, chunk: int = 1 << 16) -> Tensor:
+    """[C + 1, N]: rows log p(x | c) for c = 0..C−1, then log p(x); computed once for a grid and
+    reused for every (c, w) of a figure."""
+    rows = []
+    for c in range(mixture.num_classes + 1):
+        parts = [mixture.log_prob_data(x[i : i + chunk], torch.full((len(x[i : i + chunk]),), c)) for i in range(0, len(x), chunk)]
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def tilted_density(
+    mixture: GaussianMixture, grid: Grid, c: int, w: float, *, log_densities: Tensor | None = None
+) -> Tensor:
+    """p̃_w(x | c) on the grid [ny, nx], normalised numerically: Σ density·cell_area = 1.
+    ``log_densities`` (from ``data_log_densities(mixture, grid.points)``) saves recomputing them."""
+    logs = log_densities if log_densities is not None else data_log_densities(mixture, grid.points)
+    log_pc = math.log(float(mixture.class_prior()[int(c)]))
+    log_d = logs[int(c)] + w * (logs[int(c)] + log_pc - logs[-1])
     log_d = log_d - torch.logsumexp(log_d, 0) - math.log(grid.cell_area)
     return log_d.exp().reshape(len(grid.ys), len(grid.xs))
 
