@@ -131,3 +131,17 @@ def test_unwritable_out_names_the_directory(tmp_path, capsys):
     assert _toy("--oracle", "--n", "10", "--steps", "5", "--out", str(target), *COMMON) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and str(target) in err, err
+
+
+def test_saved_model_reproduces_the_samples(trained_run):
+    """model.safetensors (weights + config in its metadata) alone regenerates samples.npz."""
+    from guidediff.toy_run import guided, load_toy_model, sample_toy
+
+    model = load_toy_model(trained_run / "model.safetensors")
+    x, y, w = sample_toy(
+        lambda weights: guided(model, weights, null_class=3),
+        classes=(0, 1, 2), weights=(0.0, 1.0, 3.0), n=1000, steps=50, seed=0,
+    )
+    with np.load(trained_run / "samples.npz") as f:
+        np.testing.assert_allclose(x.numpy(), f["x"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(y.numpy(), f["y"])

@@ -64,13 +64,16 @@ class Grid:
 
 
 def make_grid(mixture: GaussianMixture, *, margin: float = 5.0, cells_per_std: float = 4.0, max_cells: int = 800) -> Grid:
-    """A grid covering every mean ± ``margin`` standard deviations, with about ``cells_per_std``
-    cells across the narrowest component (between 200 and ``max_cells`` per side)."""
+    """A grid covering every mean ± ``margin`` standard deviations (at least 15% of the means'
+    spread), with about ``cells_per_std`` cells across the narrowest component (between 200 and
+    ``max_cells`` per side)."""
     require(mixture.dim == 2, f"the tilted-density grid is 2-D; this mixture has dimension {mixture.dim}")
     std_max = float(mixture.eigvals.max().sqrt())
     std_min = float(mixture.eigvals.min().sqrt())
-    lo = mixture.means.min(0).values - margin * std_max
-    hi = mixture.means.max(0).values + margin * std_max
+    lo, hi = mixture.means.min(0).values, mixture.means.max(0).values
+    # at least 15% of the means' spread as border, so sharp outer modes do not touch the edge
+    pad = max(margin * std_max, 0.15 * float((hi - lo).max()))
+    lo, hi = lo - pad, hi + pad
     width = float((hi - lo).max())
     n = int(min(max(math.ceil(width / std_min * cells_per_std), 200), max_cells))
     xs = torch.linspace(float(lo[0]), float(hi[0]), n, dtype=torch.float64)
