@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from guidediff.ddgan.sample import generate, load_generator  # noqa: E402
 from guidediff.ddgan.train import load_training_data, train  # noqa: E402
 from guidediff.errors import UsageError  # noqa: E402
 
-PARTS = ("gaussians25", "stacked", "fmnist")
+PARTS = ("gaussians25", "stacked", "fmnist", "diffusion")
 TINY_NETS = ["generator.base_channels=32", "generator.channel_mult=[1, 2]", "generator.num_res_blocks=1",
              "generator.attention_resolutions=[]", "discriminator.base_channels=16",
              "discriminator.channel_mult=[1, 2]"]
@@ -103,24 +104,40 @@ def part_gaussians25(args, work: Path, out: Path) -> dict:
     c = torch.full((args.n_toy,), mix.null_class, dtype=torch.long)
     x_ddim = sample_ddim(mix, z, lam_grid(CFGSchedule(), nfe, dtype=torch.float64), c).numpy()
     base = grid_coverage(x_ddim, means, std)
+    baselines = [{"method": "ddim-exact-score (upper bound for a trained diffusion model)", "nfe": nfe,
+                  "modes": base["modes"], "high_quality_share": base["high_quality_share"]}]
+    panels = [(f"DDIM, exact score, {nfe} NFE", x_ddim, base)]
+    if args.toy_diffusion_steps > 0:
+        # A trained diffusion model: the project's 2-D MLP denoiser (nets/mlp.py) trained with the
+        # ε-loss (toy_run.train_toy_denoiser), sampled unconditionally with the same DDIM grid.
+        from guidediff.toy_run import train_toy_denoiser
+
+        t0 = time.perf_counter()
+        net = train_toy_denoiser(mix, steps=args.toy_diffusion_steps, log=None)
+        with torch.no_grad():
+            x_mlp = sample_ddim(lambda zz, lam, cc: net(zz.float(), lam.float(), cc).double(), z,
+                                lam_grid(CFGSchedule(), nfe, dtype=torch.float64), c).numpy()
+        mlp = grid_coverage(x_mlp, means, std)
+        baselines.append({"method": "ddim-trained-mlp", "nfe": nfe, "modes": mlp["modes"],
+                          "high_quality_share": mlp["high_quality_share"], "train_steps": args.toy_diffusion_steps,
+                          "train_seconds": round(time.perf_counter() - t0, 1)})
+        panels.append((f"DDIM, trained MLP, {nfe} NFE", x_mlp, mlp))
     entry = {"T": nfe, "nfe": nfe, "modes": ours["modes"], "high_quality_share": ours["high_quality_share"],
              "n": ours["n"], "steps": result.step, "train_seconds": round(result.elapsed_s, 1),
-             "baseline": {"method": "ddim-exact-score (upper bound for a trained diffusion model)", "nfe": nfe,
-                          "modes": base["modes"], "high_quality_share": base["high_quality_share"]}}
+             "baseline": baselines[0], "baselines": baselines}
     log(f"  25-Gaussians: DDGAN T={nfe} {ours['modes']}/25 modes, {ours['high_quality_share']:.1%} high quality; "
-        f"DDIM exact score at {nfe} NFE {base['modes']}/25, {base['high_quality_share']:.1%}")
-    _figure_gaussians(out / "ddgan_gaussians25.png", mix, samples["x"], x_ddim, nfe, ours, base)
+        + "; ".join(f"{b['method']} {b['modes']}/25, {b['high_quality_share']:.1%}" for b in baselines))
+    _figure_gaussians(out / "ddgan_gaussians25.png", mix, samples["x"], nfe, ours, panels)
     return entry
 
 
-def _figure_gaussians(path: Path, mix, x_gan: np.ndarray, x_ddim: np.ndarray, nfe: int, ours: dict, base: dict) -> None:
+def _figure_gaussians(path: Path, mix, x_gan: np.ndarray, nfe: int, ours: dict, others: list) -> None:
     from guidediff.plots import _pyplot
 
     plt = _pyplot()
     data, _ = mix.sample(len(x_gan), generator=torch.Generator().manual_seed(1))
-    panels = [("data", data.numpy(), None), (f"DDGAN, T = {nfe}", x_gan, ours),
-              (f"DDIM, exact score, {nfe} NFE", x_ddim, base)]
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.7))
+    panels = [("data", data.numpy(), None), (f"DDGAN, T = {nfe}", x_gan, ours), *others]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3.7))
     for ax, (title, x, cov) in zip(axes, panels):
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.25)
         if cov is not None:
@@ -148,13 +165,12 @@ def part_stacked(args, work: Path, out: Path, classifier) -> dict | None:
     return {**cov, "T": config.diffusion.T, "steps": result.step, "train_seconds": round(result.elapsed_s, 1)}
 
 
-def part_fmnist(args, work: Path, out: Path, classifier) -> list[dict]:
+def part_fmnist(args, work: Path, out: Path, classifier) -> Iterator[dict]:
     from guidediff.metrics.evaluate import evaluate_samples
 
     if classifier is None:
         log("  fmnist: skipped (no evaluation classifier; pass --classifier PATH)")
-        return []
-    entries = []
+        return
     for T in args.fmnist_T:
         result, (G, config) = train_run("fmnist", T, work / f"fmnist_T{T}", args, [], args.minutes, args.steps)
         samples = timed_generate(G, config, args.n_eval, args)
@@ -166,38 +182,42 @@ def part_fmnist(args, work: Path, out: Path, classifier) -> list[dict]:
                  "train_seconds": round(result.elapsed_s, 1)}
         log(f"  DDGAN T={T}: FID-FMNIST {entry['fid']:.2f} (floor {entry['fid_floor']:.2f}), recall "
             f"{entry['recall']:.3f}, {entry['sec_per_image'] * 1e3:.3f} ms/image")
-        entries.append(entry)
-    if args.no_diffusion:
-        return entries
-    if args.cfg_model is None:
-        log("  diffusion baseline: skipped (pass --cfg-model PATH or a shipped name such as fmnist-cfg)")
-        return entries
-    try:
-        from guidediff.checkpoint import load_model
+        yield entry
 
-        net, cfg_config = load_model(args.cfg_model, args.device)
-    except UsageError as exc:
-        log(f"  diffusion baseline: skipped ({exc})")
-        return entries
+
+def part_diffusion(args, classifier) -> Iterator[dict]:
+    """The reference CFG model at w = 0 (no guidance: one network evaluation per DDIM step) at each
+    NFE, classes in equal shares so the sample set has the data's class balance."""
+    from guidediff.metrics.evaluate import evaluate_samples
+
+    if classifier is None:
+        log("  diffusion: skipped (no evaluation classifier; pass --classifier PATH)")
+        return
+    if args.cfg_model is None:
+        log("  diffusion: skipped (pass --cfg-model PATH or a shipped name such as fmnist-cfg)")
+        return
+    from guidediff.checkpoint import load_model
     from guidediff.sampling import generate as cfg_generate
 
+    try:
+        net, cfg_config = load_model(args.cfg_model, args.device)
+    except UsageError as exc:
+        log(f"  diffusion: skipped ({exc})")
+        return
     num_classes = cfg_config.model.num_classes
     classes = list(range(num_classes)) if num_classes else [-1]
     per_class = -(-args.n_eval // len(classes))
     for nfe in args.nfe:
-        # w = 0: the conditional model without guidance, one network evaluation per DDIM step;
-        # classes in equal shares, so the sample set matches the data's class balance.
         kwargs = dict(sampler="ddim", steps=nfe, device=args.device, batch_size=args.sample_batch, progress=False)
         cfg_generate(net, cfg_config, classes[:1], [0.0], min(per_class, args.sample_batch), seed=123, **kwargs)
         res = cfg_generate(net, cfg_config, classes, [0.0], per_class, seed=0, **kwargs)
         metrics = evaluate_samples(res["x"], None, classifier, device=args.device, data_dir=args.data_dir)
-        entry = {"method": "diffusion-ddim", "w": 0.0, "nfe": res["nfe_per_image"], "fid": metrics["fid"],
+        entry = {"method": "diffusion-ddim", "w": 0.0, "nfe": int(round(res["nfe_per_image"])), "fid": metrics["fid"],
                  "fid_floor": metrics["fid_floor"], "precision": metrics["precision"], "recall": metrics["recall"],
                  "n": metrics["n"], "sec_per_image": res["seconds"] / len(res["x"])}
         log(f"  diffusion DDIM {nfe} NFE: FID-FMNIST {entry['fid']:.2f}, recall {entry['recall']:.3f}, "
             f"{entry['sec_per_image'] * 1e3:.3f} ms/image")
-        entries.append(entry)
-    return entries
+        yield entry
 
 
 def _grid(path: Path, x: np.ndarray, k: int = 64) -> None:
@@ -222,8 +242,8 @@ def print_table(result: dict) -> None:
     if "gaussians25" in result:
         g = result["gaussians25"]
         log(f"25-Gaussians  DDGAN T={g['T']}: {g['modes']}/25 modes, {g['high_quality_share']:.1%} HQ | "
-            f"DDIM exact score {g['baseline']['nfe']} NFE: {g['baseline']['modes']}/25, "
-            f"{g['baseline']['high_quality_share']:.1%} HQ")
+            + " | ".join(f"{b['method']} {b['nfe']} NFE: {b['modes']}/25, {b['high_quality_share']:.1%} HQ"
+                         for b in g.get("baselines", [g["baseline"]])))
     if "stacked" in result:
         s = result["stacked"]
         log(f"stacked FMNIST  modes {s['modes']}/1000  KL {s['kl']:.3f}  n={s['n']}")
@@ -250,12 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="extra DDGAN config override for image runs")
     p.add_argument("--n-eval", type=int, default=10_000, help="samples per FID evaluation")
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 10, 50], help="DDIM steps of the diffusion baseline")
-    p.add_argument("--no-diffusion", action="store_true", help="skip the diffusion baseline in the fmnist part")
     p.add_argument("--sample-batch", type=int, default=1000)
     p.add_argument("--toy-T", type=int, default=4)
     p.add_argument("--toy-steps", type=int, default=20_000)
     p.add_argument("--toy-minutes", type=float, default=1.5)
     p.add_argument("--n-toy", type=int, default=10_000)
+    p.add_argument("--toy-diffusion-steps", type=int, default=3000,
+                   help="train steps of the 2-D MLP diffusion baseline (0: exact-score baseline only)")
     p.add_argument("--stacked-T", type=int, default=4)
     p.add_argument("--stacked-minutes", type=float, default=4.0)
     p.add_argument("--stacked-steps", type=int, default=1_000_000)
@@ -277,12 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.tiny:
         args.minutes, args.steps, args.n_eval, args.nfe = None, 20, 200, [2]
-        args.toy_minutes, args.toy_steps, args.n_toy = None, 100, 2000
+        args.toy_minutes, args.toy_steps, args.n_toy, args.toy_diffusion_steps = None, 100, 2000, 50
         args.stacked_minutes, args.stacked_steps, args.n_stacked = None, 10, 500
         args.fmnist_T, args.batch_size, args.sample_batch = [1, 2], 16, 100
 
     classifier = None
-    if "stacked" in args.parts or "fmnist" in args.parts:
+    if {"stacked", "fmnist", "diffusion"} & set(args.parts):
         from guidediff.nets.fmnist_classifier import load_eval_classifier
 
         try:
@@ -290,23 +311,34 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             log(f"no evaluation classifier ({exc}); the stacked and fmnist parts will be skipped")
     work = Path(args.work_dir)
-    new: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("merge",)}}
     start = time.perf_counter()
+    results = {k: v for k, v in old.items() if k not in ("device", "torch", "commit", "cuda")}
+    settings = {k: v for k, v in vars(args).items() if k != "merge"}
+
+    def save(new: dict) -> None:
+        # after every part, so a call cut off by its time limit still returns what it finished
+        nonlocal results
+        settings["wall_seconds"] = round(time.perf_counter() - start, 1)
+        results = merge(results, {**new, "settings": settings})
+        common.write_result("ddgan", results, str(out))
+
     if "gaussians25" in args.parts:
         log("== 25-Gaussians")
-        new["gaussians25"] = part_gaussians25(args, work, out)
+        save({"gaussians25": part_gaussians25(args, work, out)})
     if "stacked" in args.parts:
         log("== stacked Fashion-MNIST")
         stacked = part_stacked(args, work, out, classifier)
         if stacked is not None:
-            new["stacked"] = stacked
+            save({"stacked": stacked})
     if "fmnist" in args.parts:
-        log("== Fashion-MNIST")
-        new["fmnist"] = part_fmnist(args, work, out, classifier)
-    new["settings"]["wall_seconds"] = round(time.perf_counter() - start, 1)
-    merged = merge({k: v for k, v in old.items() if k not in ("device", "torch", "commit", "cuda")}, new)
-    common.write_result("ddgan", merged, str(out))
-    print_table(merged)
+        log("== Fashion-MNIST, DDGAN")
+        for entry in part_fmnist(args, work, out, classifier):
+            save({"fmnist": [entry]})
+    if "diffusion" in args.parts:
+        log("== Fashion-MNIST, diffusion baseline")
+        for entry in part_diffusion(args, classifier):
+            save({"fmnist": [entry]})
+    print_table(results)
     return 0
 
 

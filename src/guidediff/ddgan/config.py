@@ -58,7 +58,8 @@ class DiffusionSection:
 @dataclass
 class GeneratorSection:
     """Images: an ADM UNet (base_channels, channel_mult, num_res_blocks, attention_resolutions)
-    whose embedding adds mapping(z) (mapping_layers linear layers); 2-D: an MLP (hidden, layers)."""
+    whose embedding adds mapping(z) (mapping_layers linear layers); 2-D: an MLP (hidden, layers)
+    on `fourier` octaves of Fourier features of x_t (see generator.fourier_features)."""
 
     nz: int = 100
     base_channels: int = 64
@@ -68,22 +69,26 @@ class GeneratorSection:
     mapping_layers: int = 3
     hidden: int = 128
     layers: int = 3
+    fourier: int = 4
 
 
 @dataclass
 class DiscriminatorSection:
-    """Images: one residual down block per channel_mult entry; 2-D: an MLP (hidden, layers)."""
+    """Images: one residual down block per channel_mult entry; 2-D: an MLP (hidden, layers) on
+    `fourier` octaves of Fourier features of x_{t−1}."""
 
     base_channels: int = 64
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
     hidden: int = 128
     layers: int = 3
+    fourier: int = 6
 
 
 @dataclass
 class TrainSection:
     """Adam(β1, β2) for G and D; R1 weight r1_gamma applied every r1_every steps (lazy R1, scaled by
-    r1_every as in StyleGAN2 so the average penalty does not change); EMA of G with warm-up.
+    r1_every as in StyleGAN2 so the average penalty does not change); r2_gamma > 0 adds the same
+    penalty on generated x_{t−1} (R2) on those steps; EMA of G with warm-up.
     Training stops at `steps` or after `minutes` of wall time, whichever comes first.
     mixed_precision: auto (bf16 on CUDA) | no | bf16; R1 is always computed in float32."""
 
@@ -94,6 +99,7 @@ class TrainSection:
     beta2: float = 0.9
     r1_gamma: float = 0.02
     r1_every: int = 1
+    r2_gamma: float = 0.0
     ema_decay: float = 0.999
     steps: int = 20_000
     minutes: float | None = None
@@ -157,6 +163,7 @@ class DDGANConfig:
             for name in names:
                 value = getattr(section, name)
                 require(value >= 1, f"{_section_name(section)}.{name} must be >= 1, got {value}")
+        require(g.fourier >= 0 and dsc.fourier >= 0, "generator.fourier and discriminator.fourier must be >= 0")
         require(len(g.channel_mult) >= 1 and min(g.channel_mult) >= 1,
                 f"generator.channel_mult must hold positive integers, got {g.channel_mult}")
         require(len(dsc.channel_mult) >= 1 and min(dsc.channel_mult) >= 1,
@@ -167,6 +174,7 @@ class DDGANConfig:
         require(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, f"train.beta1 and train.beta2 must lie in [0, 1), got "
                 f"{t.beta1} and {t.beta2}")
         require(t.r1_gamma >= 0, f"train.r1_gamma must be >= 0 (0 turns R1 off), got {t.r1_gamma}")
+        require(t.r2_gamma >= 0, f"train.r2_gamma must be >= 0 (0 turns R2 off), got {t.r2_gamma}")
         require(0 <= t.ema_decay < 1, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
         require(t.minutes is None or t.minutes > 0, f"train.minutes must be positive, got {t.minutes}")
         require(t.mixed_precision in ("auto", "no", "bf16"),
@@ -199,15 +207,19 @@ def preset(name: str) -> DDGANConfig:
 
     - fmnist / stacked-fmnist: UNet G 64·(1, 2, 2), 2 blocks, attention at 7; D 64·(1, 2, 4);
       batch 128, lr 1.6e-4 / 1.25e-4, Adam(0.5, 0.9), R1 γ = 0.02 (DDGAN's CIFAR-10 settings).
-    - grid25: MLPs of width 128 and depth 3, nz = 2, batch 256, lr 5e-4, R1 γ = 0.1 every step.
+    - grid25: T = 2; MLPs of width 64 and depth 3 on Fourier features (4 octaves for G's x_t, 6 for
+      D's x_{t−1}), nz = 2; batch 256, lr 1e-3 for both, R1 γ = 0.01 and R2 γ = 0.01 every step,
+      2500 steps, float32 (the modes are 0.018 wide: bf16 would blur them).
     """
     require(name in DATASETS, f"data.name {name!r} is unknown; choose one of {', '.join(DATASETS)}")
     config = DDGANConfig(data=DataSection(name=name))
     if name in TOY_DATASETS:
         config.diffusion.T = 2
-        config.generator.nz = 2
-        config.train = TrainSection(batch_size=256, lr_g=5e-4, lr_d=5e-4, r1_gamma=0.1, ema_decay=0.999,
-                                    steps=4000, log_every=250, checkpoint_every=4000)
+        config.generator = GeneratorSection(nz=2, hidden=64, layers=3, fourier=4)
+        config.discriminator = DiscriminatorSection(hidden=64, layers=3, fourier=6)
+        config.train = TrainSection(batch_size=256, lr_g=1e-3, lr_d=1e-3, r1_gamma=0.01, r2_gamma=0.01,
+                                    ema_decay=0.999, steps=2500, log_every=250, checkpoint_every=2500,
+                                    mixed_precision="no")
     return config
 
 

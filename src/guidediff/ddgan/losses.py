@@ -1,5 +1,6 @@
 """The adversarial objectives of DDGAN (Xiao et al. 2022, eq. 6 and App. B): the non-saturating
-GAN loss for D and G, and the R1 gradient penalty on real pairs (Mescheder et al. 2018, eq. 9)."""
+GAN loss for D and G, and the R1 gradient penalty on real pairs (Mescheder et al. 2018, eq. 9).
+The same penalty on generated pairs is R2 (Mescheder et al. 2018, eq. 10), off by default."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def g_loss(d_fake: Tensor) -> Tensor:
 
 
 def r1_penalty(d_real: Tensor, x_real: Tensor, gamma: float) -> Tensor:
-    """R1 = γ/2 · E‖∇_x D(x)‖² over real inputs x (Mescheder et al. 2018, eq. 9).
+    """R1 = γ/2 · E‖∇_x D(x)‖² over real inputs x (Mescheder et al. 2018, eq. 9); over generated
+    inputs the same expression is R2.
 
     ``d_real`` must come from ``x_real`` with requires_grad; the graph is kept (create_graph) so
     the penalty trains D. The gradient of the logits' sum is each sample's own gradient, since

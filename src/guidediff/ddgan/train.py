@@ -4,7 +4,7 @@ Algorithm in App. B). A dedicated loop rather than guidediff.train's single-loss
 One step, for a batch x_0 with levels i ~ U{1..T} (λ_t = λ_i, λ_s = λ_{i−1}):
   real pair   (x_s, x_t) ~ q(x_s | x_0) q(x_t | x_s)                               schedule.forward_pair
   fake x_s    x_s' ~ q(x_s | x_t, x̂_0),  x̂_0 = G(x_t, z, λ_t, c),  z ~ N(0, I)      schedule.posterior_sample
-  D step      softplus(−D(x_s, x_t)) + softplus(D(x_s', x_t)) [+ R1 on the real x_s, float32]
+  D step      softplus(−D(x_s, x_t)) + softplus(D(x_s', x_t)) [+ R1 on the real x_s, + R2 on x_s', float32]
   G step      softplus(−D(x_s'', x_t)) with a fresh z (non-saturating)
 then the EMA of G. Randomness is a function of (seed, step), so --resume continues exactly.
 
@@ -109,8 +109,8 @@ def build_networks(config: DDGANConfig, sample_shape: tuple[int, ...], num_class
     k = num_classes if config.data.conditional else 0
     g, d = config.generator, config.discriminator
     if len(sample_shape) == 1:
-        return (MLPGenerator(sample_shape[0], g.nz, g.hidden, g.layers, k),
-                MLPDiscriminator(sample_shape[0], d.hidden, d.layers, k))
+        return (MLPGenerator(sample_shape[0], g.nz, g.hidden, g.layers, k, fourier=g.fourier),
+                MLPDiscriminator(sample_shape[0], d.hidden, d.layers, k, fourier=d.fourier))
     channels = sample_shape[0]
     return (ImageGenerator(config.unet_config(channels, k), g.nz, g.mapping_layers),
             ImageDiscriminator(channels, d.base_channels, tuple(d.channel_mult), k))
@@ -150,7 +150,7 @@ def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch
 
     # -- discriminator
     nets.D.requires_grad_(True)
-    if r1_step:
+    if r1_step and t.r1_gamma > 0:
         # R1 needs ∇_x D in full precision, and double backward (no compiled D here).
         x_real = x_s.detach().requires_grad_(True)
         with torch.autocast(dev.type, enabled=False):
@@ -160,11 +160,19 @@ def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch
             d_real = nets.D_run(x_s, x_t, lam_t, c).float()
     with torch.no_grad():
         x_fake = fake(randn(b, nz), randn(*x0.shape))
-    with autocast:
-        d_fake = nets.D_run(x_fake, x_t, lam_t, c).float()
+    r2_step = r1_step and t.r2_gamma > 0
+    if r2_step:
+        x_fake.requires_grad_(True)
+        with torch.autocast(dev.type, enabled=False):
+            d_fake = nets.D(x_fake, x_t, lam_t, c).float()
+    else:
+        with autocast:
+            d_fake = nets.D_run(x_fake, x_t, lam_t, c).float()
     loss_d = d_loss(d_real, d_fake)
-    r1 = r1_penalty(d_real, x_real, t.r1_gamma) * t.r1_every if r1_step else torch.zeros((), device=dev)
-    total_d = loss_d + r1
+    zero = torch.zeros((), device=dev)
+    r1 = r1_penalty(d_real, x_real, t.r1_gamma) * t.r1_every if r1_step and t.r1_gamma > 0 else zero
+    r2 = r1_penalty(d_fake, x_fake, t.r2_gamma) * t.r1_every if r2_step else zero
+    total_d = loss_d + r1 + r2
     value = float(total_d.detach())
     if not math.isfinite(value):
         raise _NonFinite("the discriminator loss", value)
@@ -185,7 +193,7 @@ def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch
     loss_g.backward()
     nets.opt_g.step()
     nets.D.requires_grad_(True)
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "r1": r1.detach(),
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "r1": r1.detach(), "r2": r2.detach(),
             "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
 
 
@@ -307,8 +315,8 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
     if resume and latest_checkpoint(ckpt_root) is not None:
         _, state, tensors = read_ddgan_checkpoint(out_dir, device="cpu")
         saved = DDGANConfig.from_dict(state["config"], source=str(ckpt_root))
-        # The run's architecture and data are fixed; the length and time budget may change.
-        saved.train.steps, saved.train.minutes = t.steps, t.minutes
+        # The run's architecture and data are fixed; its length, time budget and device may change.
+        saved.train.steps, saved.train.minutes, saved.train.device = t.steps, t.minutes, t.device
         config = saved
         t = config.train
 
@@ -318,8 +326,13 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
     G, D = G.to(device), D.to(device)
     if channels_last and data.is_images:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), foreach=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), foreach=True)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # the float32 R1/R2 passes
+        torch.backends.cudnn.allow_tf32 = True
+    adam = {"fused": True} if cuda else {"foreach": True}
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), **adam)
     ema = EMA(G, decay=t.ema_decay, warmup=True)
     step, prior_time, commands = 0, 0.0, []
     if state is not None:
@@ -367,7 +380,7 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
                 break
             g = torch.Generator(device=device).manual_seed(derive_seed(t.seed, "ddgan-step", step))
             x0, c = data.batch(t.batch_size, g, hflip=config.data.hflip and not config.is_toy)
-            r1_step = t.r1_gamma > 0 and step % t.r1_every == 0
+            r1_step = (t.r1_gamma > 0 or t.r2_gamma > 0) and step % t.r1_every == 0
             try:
                 stats = train_step(nets, x0, c if config.data.conditional else None, lams, config, g,
                                    r1_step=r1_step, bf16=bf16)
