@@ -2,26 +2,28 @@
 
 Parts (choose with --parts; each trains its own DDGAN for a time or step budget, then evaluates):
 
-  gaussians25  DDGAN on the 25-Gaussians (paper Fig. 6): modes covered and the share of
-               high-quality samples (within 3σ of a mode), against DDIM at the same NFE driven by
-               the EXACT score of the mixture (guidediff.toy's closed form: an upper bound for any
-               trained diffusion model at that NFE). Figure ddgan_gaussians25.png.
+  gaussians25  DDGAN on the 25-Gaussians (paper Fig. 6) at T = --toy-T (2 4): modes covered and the
+               share of high-quality samples (within 3σ of a mode), against DDIM at the same NFE
+               driven by (a) the EXACT score of the mixture (guidediff.toy's closed form: an upper
+               bound for any trained diffusion model at that NFE) and (b) the project's 2-D MLP
+               denoiser trained with the ε-loss. Figure ddgan_gaussians25.png.
   stacked      DDGAN on stacked Fashion-MNIST (1000 modes): modes covered and KL(histogram ‖ uniform)
                over --n-stacked (26k) samples, each channel classified by the evaluation classifier.
   fmnist       DDGAN at T = --fmnist-T (1 2 4 8): FID-FMNIST (with its real-data floor), precision,
-               recall and seconds per image over --n-eval samples; the reference CFG diffusion model
-               (--cfg-model, w = 0, DDIM) at --nfe (4 10 50) beside it. Grids ddgan_fmnist_T{T}.png.
+               recall and seconds per image over --n-eval samples. Grids ddgan_fmnist_T{T}.png.
+  diffusion    the reference CFG model (--cfg-model, w = 0, DDIM) at --nfe (4 10 50) on the same metrics.
 
 Results merge into <out>/ddgan.json (out: --out, else $BENCH_OUT, else benchmarks/results), so the
 parts can run in separate calls; --merge A.json B.json combines files written elsewhere. Parts that
 need the evaluation classifier or the CFG model say so and are skipped when those are missing.
 
-CPU smoke run (about a minute):
-    python benchmarks/ddgan.py --tiny --out /tmp/ddgan_bench
-GPU (see docs/ddgan.md for the call plan):
-    python benchmarks/ddgan.py --parts gaussians25 stacked --stacked-minutes 4 --out $OUT
-    python benchmarks/ddgan.py --parts fmnist --fmnist-T 1 2 --minutes 3.5 --cfg-model fmnist-cfg --out $OUT
-    python benchmarks/ddgan.py --parts fmnist --fmnist-T 4 8 --minutes 3.5 --no-diffusion --out $OUT
+CPU smoke run (tiny networks, a few steps):
+    python benchmarks/ddgan.py --tiny --classifier CLS.safetensors --cfg-model RUN_DIR --out /tmp/ddgan_bench
+GPU, three calls of under 10 minutes (docs/ddgan.md):
+    python benchmarks/ddgan.py --parts gaussians25 stacked diffusion --toy-minutes 0.75 --stacked-minutes 2.5 --cfg-model fmnist-cfg --data-dir .data --out $OUT
+    python benchmarks/ddgan.py --parts fmnist --fmnist-T 1 2 --minutes 3.5 --data-dir .data --out $OUT
+    python benchmarks/ddgan.py --parts fmnist --fmnist-T 4 8 --minutes 3.5 --data-dir .data --out $OUT
+    python benchmarks/ddgan.py --merge A/ddgan.json B/ddgan.json C/ddgan.json --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -80,74 +82,89 @@ def train_run(data: str, T: int, run_dir: Path, args, overrides: list[str], minu
 
 
 def timed_generate(G, config, n: int, args) -> dict:
-    generate(G, config, min(n, args.sample_batch), seed=123, device=args.device, batch_size=args.sample_batch)  # warm-up
+    # warm-up (allocator, cuDNN autotuning), then the timed run
+    generate(G, config, min(n, args.sample_batch), seed=123, device=args.device, batch_size=args.sample_batch)
     return generate(G, config, n, seed=0, device=args.device, batch_size=args.sample_batch)
 
 
 # -- parts -----------------------------------------------------------------------------------------
 
 def part_gaussians25(args, work: Path, out: Path) -> dict:
+    """DDGAN at each --toy-T against DDIM at the same NFE (exact score; trained MLP denoiser).
+    The top-level numbers are those of the first T; "runs" holds every T."""
     from guidediff.data.toy2d import grid25
     from guidediff.samplers import sample_ddim
     from guidediff.schedules import CFGSchedule, lam_grid
 
     mix = grid25()
     means, std = mix.means.numpy(), float(mix.covs[0, 0, 0].sqrt())
-    result, (G, config) = train_run("grid25", args.toy_T, work / "grid25", args, [], args.toy_minutes, args.toy_steps)
-    samples = generate(G, config, args.n_toy, seed=0, device=args.device)
-    ours = grid_coverage(samples["x"], means, std)
-    # Diffusion baseline: DDIM (η = 0) over the exact ε of the mixture, same NFE, the library's
-    # default CFG schedule λ ∈ [−20, 20]; the mixture is unconditional here (c = null token).
-    nfe = config.diffusion.T
     g = torch.Generator().manual_seed(0)
     z = torch.randn(args.n_toy, 2, generator=g, dtype=torch.float64)
-    c = torch.full((args.n_toy,), mix.null_class, dtype=torch.long)
-    x_ddim = sample_ddim(mix, z, lam_grid(CFGSchedule(), nfe, dtype=torch.float64), c).numpy()
-    base = grid_coverage(x_ddim, means, std)
-    baselines = [{"method": "ddim-exact-score (upper bound for a trained diffusion model)", "nfe": nfe,
-                  "modes": base["modes"], "high_quality_share": base["high_quality_share"]}]
-    panels = [(f"DDIM, exact score, {nfe} NFE", x_ddim, base)]
+    c = torch.full((args.n_toy,), mix.null_class, dtype=torch.long)  # unconditional: the null token
+    mlp_net, mlp_seconds = None, None
     if args.toy_diffusion_steps > 0:
         # A trained diffusion model: the project's 2-D MLP denoiser (nets/mlp.py) trained with the
-        # ε-loss (toy_run.train_toy_denoiser), sampled unconditionally with the same DDIM grid.
+        # ε-loss (toy_run.train_toy_denoiser).
         from guidediff.toy_run import train_toy_denoiser
 
         t0 = time.perf_counter()
-        net = train_toy_denoiser(mix, steps=args.toy_diffusion_steps, log=None)
-        with torch.no_grad():
-            x_mlp = sample_ddim(lambda zz, lam, cc: net(zz.float(), lam.float(), cc).double(), z,
-                                lam_grid(CFGSchedule(), nfe, dtype=torch.float64), c).numpy()
-        mlp = grid_coverage(x_mlp, means, std)
-        baselines.append({"method": "ddim-trained-mlp", "nfe": nfe, "modes": mlp["modes"],
-                          "high_quality_share": mlp["high_quality_share"], "train_steps": args.toy_diffusion_steps,
-                          "train_seconds": round(time.perf_counter() - t0, 1)})
-        panels.append((f"DDIM, trained MLP, {nfe} NFE", x_mlp, mlp))
-    entry = {"T": nfe, "nfe": nfe, "modes": ours["modes"], "high_quality_share": ours["high_quality_share"],
-             "n": ours["n"], "steps": result.step, "train_seconds": round(result.elapsed_s, 1),
-             "baseline": baselines[0], "baselines": baselines}
-    log(f"  25-Gaussians: DDGAN T={nfe} {ours['modes']}/25 modes, {ours['high_quality_share']:.1%} high quality; "
-        + "; ".join(f"{b['method']} {b['modes']}/25, {b['high_quality_share']:.1%}" for b in baselines))
-    _figure_gaussians(out / "ddgan_gaussians25.png", mix, samples["x"], nfe, ours, panels)
-    return entry
+        mlp_net = train_toy_denoiser(mix, steps=args.toy_diffusion_steps, log=None)
+        mlp_seconds = round(time.perf_counter() - t0, 1)
+    runs, rows = [], []
+    for T in args.toy_T:
+        result, (G, config) = train_run("grid25", T, work / f"grid25_T{T}", args, [], args.toy_minutes, args.toy_steps)
+        samples = generate(G, config, args.n_toy, seed=0, device=args.device)
+        ours = grid_coverage(samples["x"], means, std)
+        # DDIM (η = 0) at the same NFE on the library's default CFG schedule, λ ∈ [−20, 20].
+        lams = lam_grid(CFGSchedule(), T, dtype=torch.float64)
+        x_ddim = sample_ddim(mix, z, lams, c).numpy()
+        base = grid_coverage(x_ddim, means, std)
+        baselines = [{"method": "ddim-exact-score", "nfe": T, "modes": base["modes"],
+                      "high_quality_share": base["high_quality_share"]}]
+        panels = [("data", None, None), (f"DDGAN, T = {T}", samples["x"], ours),
+                  (f"DDIM, exact score, {T} NFE", x_ddim, base)]
+        if mlp_net is not None:
+            with torch.no_grad():
+                mlp_eps = lambda zz, lam, cc: mlp_net(zz.float(), lam.float(), cc).double()  # noqa: E731
+                x_mlp = sample_ddim(mlp_eps, z, lams, c).numpy()
+            mlp = grid_coverage(x_mlp, means, std)
+            baselines.append({"method": "ddim-trained-mlp", "nfe": T, "modes": mlp["modes"],
+                              "high_quality_share": mlp["high_quality_share"],
+                              "train_steps": args.toy_diffusion_steps, "train_seconds": mlp_seconds})
+            panels.append((f"DDIM, trained MLP, {T} NFE", x_mlp, mlp))
+        runs.append({"T": T, "nfe": T, "modes": ours["modes"], "high_quality_share": ours["high_quality_share"],
+                     "n": ours["n"], "steps": result.step, "train_seconds": round(result.elapsed_s, 1),
+                     "baselines": baselines})
+        rows.append(panels)
+        log(f"  25-Gaussians T={T}: DDGAN {ours['modes']}/25 modes, {ours['high_quality_share']:.1%} high quality; "
+            + "; ".join(f"{b['method']} {b['modes']}/25, {b['high_quality_share']:.1%}" for b in baselines))
+    _figure_gaussians(out / "ddgan_gaussians25.png", mix, rows, args.n_toy)
+    return {**{k: v for k, v in runs[0].items()}, "exact_score_note": "DDIM driven by the closed-form score of the "
+            "mixture: an upper bound for any trained diffusion model with that sampler and NFE", "runs": runs}
 
 
-def _figure_gaussians(path: Path, mix, x_gan: np.ndarray, nfe: int, ours: dict, others: list) -> None:
+def _figure_gaussians(path: Path, mix, rows: list, n: int) -> None:
+    """One row per T: data, DDGAN, and the DDIM baselines at the same NFE."""
     from guidediff.plots import _pyplot
 
     plt = _pyplot()
-    data, _ = mix.sample(len(x_gan), generator=torch.Generator().manual_seed(1))
-    panels = [("data", data.numpy(), None), (f"DDGAN, T = {nfe}", x_gan, ours), *others]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3.7))
-    for ax, (title, x, cov) in zip(axes, panels):
-        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.25)
-        if cov is not None:
-            title += f"\n{cov['modes']}/25 modes, {cov['high_quality_share']:.0%} high quality"
-        ax.set_title(title, fontsize=9)
-        ax.set_xlim(-2.1, 2.1)
-        ax.set_ylim(-2.1, 2.1)
-        ax.set_aspect("equal")
+    data = mix.sample(n, generator=torch.Generator().manual_seed(1))[0].numpy()
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.3 * cols, 3.4 * len(rows)), squeeze=False)
+    for r, panels in enumerate(rows):
+        for ax, (title, x, cov) in zip(axes[r], panels):
+            x = data if x is None else x
+            ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.25)
+            if cov is not None:
+                title += f"\n{cov['modes']}/25 modes, {cov['high_quality_share']:.0%} high quality"
+            ax.set_title(title, fontsize=9)
+            ax.set_xlim(-2.1, 2.1)
+            ax.set_ylim(-2.1, 2.1)
+            ax.set_aspect("equal")
+        for ax in axes[r][len(panels):]:
+            ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     log(f"  wrote {path}")
 
@@ -241,9 +258,10 @@ def merge(old: dict, new: dict) -> dict:
 def print_table(result: dict) -> None:
     if "gaussians25" in result:
         g = result["gaussians25"]
-        log(f"25-Gaussians  DDGAN T={g['T']}: {g['modes']}/25 modes, {g['high_quality_share']:.1%} HQ | "
-            + " | ".join(f"{b['method']} {b['nfe']} NFE: {b['modes']}/25, {b['high_quality_share']:.1%} HQ"
-                         for b in g.get("baselines", [g["baseline"]])))
+        for run in g.get("runs", [g]):
+            log(f"25-Gaussians  DDGAN T={run['T']}: {run['modes']}/25 modes, {run['high_quality_share']:.1%} HQ | "
+                + " | ".join(f"{b['method']} {b['nfe']} NFE: {b['modes']}/25, {b['high_quality_share']:.1%} HQ"
+                             for b in run["baselines"]))
     if "stacked" in result:
         s = result["stacked"]
         log(f"stacked FMNIST  modes {s['modes']}/1000  KL {s['kl']:.3f}  n={s['n']}")
@@ -258,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=None, help="folder of ddgan.json and figures (default $BENCH_OUT or benchmarks/results)")
+    p.add_argument("--out", default=None,
+                   help="folder of ddgan.json and figures (default $BENCH_OUT or benchmarks/results)")
     p.add_argument("--work-dir", default="/tmp/ddgan_bench", help="run directories (checkpoints) go here")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files (default: the usual search)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the Fashion-MNIST .gz files (default: the usual search)")
     p.add_argument("--classifier", default=None, help="evaluation classifier weights (default: the shipped one)")
     p.add_argument("--cfg-model", default=None, help="reference CFG model (run dir, .safetensors or shipped name)")
     p.add_argument("--fmnist-T", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -271,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-eval", type=int, default=10_000, help="samples per FID evaluation")
     p.add_argument("--nfe", type=int, nargs="+", default=[4, 10, 50], help="DDIM steps of the diffusion baseline")
     p.add_argument("--sample-batch", type=int, default=1000)
-    p.add_argument("--toy-T", type=int, default=4)
-    p.add_argument("--toy-steps", type=int, default=20_000)
-    p.add_argument("--toy-minutes", type=float, default=1.5)
+    p.add_argument("--toy-T", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--toy-steps", type=int, default=100_000, help="step cap per toy T (minutes usually stop first)")
+    p.add_argument("--toy-minutes", type=float, default=1.0, help="training minutes per toy T")
     p.add_argument("--n-toy", type=int, default=10_000)
     p.add_argument("--toy-diffusion-steps", type=int, default=3000,
                    help="train steps of the 2-D MLP diffusion baseline (0: exact-score baseline only)")
@@ -292,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         for path in args.merge:
             old = merge(old, json.loads(Path(path).read_text()))
-        common.write_result("ddgan", {k: v for k, v in old.items() if k not in ("device", "torch", "commit", "cuda")},
-                            str(out))
+        # the inputs' device/torch/commit (where the numbers were measured) win over this machine's
+        common.write_result("ddgan", old, str(out))
         print_table(old)
         return 0
     if args.tiny:

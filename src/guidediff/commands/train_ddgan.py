@@ -9,7 +9,8 @@ def add_parser(subparsers) -> None:
         description="Train DDGAN: a generator G(x_t, z, t) that predicts x_0 and a time-dependent discriminator "
                     "D(x_{t-1}, x_t, t), on T steps of the VP schedule (beta 0.1..20). The run directory holds "
                     "config.json, log.jsonl, checkpoints/, model.safetensors (EMA generator) and samples.png. "
-                    "Defaults per dataset are in configs/ddgan_*.toml; any key can be set with --set section.key=value.")
+                    "Defaults per dataset are in configs/ddgan_*.toml; any key can be set with "
+                    "--set section.key=value.")
     p.add_argument("--data", choices=("fmnist", "stacked-fmnist", "grid25"),
                    help="training data (default: the config file's, else fmnist)")
     p.add_argument("--T", type=int, help="number of denoising steps (1, 2, 4, 8 in the paper); default per dataset")
@@ -73,9 +74,9 @@ def run(args) -> int:
 
     from guidediff.ddgan.sample import load_generator
 
-    G, saved = load_generator(result.model_file, device=saved_device(config))
+    G, saved = load_generator(result.model_file, device=config.train.device)
     n = args.samples if not saved.is_toy else max(args.samples, 5000)
-    samples = generate(G, saved, n, seed=saved.train.seed, device=saved_device(config))
+    samples = generate(G, saved, n, seed=saved.train.seed, device=config.train.device)
     preview = save_preview(out / "samples.png", samples, saved)
     line = (f"trained DDGAN T={saved.diffusion.T} on {saved.data.name}: {result.step} steps "
             f"(stopped by {result.stopped_by}), checkpoint {result.checkpoint}, generator {result.model_file}, "
@@ -89,7 +90,3 @@ def run(args) -> int:
         line += f"; {cov['modes']}/{len(mix.means)} modes, {cov['high_quality_share']:.1%} high-quality samples"
     print(line)
     return 0
-
-
-def saved_device(config) -> str:
-    return config.train.device

@@ -98,7 +98,8 @@ class MLPGenerator(nn.Module):
 
     def forward(self, x_t: torch.Tensor, z: torch.Tensor, lam: torch.Tensor,
                 c: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.x_embed(fourier_features(x_t, self.fourier)) + self.t_embed(lam_features(lam, self.feature_dim).to(x_t.dtype)) + self.z_embed(z)
+        t_emb = self.t_embed(lam_features(lam, self.feature_dim).to(x_t.dtype))
+        h = self.x_embed(fourier_features(x_t, self.fourier)) + t_emb + self.z_embed(z)
         if self.class_embed is not None and c is not None:
             h = h + self.class_embed(c)
         for layer in self.body:

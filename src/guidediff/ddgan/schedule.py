@@ -2,9 +2,9 @@
 generator's step x_{t−1} ~ q(x_{t−1} | x_t, x̂_0).
 
 Xiao et al. (2022, §3 and App. C) use the variance-preserving SDE of Song et al. (2021) with
-β(t) = β_min + t·(β_max − β_min), β_min = 0.1, β_max = 20, so ᾱ(t) = exp(−β_min·t − ½(β_max − β_min)·t²)
-(the same curve as ``schedules.LinearSchedule``), read at T + 1 levels. Level i ∈ {0, …, T} sits
-at t_i = i/T, so λ_i = log ᾱ(t_i) − log(1 − ᾱ(t_i)); level 0 is the data itself, λ_0 = +∞, where
+β(t) = β_min + t·(β_max − β_min), β_min = 0.1, β_max = 20, so
+ᾱ(t) = exp(−β_min·t − ½(β_max − β_min)·t²) (the same curve as ``schedules.LinearSchedule``), read
+at T + 1 levels. Level i ∈ {0, …, T} sits at t_i = i/T, so λ_i = log ᾱ(t_i) − log(1 − ᾱ(t_i)); level 0 is the data itself, λ_0 = +∞, where
 α = 1 and σ = 0 and every formula below reduces exactly to x.
 
 (The reference implementation shifts t_i to ε + (1 − ε)·i/T with ε = 10⁻³ and gives level 0 a

@@ -238,8 +238,9 @@ def save_ddgan_checkpoint(out_dir: Path, step: int, nets: Nets, ema, config: DDG
     from guidediff.checkpoint import environment, save_checkpoint
 
     state = {"kind": KIND, "config": config.to_dict(), "ema": ema.meta(), **environment(), **extra}
-    return save_checkpoint(Path(out_dir) / CHECKPOINTS, step, model={**_prefixed("G", nets.G), **_prefixed("D", nets.D)},
-                           ema=ema.state_dict(), optimizer=merge_optimizers(nets.opt_g.state_dict(), nets.opt_d.state_dict()),
+    model = {**_prefixed("G", nets.G), **_prefixed("D", nets.D)}
+    optimizer = merge_optimizers(nets.opt_g.state_dict(), nets.opt_d.state_dict())
+    return save_checkpoint(Path(out_dir) / CHECKPOINTS, step, model=model, ema=ema.state_dict(), optimizer=optimizer,
                            state=state, keep_last=config.train.keep_last)
 
 
