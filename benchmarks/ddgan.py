@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         args.minutes, args.steps, args.n_eval, args.nfe = None, 20, 200, [2]
         args.toy_minutes, args.toy_steps, args.n_toy, args.toy_diffusion_steps = None, 100, 2000, 50
         args.stacked_minutes, args.stacked_steps, args.n_stacked = None, 10, 500
-        args.fmnist_T, args.batch_size, args.sample_batch = [1, 2], 16, 100
+        args.fmnist_T, args.batch_size, args.sample_batch = args.fmnist_T[:2], 16, 100
 
     classifier = None
     if {"stacked", "fmnist", "diffusion"} & set(args.parts):
