@@ -62,14 +62,7 @@ def test_schedule_float32_matches_float64(name):
     "name",
     [
         "cfg",
-        pytest.param(
-            "cosine",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="cosine λ(u) in float32 is off by 2.8 at u = 0 (1 − ᾱ ≈ 2e-9 is below float32 "
-                "resolution); evaluating the schedule in float64 and casting back would fix it",
-            ),
-        ),
+        "cosine",
         "linear",
     ],
 )

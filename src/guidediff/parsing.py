@@ -34,8 +34,10 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
         part = part.strip()
         try:
             if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                classes.extend(range(int(lo), int(hi) + 1))
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if lo > hi:
+                    raise UsageError(f"--classes: range {part} is empty; write it low-high, e.g. {hi}-{lo}")
+                classes.extend(range(lo, hi + 1))
             else:
                 classes.append(int(part))
         except ValueError:
@@ -43,4 +45,4 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
     for c in classes:
         if not 0 <= c < num_classes:
             raise UsageError(f"class {c} is out of range: the model has {num_classes} classes (0-{num_classes - 1})")
-    return classes
+    return list(dict.fromkeys(classes))

@@ -101,20 +101,21 @@ class _AlphaBarSchedule:
         # 1 − ᾱ = −expm1(log ᾱ) keeps precision when ᾱ is close to 1 (high SNR).
         return log_ab - torch.log(-torch.expm1(log_ab))
 
+    # Evaluated in float64 and cast back: near t = 0, 1 − ᾱ ≈ e^{−λ_max} is below float32 resolution.
     def lam(self, u: Tensor) -> Tensor:
         t0, t1 = self._t_range()
-        return self._lam_of_t(t0 + (t1 - t0) * u)
+        return self._lam_of_t(t0 + (t1 - t0) * u.double()).to(u.dtype)
 
     def dlam_du(self, u: Tensor) -> Tensor:
         t0, t1 = self._t_range()
-        t = t0 + (t1 - t0) * u
+        t = t0 + (t1 - t0) * u.double()
         log_ab = self.log_alpha_bar(t)
         # dλ/dt = (log ᾱ)' / (1 − ᾱ)
-        return self.dlog_alpha_bar_dt(t) / (-torch.expm1(log_ab)) * (t1 - t0)
+        return (self.dlog_alpha_bar_dt(t) / (-torch.expm1(log_ab)) * (t1 - t0)).to(u.dtype)
 
     def u_of_lam(self, lam: Tensor) -> Tensor:
         t0, t1 = self._t_range()
-        return (self.t_of_lam(lam) - t0) / (t1 - t0)
+        return ((self.t_of_lam(lam.double()) - t0) / (t1 - t0)).to(lam.dtype)
 
 
 @dataclass(frozen=True)

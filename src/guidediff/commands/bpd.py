@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "bpd", help="bits/dim (VDM variational bound) on a data split, with a 95% CI and its three terms")
+        "bpd", help="bits/dim (VDM variational bound) on a data split, with a 95%% CI and its three terms")
     p.add_argument("model", help="checkpoint or run directory, exported .safetensors model, or shipped model name; "
                                  "a non-VDM model is evaluated under the fixed schedule it trained with")
     p.add_argument("--split", default="test", choices=["train", "test"])

@@ -10,7 +10,7 @@ def add_parser(subparsers) -> None:
         "train-classifier",
         help="train the Fashion-MNIST classifier whose features define FID-FMNIST/IS-FMNIST",
         description="Train the evaluation classifier and write its weights (safetensors). The "
-                    "defaults aim at 94-95%% test accuracy in about a minute on one GPU.",
+                    "defaults aim at 94-95% test accuracy in about a minute on one GPU.",
     )
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--epochs", type=int, default=30)
