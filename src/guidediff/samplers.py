@@ -16,6 +16,9 @@ from guidediff.errors import require
 from guidediff.schedules import alpha_sigma
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+# mean_shift(z_t, lam_t, c, var) -> a shift added to the ancestral step's mean (var = the step's Σ);
+# how guidance enters the ancestral sampler without the sampler knowing about guidance.
+MeanShift = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def _check(lams: Tensor) -> None:
@@ -88,11 +91,15 @@ def sample_ancestral(
     clip_x: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    mean_shift: MeanShift | None = None,
 ) -> Tensor:
     """The CFG paper's ancestral sampler (Algorithm 2): z_s ~ N(μ̃_{s|t}(z_t, x̂), Σ) with
     Σ = (σ̃²_{s|t})^{1−v}·(σ²_{t|s})^v, interpolating between the posterior variance
     σ̃²_{s|t} = (1 − e^{λ_t−λ_s})σ_s² and the forward variance σ²_{t|s} = (1 − e^{λ_t−λ_s})σ_t².
-    The last step returns the mean, without noise."""
+    The last step returns the mean, without noise.
+
+    ``mean_shift(z_t, lam_t, c, Σ)``, when given, is added to μ̃ before the noise, on every step
+    (e.g. ``guidance.classifier_mean_shift``: μ̃ + s·Σ·∇ log p(c|z_t), Sohl-Dickstein et al. 2015)."""
     _check(lams)
     require(0.0 <= v <= 1.0, f"the variance exponent v must lie in [0, 1], got {v}")
     steps = len(lams) - 1
@@ -100,12 +107,14 @@ def sample_ancestral(
         lam_t, lam_s = lams[i], lams[i + 1]
         x, _ = _predict(denoiser, z, lam_t, c, clip_x)
         mean, var_post = posterior(z, x, lam_t, lam_s)
-        if i == steps - 1:
-            z = mean
-            continue
         _, sigma_t = alpha_sigma(lam_t)
         var_fwd = -torch.expm1(lam_t - lam_s) * sigma_t**2
         var = var_post ** (1.0 - v) * per_sample(var_fwd, z) ** v
+        if mean_shift is not None:
+            mean = mean + mean_shift(z, lam_t, c, var)
+        if i == steps - 1:
+            z = mean
+            continue
         z = mean + var.sqrt() * _noise(z, generator)
     return z
 

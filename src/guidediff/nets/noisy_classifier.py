@@ -1,0 +1,82 @@
+"""The noisy classifier p_φ(c | z_λ, λ) of classifier guidance, ADM's shape (Dhariwal & Nichol 2021,
+Sec. 4 and their classifier: the UNet's downsampling half with an attention-pooling head).
+
+`NoisyClassifier(config)(z, lam) -> logits [B, num_classes]`. ``config`` is the same UNetConfig a
+diffusion model uses: its ``num_classes`` is the size of the label set (the logits), while the
+encoder is built with ``num_classes = 0`` so it sees λ and never the label it must predict.
+The state-dict keys are ``encoder.*`` and ``head.*``; ``is_noisy_classifier_state`` tells a
+classifier's weights from a diffusion UNet's (``encoder.*``, ``up.*``, ``out.*``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from guidediff.errors import require
+from guidediff.nets.layers import group_norm
+from guidediff.nets.unet import UNetConfig, UNetEncoder
+
+
+class AttentionPool(nn.Module):
+    """Attention pooling (CLIP/ADM): the mean feature plus a learned position embedding queries all
+    positions; the attended vector is projected to the output. [B, C, H, W] -> [B, out_dim]."""
+
+    def __init__(self, channels: int, resolution: int, heads: int, out_dim: int):
+        super().__init__()
+        require(channels % heads == 0, f"attention pooling over {channels} channels cannot use {heads} heads")
+        self.heads = heads
+        self.pos = nn.Parameter(torch.randn(resolution * resolution + 1, channels) / channels**0.5)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(channels, 2 * channels)
+        self.proj = nn.Linear(channels, out_dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, ch, _, _ = h.shape
+        tokens = h.flatten(2).transpose(1, 2)  # [B, HW, C]
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1) + self.pos.to(tokens.dtype)
+        d = ch // self.heads
+        q = self.q(tokens[:, :1]).view(b, 1, self.heads, d).transpose(1, 2)
+        k, v = self.kv(tokens).view(b, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, 1, d]
+        return self.proj(out.transpose(1, 2).reshape(b, ch))
+
+
+class NoisyClassifier(nn.Module):
+    """UNetEncoder (input conv, downsampling levels, middle block; λ-embedding only) → GroupNorm →
+    SiLU → attention pooling → logits over ``config.num_classes``."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        config.validate()
+        require(config.num_classes >= 2, f"a noisy classifier needs at least 2 classes, got num_classes={config.num_classes}")
+        self.config = config
+        self.encoder = UNetEncoder(dataclasses.replace(config, num_classes=0))
+        ch = self.encoder.out_channels
+        self.norm = group_norm(ch)
+        self.head = AttentionPool(ch, self.encoder.bottom_resolution, max(1, config.heads(ch)), config.num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def forward(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, num_classes] (float32 under autocast). ``c`` is accepted and ignored, so the
+        training loop's net(z, lam, c) calls and the denoiser-shaped tools work unchanged."""
+        h, _, _ = self.encoder(z, lam, None)
+        return self.head(F.silu(self.norm(h))).float()
+
+    def log_prob(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """log p_φ(c | z_λ) [B] (log-softmax at the asked class)."""
+        return torch.log_softmax(self.forward(z, lam), dim=1).gather(1, c.long()[:, None])[:, 0]
+
+    def config_dict(self) -> dict:
+        return self.config.to_dict()
+
+
+def is_noisy_classifier_state(state: dict[str, torch.Tensor]) -> bool:
+    """True for a NoisyClassifier's state dict (it has a ``head``; a diffusion UNet has ``up``/``out``)."""
+    return any(k.startswith("head.") for k in state) and not any(k.startswith("up.") for k in state)
