@@ -64,10 +64,10 @@ class NoisyClassifier(nn.Module):
         return self.config.num_classes
 
     def forward(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, num_classes] (float32 under autocast). ``c`` is accepted and ignored, so the
-        training loop's net(z, lam, c) calls and the denoiser-shaped tools work unchanged."""
+        """Logits [B, num_classes] in at least float32 (also under bf16 autocast). ``c`` is accepted
+        and ignored, so the training loop's net(z, lam, c) calls work unchanged."""
         h, _, _ = self.encoder(z, lam, None)
-        return self.head(F.silu(self.norm(h))).float()
+        return self.head(F.silu(self.norm(h))).to(torch.promote_types(z.dtype, torch.float32))
 
     def log_prob(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """log p_φ(c | z_λ) [B] (log-softmax at the asked class)."""

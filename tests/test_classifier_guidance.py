@@ -1,0 +1,175 @@
+"""Classifier guidance: the ancestral mean form against the score form, gradients under no_grad
+without leaks, finite differences, the noisy classifier's training/loading and the label-set check."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from guidediff import guidance as G
+from guidediff import samplers, schedules
+from guidediff.classifier_guidance import check_label_set, classifier_grad_log_prob, load_noisy_classifier
+from guidediff.data.toy2d import load_toy
+from guidediff.errors import UsageError
+from guidediff.nets.noisy_classifier import NoisyClassifier
+from guidediff.nets.unet import UNetConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import tiny_arrays, tiny_config  # noqa: E402
+
+
+def tiny_classifier(num_classes: int = 3, dtype=torch.float32, seed: int = 0) -> NoisyClassifier:
+    """A small NoisyClassifier with every weight random (ADM zero-inits branches: the gradient
+    of a fresh net would be trivially small)."""
+    torch.manual_seed(seed)
+    cfg = UNetConfig(image_size=8, in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), head_channels=8, num_classes=num_classes)
+    net = NoisyClassifier(cfg).to(dtype).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return net.requires_grad_(False)
+
+
+# ------------------------------------------------------------------ mean form vs score form
+def test_mean_form_matches_score_form_to_first_order():
+    """Same seed, exact GMM scores and Bayes classifier, ancestral sampler: the mean shift
+    s·Σ·∇log p(c|z_t) and the score form −s·σ·∇ differ by O(step): the gap halves with the step."""
+    mixture = load_toy("gmm3")
+    schedule = schedules.make_schedule("cfg")
+    n, scale = 300, 2.0
+    c = torch.arange(mixture.num_classes).repeat(n // mixture.num_classes)
+    uncond = G.unconditional(mixture, mixture.null_class)
+    score_form = G.classifier_guidance(uncond, mixture.grad_log_prob, scale)
+    mean_form = G.classifier_mean_shift(mixture.grad_log_prob, scale)
+    steps, gaps = [16, 32, 64, 128], []
+    for k in steps:
+        lams = schedules.lam_grid(schedule, k, dtype=torch.float64)
+        z = torch.randn(len(c), 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        with torch.no_grad():
+            a = samplers.sample_ancestral(score_form, z, lams, c, generator=torch.Generator().manual_seed(1))
+            b = samplers.sample_ancestral(uncond, z, lams, c, generator=torch.Generator().manual_seed(1),
+                                          mean_shift=mean_form)
+        gaps.append(float((a - b).norm(dim=1).mean()))
+    slope = np.polyfit(np.log(steps), np.log(gaps), 1)[0]
+    assert -slope >= 0.7, (gaps, slope)
+    assert gaps[0] > 1e-3  # the forms do differ: the test is not comparing a sampler with itself
+
+
+def test_zero_mean_shift_is_the_plain_sampler():
+    mixture = load_toy("gmm3")
+    lams = schedules.lam_grid(schedules.make_schedule("cfg"), 8, dtype=torch.float64)
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    c = torch.tensor([0, 1, 2, 0, 1, 2])
+    plain = samplers.sample_ancestral(mixture, z, lams, c, generator=torch.Generator().manual_seed(1))
+    shifted = samplers.sample_ancestral(mixture, z, lams, c, generator=torch.Generator().manual_seed(1),
+                                        mean_shift=G.classifier_mean_shift(mixture.grad_log_prob, 0.0))
+    torch.testing.assert_close(plain, shifted, rtol=0, atol=0)
+    moved = samplers.sample_ancestral(mixture, z, lams, c, generator=torch.Generator().manual_seed(1),
+                                      mean_shift=G.classifier_mean_shift(mixture.grad_log_prob, 3.0))
+    assert (moved - plain).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------ gradients
+def test_classifier_gradient_matches_finite_differences():
+    net = tiny_classifier(dtype=torch.float64)
+    z = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    lam = torch.tensor([-1.0, 2.0], dtype=torch.float64)
+    c = torch.tensor([0, 2])
+    with torch.no_grad():
+        g = G.classifier_gradient(net.log_prob)(z, lam, c)
+        g2 = classifier_grad_log_prob(net)(z, lam, c)
+        torch.testing.assert_close(g, g2)
+        h = 1e-6
+        for idx in [(0, 0, 1, 2), (0, 0, 5, 5), (1, 0, 3, 7), (1, 0, 0, 0)]:
+            e = torch.zeros_like(z)
+            e[idx] = h
+            fd = (net.log_prob(z + e, lam, c) - net.log_prob(z - e, lam, c))[idx[0]] / (2 * h)
+            assert abs(float(fd) - float(g[idx])) < 1e-6 * max(1.0, abs(float(fd))), (idx, float(fd), float(g[idx]))
+    assert float(g.abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("form", ["score", "mean"])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_guided_sampling_keeps_no_graph(form, mode):
+    """100 guided steps inside no_grad / inference_mode: every tensor autograd saved is released
+    (counted through saved-tensor hooks), and the result carries no graph."""
+    net = tiny_classifier()
+    grad = classifier_grad_log_prob(net)
+    alive: weakref.WeakSet = weakref.WeakSet()
+    packed = [0]
+
+    class Holder:
+        def __init__(self, t):
+            self.t = t
+
+    def pack(t):
+        h = Holder(t)
+        alive.add(h)
+        packed[0] += 1
+        return h
+
+    def denoiser(z, lam, c):  # a stand-in ε-model; the classifier is what needs autograd here
+        return 0.5 * z
+
+    lams = schedules.lam_grid(schedules.make_schedule("cfg"), 100)
+    z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    c = torch.tensor([0, 1, 2])
+    ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with ctx, torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
+        if form == "score":
+            out = samplers.sample_ancestral(G.classifier_guidance(denoiser, grad, 2.0), z, lams, c, clip_x=1.0,
+                                            generator=torch.Generator().manual_seed(1))
+        else:
+            out = samplers.sample_ancestral(denoiser, z, lams, c, clip_x=1.0, generator=torch.Generator().manual_seed(1),
+                                            mean_shift=G.classifier_mean_shift(grad, 2.0))
+    gc.collect()
+    assert packed[0] > 100  # autograd did record the classifier (the hooks see something)
+    assert len(alive) == 0
+    assert out.grad_fn is None and not out.requires_grad
+    assert torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ label set, loading, training
+def test_label_set_mismatch_is_a_usage_error():
+    check_label_set(10, 10)
+    with pytest.raises(UsageError, match="predicts 3 classes but the diffusion model has 10"):
+        check_label_set(3, 10, "clf.safetensors")
+
+
+def test_train_load_and_guide(tmp_path):
+    from guidediff.noisy_classifier_training import train_noisy_classifier
+
+    config = tiny_config("train.steps=30", "train.sample_every=15", "train.checkpoint_every=15",
+                         "train.warmup_steps=1", "train.batch_size=16", "train.lr=3e-3")
+    result, acc = train_noisy_classifier(config, tmp_path / "run", tiny_arrays(16, 3, 8), tiny_arrays(8, 3, 8, seed=1),
+                                         progress=False, log=lambda _m: None)
+    assert result.step == 30
+    assert (tmp_path / "run" / "accuracy_vs_lam.png").is_file()
+    assert (tmp_path / "run" / "samples" / "accuracy_vs_lam_step0000015.json").is_file()
+    assert len(acc["accuracy"]) == len(acc["lam_centers"]) == 12 and acc["chance"] == pytest.approx(1 / 3)
+    # clean images are easy (class c is brighter), pure noise is chance
+    assert acc["accuracy"][-1] >= 0.6 and min(acc["accuracy"][:2]) <= 0.5
+    for source in (tmp_path / "run", tmp_path / "run" / "model.safetensors"):
+        clf, cfg = load_noisy_classifier(source)
+        assert clf.num_classes == 3 and cfg.model.num_classes == 3
+    g = classifier_grad_log_prob(clf)(torch.zeros(2, 1, 8, 8), torch.zeros(2), torch.tensor([0, 1]))
+    assert g.shape == (2, 1, 8, 8) and torch.isfinite(g).all()
+
+
+def test_loading_a_diffusion_model_as_classifier_is_a_usage_error(tmp_path):
+    from guidediff.train import train
+
+    config = tiny_config("train.steps=2", "train.checkpoint_every=2")
+    train(config, tmp_path / "dm", dataset=tiny_arrays(), progress=False, log=lambda _m: None,
+          sample_fn=lambda *a: None)
+    with pytest.raises(UsageError, match="not a noisy classifier"):
+        load_noisy_classifier(tmp_path / "dm")
+    with pytest.raises(UsageError, match="does not exist"):
+        load_noisy_classifier(tmp_path / "nothing")
