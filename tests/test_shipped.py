@@ -19,7 +19,7 @@ def test_fmnist_cfg_loads_by_name_and_samples():
     with torch.no_grad():
         trousers = sample_ddim(cfg(net, 1.0, 10), z, lams, torch.tensor([1, 1]), clip_x=1.0)
         bags = sample_ddim(cfg(net, 1.0, 10), z, lams, torch.tensor([8, 8]), clip_x=1.0)
-    assert trousers.abs().max() <= 1.0 + 1e-5
+    assert trousers.abs().max() <= 1.001  # x̂ clipped to [-1, 1], plus σ(λ_max)·ε̂ ≈ 5e-5
     assert (trousers - bags).abs().mean() > 0.1
 
 
