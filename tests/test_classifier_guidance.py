@@ -173,3 +173,66 @@ def test_loading_a_diffusion_model_as_classifier_is_a_usage_error(tmp_path):
         load_noisy_classifier(tmp_path / "dm")
     with pytest.raises(UsageError, match="does not exist"):
         load_noisy_classifier(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny diffusion model (3 classes), a noisy classifier on the same data, one on 4 classes."""
+    from guidediff.noisy_classifier_training import train_noisy_classifier
+    from guidediff.train import train
+
+    root = tmp_path_factory.mktemp("cg")
+    train(tiny_config("train.steps=2", "train.sample_every=100"), root / "dm", dataset=tiny_arrays(), progress=False,
+          log=lambda _m: None)
+    for name, k in (("clf", 3), ("clf4", 4)):
+        config = tiny_config("train.steps=4", "train.sample_every=100", "train.batch_size=8")
+        train_noisy_classifier(config, root / name, tiny_arrays(4, k, 8), tiny_arrays(2, k, 8, seed=1),
+                               eval_images=6, progress=False, log=lambda _m: None)
+    return root
+
+
+def cg_sample(runs, out, *extra):
+    from guidediff.cli import main
+
+    return main(["sample", str(runs / "dm"), "--classes", "0-2", "--n", "2", "--steps", "3", "--out", str(out),
+                 "--device", "cpu", "--guidance", "classifier", "--classifier", str(runs / "clf"), *extra])
+
+
+def test_cli_sample_classifier_guidance(runs, tmp_path, capsys):
+    assert cg_sample(runs, tmp_path / "a", "--scale", "0,4") == 0
+    printed = capsys.readouterr().out
+    with np.load(tmp_path / "a" / "samples.npz") as f:
+        x, y, w = f["x"], f["y"], f["w"]
+    assert x.shape == (12, 8, 8, 1) and w.tolist() == [0.0] * 6 + [4.0] * 6 and y.tolist() == [0, 0, 1, 1, 2, 2] * 2
+    # uncond base: one forward per step whatever the scale; one classifier gradient per step
+    assert "NFE per image: 3.0" in printed and "classifier gradients per image: 3.0" in printed
+    assert cg_sample(runs, tmp_path / "b", "--scale", "4", "--base", "cond", "--sampler", "ancestral",
+                     "--cg-form", "mean") == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scale", "2", "--cg-form", "mean"], "use --sampler ancestral"),
+    (["--scale", "2", "--w", "1"], "give the scales as --scale"),
+    ([], "needs --scale"),
+])
+def test_cli_sample_classifier_errors(runs, tmp_path, capsys, extra, message):
+    assert cg_sample(runs, tmp_path / "e", *extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_label_set_mismatch(runs, tmp_path, capsys):
+    from guidediff.cli import main
+
+    code = main(["sample", str(runs / "dm"), "--n", "1", "--steps", "2", "--out", str(tmp_path / "m"), "--device",
+                 "cpu", "--guidance", "classifier", "--classifier", str(runs / "clf4"), "--scale", "1"])
+    assert code == 2 and "predicts 4 classes but the diffusion model has 3" in capsys.readouterr().err
+
+
+def test_cli_sweep_checks_its_knob(runs, tmp_path, capsys):
+    from guidediff.cli import main
+
+    code = main(["sweep", str(runs / "dm"), "--out", str(tmp_path / "s"), "--guidance", "classifier", "--scale", "1"])
+    assert code == 2 and "needs --noisy-classifier" in capsys.readouterr().err
+    code = main(["sweep", str(runs / "dm"), "--out", str(tmp_path / "s"), "--scale", "1"])
+    assert code == 2 and "are for --guidance classifier" in capsys.readouterr().err

@@ -65,15 +65,25 @@ def generate(
     bf16: bool | None = None,
     channels_last: bool | None = None,
     progress: bool = True,
+    guidance: str = "cfg",
+    classifier: torch.nn.Module | None = None,
+    base: str = "uncond",
+    cg_form: str = "score",
 ) -> dict[str, Any]:
     """n samples for every (w, class), in that order.
+
+    ``guidance="classifier"`` runs classifier guidance with the noisy ``classifier``
+    (``nets.noisy_classifier``) instead of CFG: the values in ``ws`` are then the scales s, on the
+    ``base`` "uncond" (null-token) or "cond" prediction, in the DDIM/score form
+    ε̃ = ε − s·σ·∇log p(c|z) (``cg_form="score"``, any sampler) or the ancestral mean form
+    μ̃ + s·Σ·∇log p(c|z) (``cg_form="mean"``, sampler "ancestral"). The result's ``w`` holds s.
 
     Returns x uint8 [N, H, W, C], y int64 (the asked class, −1 when unconditional), w float32,
     plus the cost: nfe_per_image (network evaluations per image; a guided step costs 2) and
     seconds. ``bf16``/``channels_last`` default to on for CUDA.
     """
     from guidediff.data.images import to_uint8
-    from guidediff.guidance import CountingDenoiser, cfg
+    from guidediff.guidance import CountingDenoiser, cfg, classifier_guidance, classifier_mean_shift, unconditional
     from guidediff.samplers import SAMPLERS, sample
     from guidediff.schedules import lam_grid, make_schedule
 
@@ -83,6 +93,24 @@ def generate(
     require(batch_size >= 1, f"batch size must be >= 1, got {batch_size}")
     mc = config.model
     num_classes = mc.num_classes
+    require(guidance in ("cfg", "classifier"), f"unknown guidance {guidance!r}; choose cfg or classifier")
+    cg = guidance == "classifier"
+    if cg:
+        from guidediff.classifier_guidance import check_label_set, classifier_grad_log_prob
+
+        require(classifier is not None, "classifier guidance needs a noisy classifier; pass --classifier PATH")
+        require(num_classes > 0, "classifier guidance needs a class-conditional model's label set, but this model "
+                                 "is unconditional (num_classes = 0)")
+        check_label_set(classifier.num_classes, num_classes)
+        cc = classifier.config
+        require((cc.image_size, cc.in_channels) == (mc.image_size, mc.in_channels),
+                f"the classifier takes {cc.in_channels}x{cc.image_size}x{cc.image_size} images but the model makes "
+                f"{mc.in_channels}x{mc.image_size}x{mc.image_size}; train the classifier on the model's dataset")
+        require(base in ("uncond", "cond"), f"unknown base {base!r}; choose uncond or cond")
+        require(cg_form in ("score", "mean"), f"unknown classifier-guidance form {cg_form!r}; choose score or mean")
+        require(cg_form == "score" or sampler == "ancestral",
+                "the mean form of classifier guidance shifts the ancestral sampler's mean; use --sampler ancestral "
+                "or --cg-form score")
     if num_classes == 0:
         require(all(w == 0.0 for w in ws), "the model is unconditional, so there is nothing to guide: use w = 0")
         classes = [-1]
@@ -101,6 +129,14 @@ def generate(
             return net(z, lam, c).float()
 
     counter = CountingDenoiser(network)
+    grad_log_prob, classifier_rows = None, [0]
+    if cg:
+        classifier = classifier.to(device).eval().requires_grad_(False)
+        clf_grad = classifier_grad_log_prob(classifier, bf16=bf16)
+
+        def grad_log_prob(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            classifier_rows[0] += z.shape[0]
+            return clf_grad(z, lam, c)
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
     lams = lam_grid(schedule, steps, device=device)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
@@ -112,7 +148,7 @@ def generate(
     # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
     kinds: dict[float | None, list[int]] = {}
     for k, (w, _, _) in enumerate(items):
-        kinds.setdefault(w if w in (0.0, -1.0) else None, []).append(k)
+        kinds.setdefault(w if not cg and w in (0.0, -1.0) else None, []).append(k)
     batches = [ks[lo:lo + batch_size] for ks in kinds.values() for lo in range(0, len(ks), batch_size)]
     bar = None
     if progress:
@@ -121,7 +157,8 @@ def generate(
         bar = tqdm(total=len(items), desc="sampling", unit="img", leave=False)
     out = np.empty((len(items), mc.image_size, mc.image_size, mc.in_channels), dtype=np.uint8)
     start = time.perf_counter()
-    with torch.inference_mode():
+    # classifier guidance differentiates the classifier inside the loop: no_grad, not inference_mode
+    with torch.no_grad() if cg else torch.inference_mode():
         for b, ks in enumerate(batches):
             chunk = [items[k] for k in ks]
             z = initial_noise(seed, [(c, i) for _, c, i in chunk], shape).to(device)
@@ -131,9 +168,17 @@ def generate(
             w_values = {w for w, _, _ in chunk}
             # a plain number lets cfg skip the uncond forward (w = 0) or the cond one (w = −1)
             w = w_values.pop() if len(w_values) == 1 else torch.tensor([w for w, _, _ in chunk], device=device)
-            guided = counter if num_classes == 0 else cfg(counter, w, null)
+            step_options = dict(options)
+            if cg:
+                guided = unconditional(counter, null) if base == "uncond" else counter
+                if cg_form == "mean":
+                    step_options["mean_shift"] = classifier_mean_shift(grad_log_prob, w)
+                else:
+                    guided = classifier_guidance(guided, grad_log_prob, w)
+            else:
+                guided = counter if num_classes == 0 else cfg(counter, w, null)
             g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
-            x = sample(guided, z, lams, c, sampler=sampler, generator=g, **options)
+            x = sample(guided, z, lams, c, sampler=sampler, generator=g, **step_options)
             out[ks] = to_uint8(x.clamp(-1, 1))
             if bar is not None:
                 bar.update(len(chunk))
@@ -147,6 +192,8 @@ def generate(
         "y": np.asarray([c for _, c, _ in items], dtype=np.int64),
         "w": np.asarray([w for w, _, _ in items], dtype=np.float32),
         "nfe_per_image": counter.nfe_per_image(len(items)),
+        # classifier forward+backward passes per image (classifier guidance only)
+        "classifier_evals_per_image": classifier_rows[0] / max(len(items), 1) if cg else None,
         "seconds": seconds,
     }
 

@@ -36,9 +36,17 @@ def run_sweep(
     batch_size: int = 1000,
     classifier: str | None = None,
     bf16: bool = True,
+    guidance: str = "cfg",
+    noisy_classifier: str | None = None,
+    base: str = "uncond",
+    cg_form: str = "score",
 ) -> dict:
     """Sample ``n`` images per w (split evenly over the classes), evaluate FID-FMNIST, IS-FMNIST,
-    CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``."""
+    CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``.
+
+    ``classifier`` is the evaluation classifier. With ``guidance="classifier"`` the knob values in
+    ``ws`` are classifier-guidance scales s for the noisy classifier ``noisy_classifier`` (see
+    ``sampling.generate``); the points then carry ``scale`` instead of ``w``."""
     import torch
 
     from guidediff import plots
@@ -56,6 +64,15 @@ def run_sweep(
     require(num_classes > 0, "the sweep needs a class-conditional model (num_classes > 0)")
     per_class = n // num_classes
     eval_net = load_eval_classifier(classifier, device=device)
+    cg = guidance == "classifier"
+    knob = "scale" if cg else "w"
+    guide_net = None
+    if cg:
+        from guidediff.classifier_guidance import check_label_set, load_noisy_classifier
+
+        require(noisy_classifier is not None, "classifier guidance needs a noisy classifier; pass --noisy-classifier")
+        guide_net, _ = load_noisy_classifier(noisy_classifier, device)
+        check_label_set(guide_net.num_classes, num_classes, str(noisy_classifier))
 
     summary = {
         "model": model,
@@ -66,6 +83,9 @@ def run_sweep(
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "commit": git_commit(),
+        "guidance": guidance,
+        "knob": knob,
+        **({"noisy_classifier": str(noisy_classifier), "base": base, "cg_form": cg_form} if cg else {}),
         "fid_floor": None,
         "points": [],
     }
@@ -74,14 +94,17 @@ def run_sweep(
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
             steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
+            guidance=guidance, classifier=guide_net, base=base, cg_form=cg_form,
         )
         seconds = result["seconds"]
         images, labels = result["x"], result["y"]
         metrics = flatten_metrics(evaluate_samples(images, labels, classifier=eval_net, device=device))
-        point = {"w": float(w), **metrics, "sec_per_image": seconds / len(images), "nfe_per_image": result.get("nfe_per_image")}
+        point = {knob: float(w), **metrics, "sec_per_image": seconds / len(images), "nfe_per_image": result.get("nfe_per_image")}
+        if cg:
+            point["classifier_evals_per_image"] = result.get("classifier_evals_per_image")
         points.append(point)
         print(
-            f"w={w:<5g} FID-FMNIST {metrics['fid']:.2f} (floor {metrics['fid_floor']:.2f}, n={metrics['n']})  "
+            f"{knob}={w:<5g} FID-FMNIST {metrics['fid']:.2f} (floor {metrics['fid_floor']:.2f}, n={metrics['n']})  "
             f"IS {metrics['is']:.2f}  CAS {metrics['cas']:.3f}  P {metrics['precision']:.3f}  R {metrics['recall']:.3f}  "
             f"{1e3 * point['sec_per_image']:.2f} ms/image",
             flush=True,
@@ -93,8 +116,9 @@ def run_sweep(
         grids.append((images[keep], labels[keep], np.full(len(keep), w, dtype=np.float32)))
 
     fid_floor = summary["fid_floor"]
-    plots.fid_vs_is({"CFG": points}, out / "fid_vs_is.png", fid_floor=fid_floor)
-    plots.metrics_vs_knob(points, out / "metrics_vs_w.png", fid_floor=fid_floor)
+    label = f"CG ({base}, {cg_form})" if cg else "CFG"
+    plots.fid_vs_is({label: points}, out / "fid_vs_is.png", knob=knob, fid_floor=fid_floor)
+    plots.metrics_vs_knob(points, out / "metrics_vs_w.png", knob=knob, fid_floor=fid_floor)
     plots.grid_across_knob(
         np.concatenate([g[0] for g in grids]), np.concatenate([g[1] for g in grids]), np.concatenate([g[2] for g in grids]),
         out / "grid_across_w.png",

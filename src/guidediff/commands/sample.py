@@ -27,6 +27,18 @@ def add_parser(subparsers) -> None:
                    help="for a checkpoint: the EMA weights (default) or the raw ones")
     p.add_argument("--no-bf16", action="store_true", help="sample in float32 on the GPU")
     p.add_argument("--grid-cols", type=int, default=16, help="at most this many samples per grid row")
+    p.add_argument("--guidance", choices=["cfg", "classifier"], default="cfg",
+                   help="cfg (default, weights --w) or classifier guidance with a noisy classifier (scales --scale)")
+    p.add_argument("--classifier", "--noisy-classifier", dest="noisy_classifier", default=None,
+                   help="classifier guidance: the noisy classifier (run dir or model.safetensors of "
+                        "guidediff train-noisy-classifier)")
+    p.add_argument("--scale", default=None, help="classifier guidance: comma list of scales s, e.g. 1,2,4,10 "
+                                                 "(s on the uncond base tilts like CFG with w = s - 1)")
+    p.add_argument("--base", choices=["uncond", "cond"], default="uncond",
+                   help="classifier guidance on the model's unconditional (null-token, default) or conditional prediction")
+    p.add_argument("--cg-form", choices=["score", "mean"], default="score",
+                   help="classifier guidance as eps - s*sigma*grad (score, any sampler) or the ancestral mean shift "
+                        "mu + s*Sigma*grad (mean, needs --sampler ancestral)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +55,22 @@ def run(args) -> int:
     net, config = load_model(args.model, device, weights=args.weights)
     s = config.sample
     num_classes = config.model.num_classes
-    ws = parse_floats(args.w, "--w") if args.w is not None else list(s.w)
+    classifier = None
+    if args.guidance == "classifier":
+        from guidediff.classifier_guidance import load_noisy_classifier
+
+        require(args.w is None, "--w is the CFG weight; with --guidance classifier give the scales as --scale")
+        require(args.noisy_classifier is not None, "--guidance classifier needs --classifier PATH (a noisy classifier)")
+        require(args.scale is not None, "--guidance classifier needs --scale, e.g. --scale 1,2,4,10")
+        classifier, _ = load_noisy_classifier(args.noisy_classifier, device)
+        ws = parse_floats(args.scale, "--scale")
+    else:
+        require(args.scale is None and args.noisy_classifier is None,
+                "--scale and --classifier are for --guidance classifier; with CFG give the weights as --w")
+        ws = parse_floats(args.w, "--w") if args.w is not None else list(s.w)
+    require(num_classes > 0 or args.guidance == "cfg",
+            "classifier guidance here needs a class-conditional model (its label set and null token); this one "
+            "is unconditional")
     if num_classes == 0:
         require(args.classes in ("all", ""), "the model is unconditional (no classes); leave --classes out")
         require(all(w == 0 for w in ws), "the model is unconditional, so there is nothing to guide: use --w 0")
@@ -55,11 +82,15 @@ def run(args) -> int:
     steps = args.steps or s.steps
     result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed, device=device,
                       batch_size=args.batch_size, eta=s.eta if args.eta is None else args.eta,
-                      v=s.v if args.v is None else args.v, bf16=False if args.no_bf16 else None)
+                      v=s.v if args.v is None else args.v, bf16=False if args.no_bf16 else None,
+                      guidance=args.guidance, classifier=classifier, base=args.base, cg_form=args.cg_form)
     written = save_samples(args.out, result, max_cols=args.grid_cols)
     total = len(result["x"])
-    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} w x {args.n}) with {sampler}, {steps} steps "
+    knob = "w" if args.guidance == "cfg" else f"scale ({args.base} base, {args.cg_form} form)"
+    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps "
           f"on {device}")
+    if result.get("classifier_evals_per_image") is not None:
+        print(f"classifier gradients per image: {result['classifier_evals_per_image']:.1f} (samples.npz w holds the scale)")
     print(f"NFE per image: {result['nfe_per_image']:.1f}; {result['seconds'] / total * 1e3:.2f} ms per image "
           f"({result['seconds']:.2f} s)")
     for path in written:

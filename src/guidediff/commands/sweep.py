@@ -6,7 +6,8 @@ from __future__ import annotations
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="sample at several guidance weights and evaluate each (FID/IS/CAS/P/R)")
     p.add_argument("model", help="checkpoint directory, exported model file, or shipped model name (fmnist-cfg)")
-    p.add_argument("--w", default="0,0.1,0.3,0.5,1,2,3,4", help="comma list of CFG weights w (diffusers' scale = 1 + w)")
+    p.add_argument("--w", default=None, help="comma list of CFG weights w (diffusers' scale = 1 + w); "
+                                            "default 0,0.1,0.3,0.5,1,2,3,4")
     p.add_argument("--n", type=int, default=10000, help="images per w, split evenly over the classes")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral"])
@@ -16,16 +17,37 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classifier", default=None, help="evaluation classifier weights (default: the shipped one)")
     p.add_argument("--no-bf16", action="store_true", help="sample in float32 on the GPU")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--guidance", choices=["cfg", "classifier"], default="cfg",
+                   help="cfg (knob: --w) or classifier guidance with a noisy classifier (knob: --scale)")
+    p.add_argument("--noisy-classifier", default=None,
+                   help="classifier guidance: the noisy classifier (output of guidediff train-noisy-classifier); "
+                        "--classifier stays the evaluation classifier")
+    p.add_argument("--scale", default=None, help="classifier guidance: comma list of scales s, e.g. 1,2,4,10")
+    p.add_argument("--base", choices=["uncond", "cond"], default="uncond",
+                   help="classifier guidance on the unconditional (default) or conditional prediction")
+    p.add_argument("--cg-form", choices=["score", "mean"], default="score",
+                   help="score form (any sampler) or ancestral mean shift (needs --sampler ancestral)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from guidediff.errors import require
     from guidediff.parsing import parse_floats
     from guidediff.sweep import run_sweep
 
+    if args.guidance == "classifier":
+        require(args.w is None, "--w is the CFG weight; with --guidance classifier give the scales as --scale")
+        require(args.noisy_classifier is not None, "--guidance classifier needs --noisy-classifier PATH")
+        require(args.scale is not None, "--guidance classifier needs --scale, e.g. --scale 1,2,4,10")
+        knobs = parse_floats(args.scale, "--scale")
+    else:
+        require(args.scale is None and args.noisy_classifier is None,
+                "--scale and --noisy-classifier are for --guidance classifier; with CFG give the weights as --w")
+        knobs = parse_floats(args.w or "0,0.1,0.3,0.5,1,2,3,4", "--w")
     run_sweep(
-        args.model, parse_floats(args.w, "--w"), n=args.n, steps=args.steps, out_dir=args.out,
+        args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
         sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
-        classifier=args.classifier, bf16=not args.no_bf16,
+        classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
+        noisy_classifier=args.noisy_classifier, base=args.base, cg_form=args.cg_form,
     )
     return 0
