@@ -15,7 +15,7 @@ def parse_floats(text: str, flag: str) -> list[float]:
         try:
             value = float(part)
         except ValueError:
-            raise UsageError(f"{flag}: {part!r} is not a number; give a comma list such as {flag}=0,1,3") from None
+            raise UsageError(f"{flag}: {part!r} is not a number; {flag} takes comma-separated numbers, e.g. {flag}=0,1,3") from None
         if not math.isfinite(value):
             raise UsageError(f"{flag}: {part} is not finite; use finite numbers such as {flag}=0,1,3")
         values.append(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from guidediff.errors import UsageError
@@ -11,21 +10,9 @@ from guidediff.errors import UsageError
 
 def parse_floats(text: str, option: str) -> tuple[float, ...]:
     """'-1,0,3' -> (-1.0, 0.0, 3.0); anything non-numeric or non-finite is a UsageError."""
-    values = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise UsageError(f"{option} takes comma-separated numbers, got {part!r} in {text!r}") from None
-        if not math.isfinite(value):
-            raise UsageError(f"{option} values must be finite, got {part!r}; use e.g. {option}=-1,0,3")
-        values.append(value)
-    if not values:
-        raise UsageError(f"{option} is empty; give comma-separated numbers, e.g. {option}=0,3")
-    return tuple(values)
+    from guidediff.parsing import parse_floats as parse
+
+    return tuple(parse(text, option))
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
