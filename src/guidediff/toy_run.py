@@ -62,6 +62,7 @@ class ToyConfig:
     lam_min: float = -20.0
     lam_max: float = 20.0
     train_steps: int = 3000
+    classifier_steps: int = 1000
     batch_size: int = 1024
     lr: float = 2e-3
     p_uncond: float = 0.15
@@ -104,11 +105,6 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
         )
     n = config.n if config.n is not None else (20000 if config.oracle else 2000)
     require(isinstance(n, int) and n >= 2, f"n (samples per class and weight) must be an integer >= 2, got {n!r}")
-    if config.guidance == "classifier" and not config.oracle:
-        raise UsageError(
-            "classifier guidance on the 2-D toy needs a noisy classifier, which is not yet trained here; "
-            "use --oracle (the exact Bayes classifier) or --guidance cfg"
-        )
     if not config.oracle:
         require(config.train_steps >= 1, f"train_steps must be >= 1, got {config.train_steps}")
         require(0.0 <= config.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {config.p_uncond}")
@@ -176,6 +172,50 @@ def train_toy_denoiser(
             log(f"  train step {i + 1}/{steps}  loss {running / (1 - 0.98 ** (i + 1)):.4f}  ({time.time() - start:.0f} s)")
     model = averaged if averaged is not None else net
     return model.eval().requires_grad_(False)
+
+
+def train_toy_classifier(
+    mixture: GaussianMixture,
+    *,
+    steps: int = 1000,
+    batch_size: int = 1024,
+    lr: float = 2e-3,
+    hidden: int = 128,
+    depth: int = 3,
+    schedule=None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = print,
+):
+    """Train a noisy MLP classifier p_φ(c | z_λ, λ) on fresh mixture draws: cross-entropy at
+    z_λ = α·x + σ·ε, u ~ U(0, 1), the denoiser's schedule (ADM's classifier objective). Adam with
+    warm-up and linear decay; returns the net in eval mode, frozen."""
+    import torch.nn.functional as F
+
+    from guidediff.diffusion import q_sample
+    from guidediff.nets.noisy_classifier import NoisyMLPClassifier
+
+    schedule = schedule if schedule is not None else schedules.make_schedule("cfg")
+    torch.manual_seed(seed)
+    net = NoisyMLPClassifier(mixture.num_classes, mixture.dim, hidden=hidden, depth=depth)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    warmup = min(100, steps)
+    lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * (1.0 - i / steps))
+    gen = torch.Generator().manual_seed(seed + 7)
+    running, start = 0.0, time.time()
+    for i in range(steps):
+        x, y = mixture.sample(batch_size, generator=gen)
+        noise = losses.draw_noise(batch_size, (mixture.dim,), p_uncond=0.0, generator=gen)
+        lam = schedule.lam(noise.u.double()).float()
+        loss = F.cross_entropy(net(q_sample(x.float(), lam, noise.eps), lam), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_at.step()
+        running = 0.98 * running + 0.02 * float(loss.detach())
+        if log is not None and ((i + 1) % max(1, steps // 3) == 0 or i + 1 == steps):
+            log(f"  classifier step {i + 1}/{steps}  cross-entropy {running / (1 - 0.98 ** (i + 1)):.4f}  "
+                f"({time.time() - start:.0f} s)")
+    return net.eval().requires_grad_(False)
 
 
 def save_toy_model(model: MLPDenoiser, path: str | Path, *, data: str) -> Path:
@@ -382,10 +422,10 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
     timings: dict[str, float] = {}
     paths: dict[str, Path] = {}
 
-    def factory(den):
+    def factory(den, grad_log_prob=mixture.grad_log_prob):
         return lambda weights: guided(
             den, weights, null_class=mixture.null_class, guidance=config.guidance, base=config.base,
-            grad_log_prob=mixture.grad_log_prob,
+            grad_log_prob=grad_log_prob,
         )
 
     common = dict(classes=config.classes, weights=config.w, n=config.n, steps=config.steps,
@@ -402,8 +442,17 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         )
         timings["train_s"] = time.time() - t0
         paths["model"] = save_toy_model(model, out / "model.safetensors", data=config.data)
+        model_grad = mixture.grad_log_prob
+        if config.guidance == "classifier":
+            # the trained model is guided by a trained noisy classifier; the exact run by the Bayes one
+            t0 = time.time()
+            say(f"training a noisy MLP classifier on {config.data} for {config.classifier_steps} steps ...")
+            classifier = train_toy_classifier(mixture, steps=config.classifier_steps, batch_size=config.batch_size,
+                                              schedule=schedule, seed=config.seed, log=log)
+            timings["train_classifier_s"] = time.time() - t0
+            model_grad = guidance_lib.classifier_gradient(classifier.log_prob)
         t0 = time.time()
-        model_samples = sample_toy(factory(model), **common)
+        model_samples = sample_toy(factory(model, model_grad), **common)
         timings["sample_model_s"] = time.time() - t0
     t0 = time.time()
     exact = sample_toy(factory(mixture), **common)
@@ -426,7 +475,8 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         timings["plot_s"] = time.time() - t0
     metrics = {
         "data": config.data,
-        "samples_from": "exact oracle" if model_samples is None else "trained MLP",
+        "samples_from": "exact oracle" if model_samples is None else (
+            "trained MLP + trained noisy classifier" if config.guidance == "classifier" else "trained MLP"),
         "distance": f"sliced Wasserstein-2, {config.projections} random projections",
         "guidance": config.guidance,
         "base": config.base if config.guidance == "classifier" else None,

@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default="gmm3", help="dataset: gmm3, grid25 or ring8")
     p.add_argument("--oracle", action="store_true", help="sample with the exact scores; train nothing")
     p.add_argument("--w", default="-1,0,3", help="CFG weights, comma-separated (write --w=-1,0,3 when the list starts with '-')")
-    p.add_argument("--guidance", default="cfg", help="cfg, or classifier (exact Bayes classifier; needs --oracle for now)")
+    p.add_argument("--guidance", default="cfg", help="cfg, or classifier: the exact Bayes classifier with --oracle, "
+                                                     "else a noisy MLP classifier trained here (--classifier-steps)")
     p.add_argument("--base", default="uncond", help="classifier guidance on the uncond(itional) or cond(itional) model")
     p.add_argument(
         "--scale", default=None,
@@ -55,6 +56,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lam-min", type=float, default=-20.0, help="log-SNR at u = 1 (CFG schedule)")
     p.add_argument("--lam-max", type=float, default=20.0, help="log-SNR at u = 0 (CFG schedule)")
     p.add_argument("--train-steps", type=int, default=3000, help="MLP training steps")
+    p.add_argument("--classifier-steps", type=int, default=1000,
+                   help="noisy-classifier training steps (--guidance classifier without --oracle)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--p-uncond", type=float, default=0.15, help="label dropout probability in training")
     p.add_argument("--out", default="runs/toy", help="output directory")
@@ -89,6 +92,7 @@ def config_from_args(args):
         lam_min=args.lam_min,
         lam_max=args.lam_max,
         train_steps=args.train_steps,
+        classifier_steps=args.classifier_steps,
         batch_size=args.batch_size,
         p_uncond=args.p_uncond,
         out=args.out,

@@ -80,3 +80,41 @@ class NoisyClassifier(nn.Module):
 def is_noisy_classifier_state(state: dict[str, torch.Tensor]) -> bool:
     """True for a NoisyClassifier's state dict (it has a ``head``; a diffusion UNet has ``up``/``out``)."""
     return any(k.startswith("head.") for k in state) and not any(k.startswith("up.") for k in state)
+
+
+class NoisyMLPClassifier(nn.Module):
+    """p_φ(c | z_λ, λ) for low-dimensional (2-D toy) data: z [B, dim], λ [B] -> logits [B, num_classes].
+    The λ embedding is the UNet's (no class table: the classifier must not see the label).
+
+    The net reads α_λ·z, not z: the same information (λ is known), but ∇_z log p_φ then carries the
+    factor α_λ that the exact ∇_z log p(c | z_λ) has at low SNR. Without it an imperfect classifier's
+    O(1) gradient at λ_min = −20 reaches x̂ = (z − σ·ε̃)/α multiplied by 1/α ≈ e^10 and the
+    samples explode (the images avoid this by clipping x̂ to the data range)."""
+
+    def __init__(self, num_classes: int, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64):
+        super().__init__()
+        from guidediff.nets.layers import LamClassEmbedding
+
+        require(num_classes >= 2, f"a noisy classifier needs at least 2 classes, got {num_classes}")
+        self.num_classes, self.dim, self.hidden, self.depth, self.emb_dim = num_classes, dim, hidden, depth, emb_dim
+        self.embed = LamClassEmbedding(emb_dim, emb_dim, 0)
+        self.inp = nn.Linear(dim, hidden)
+        self.emb_proj = nn.ModuleList(nn.Linear(emb_dim, hidden) for _ in range(depth))
+        self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, num_classes)
+
+    def forward(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        emb = F.silu(self.embed(lam))
+        alpha = torch.sigmoid(lam.to(z.dtype)).sqrt()[:, None]
+        h = self.inp((alpha * z).to(self.inp.weight.dtype))
+        for proj, layer in zip(self.emb_proj, self.layers):
+            h = layer(F.silu(h + proj(emb)))
+        return self.out(F.silu(h)).to(torch.promote_types(z.dtype, torch.float32))
+
+    def log_prob(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """log p_φ(c | z_λ) [B]."""
+        return torch.log_softmax(self.forward(z, lam), dim=1).gather(1, c.long()[:, None])[:, 0]
+
+    def config_dict(self) -> dict:
+        return {"num_classes": self.num_classes, "dim": self.dim, "hidden": self.hidden, "depth": self.depth,
+                "emb_dim": self.emb_dim}
