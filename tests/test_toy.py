@@ -113,7 +113,7 @@ def test_classifier_guidance_equals_cfg_through_the_cli(tmp_path, sampler):
         (["--oracle", "--steps", "0"], "steps"),
         (["--oracle", "--data", "moons"], "gmm3"),
         (["--oracle", "--sampler", "euler"], "sampler"),
-        (["--guidance", "classifier"], "--oracle"),
+        (["--guidance", "classifier", "--classifier-steps", "0"], "classifier_steps"),
         (["--oracle", "--scale", "2"], "--guidance classifier"),
     ],
 )

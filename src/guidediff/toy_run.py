@@ -107,6 +107,8 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     require(isinstance(n, int) and n >= 2, f"n (samples per class and weight) must be an integer >= 2, got {n!r}")
     if not config.oracle:
         require(config.train_steps >= 1, f"train_steps must be >= 1, got {config.train_steps}")
+        require(config.guidance != "classifier" or config.classifier_steps >= 1,
+                f"classifier_steps must be >= 1 (the noisy classifier trains here without --oracle), got {config.classifier_steps}")
         require(0.0 <= config.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {config.p_uncond}")
         require(0.0 <= config.ema < 1.0, f"ema must lie in [0, 1) (0 = off), got {config.ema}")
     require(config.projections >= 1, f"projections must be >= 1, got {config.projections}")
