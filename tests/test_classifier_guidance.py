@@ -161,6 +161,13 @@ def test_train_load_and_guide(tmp_path):
         assert clf.num_classes == 3 and cfg.model.num_classes == 3
     g = classifier_grad_log_prob(clf)(torch.zeros(2, 1, 8, 8), torch.zeros(2), torch.tensor([0, 1]))
     assert g.shape == (2, 1, 8, 8) and torch.isfinite(g).all()
+    from guidediff.classifier_guidance import guide_accuracy
+
+    held = tiny_arrays(8, 3, 8, seed=2)
+    right = guide_accuracy(clf, held.images, held.labels, 20.0)
+    wrong = guide_accuracy(clf, held.images, (held.labels + 1) % 3, 20.0)
+    assert right["accuracy"] >= 0.6 and right["accuracy"] + wrong["accuracy"] <= 1.0
+    assert 0 < wrong["mean_prob"] < right["mean_prob"] < 1
 
 
 def test_loading_a_diffusion_model_as_classifier_is_a_usage_error(tmp_path):
@@ -235,7 +242,7 @@ def test_cli_sweep_checks_its_knob(runs, tmp_path, capsys):
     code = main(["sweep", str(runs / "dm"), "--out", str(tmp_path / "s"), "--guidance", "classifier", "--scale", "1"])
     assert code == 2 and "needs --noisy-classifier" in capsys.readouterr().err
     code = main(["sweep", str(runs / "dm"), "--out", str(tmp_path / "s"), "--scale", "1"])
-    assert code == 2 and "are for --guidance classifier" in capsys.readouterr().err
+    assert code == 2 and "is for --guidance classifier" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ 2-D toy without the oracle
@@ -258,3 +265,24 @@ def test_toy_trained_classifier_guidance(tmp_path):
     assert result.metrics["samples_from"] == "trained MLP + trained noisy classifier"
     assert "train_classifier_s" in result.timings
     assert all(np.isfinite(r["model_vs_exact"]) and r["model_vs_exact"] < 5 for r in result.metrics["results"])
+
+
+def test_sweep_classifier_guidance_points(runs, tmp_path, monkeypatch):
+    """run_sweep with CG: points carry the scale and the guiding classifier's own accuracy
+    (the evaluation is stubbed: its metrics have their own tests)."""
+    import json
+
+    import guidediff.metrics.evaluate as evaluate
+    import guidediff.nets.fmnist_classifier as fmnist_classifier
+    from guidediff.sweep import run_sweep
+
+    fake = {"fid": 1.0, "fid_floor": 0.5, "n": 6, "is": 2.0, "cas": 0.5, "precision": 0.5, "recall": 0.5}
+    monkeypatch.setattr(evaluate, "evaluate_samples", lambda *a, **k: dict(fake))
+    monkeypatch.setattr(fmnist_classifier, "load_eval_classifier", lambda *a, **k: None)
+    summary = run_sweep(str(runs / "dm"), [0.0, 3.0], n=30, steps=2, out_dir=tmp_path / "sw", device="cpu",
+                        batch_size=64, bf16=False, guidance="classifier", noisy_classifier=str(runs / "clf"))
+    points = json.loads((tmp_path / "sw" / "sweep.json").read_text())["points"]
+    assert [p["scale"] for p in points] == [0.0, 3.0] and "w" not in points[0]
+    assert summary["knob"] == "scale" and all(0 <= p["guide_accuracy"]["accuracy"] <= 1 for p in points)
+    assert points[0]["classifier_evals_per_image"] == 2.0
+    assert (tmp_path / "sw" / "metrics_vs_w.png").is_file()

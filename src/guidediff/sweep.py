@@ -67,12 +67,15 @@ def run_sweep(
     cg = guidance == "classifier"
     knob = "scale" if cg else "w"
     guide_net = None
-    if cg:
+    require(not cg or noisy_classifier is not None, "classifier guidance needs a noisy classifier; pass --noisy-classifier")
+    if noisy_classifier is not None:
+        # with CFG the noisy classifier only measures (guide_accuracy): the control for CG's
         from guidediff.classifier_guidance import check_label_set, load_noisy_classifier
+        from guidediff.noisy_classifier_training import lam_range
 
-        require(noisy_classifier is not None, "classifier guidance needs a noisy classifier; pass --noisy-classifier")
         guide_net, _ = load_noisy_classifier(noisy_classifier, device)
         check_label_set(guide_net.num_classes, num_classes, str(noisy_classifier))
+        lam_clean = lam_range(config.diffusion)[1]
 
     summary = {
         "model": model,
@@ -85,7 +88,8 @@ def run_sweep(
         "commit": git_commit(),
         "guidance": guidance,
         "knob": knob,
-        **({"noisy_classifier": str(noisy_classifier), "base": base, "cg_form": cg_form} if cg else {}),
+        **({"base": base, "cg_form": cg_form} if cg else {}),
+        "noisy_classifier": None if noisy_classifier is None else str(noisy_classifier),
         "fid_floor": None,
         "points": [],
     }
@@ -94,7 +98,7 @@ def run_sweep(
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
             steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
-            guidance=guidance, classifier=guide_net, base=base, cg_form=cg_form,
+            guidance=guidance, classifier=guide_net if cg else None, base=base, cg_form=cg_form,
         )
         seconds = result["seconds"]
         images, labels = result["x"], result["y"]
@@ -102,6 +106,11 @@ def run_sweep(
         point = {knob: float(w), **metrics, "sec_per_image": seconds / len(images), "nfe_per_image": result.get("nfe_per_image")}
         if cg:
             point["classifier_evals_per_image"] = result.get("classifier_evals_per_image")
+        if guide_net is not None:
+            from guidediff.classifier_guidance import guide_accuracy
+
+            # does guidance fool its classifier: compare with the evaluation classifier's CAS
+            point["guide_accuracy"] = guide_accuracy(guide_net, images, labels, lam_clean, seed=seed)
         points.append(point)
         print(
             f"{knob}={w:<5g} FID-FMNIST {metrics['fid']:.2f} (floor {metrics['fid_floor']:.2f}, n={metrics['n']})  "

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                    help="cfg (knob: --w) or classifier guidance with a noisy classifier (knob: --scale)")
     p.add_argument("--noisy-classifier", default=None,
                    help="classifier guidance: the noisy classifier (output of guidediff train-noisy-classifier); "
-                        "--classifier stays the evaluation classifier")
+                        "--classifier stays the evaluation classifier. With CFG it only measures guide_accuracy")
     p.add_argument("--scale", default=None, help="classifier guidance: comma list of scales s, e.g. 1,2,4,10")
     p.add_argument("--base", choices=["uncond", "cond"], default="uncond",
                    help="classifier guidance on the unconditional (default) or conditional prediction")
@@ -41,8 +41,7 @@ def run(args) -> int:
         require(args.scale is not None, "--guidance classifier needs --scale, e.g. --scale 1,2,4,10")
         knobs = parse_floats(args.scale, "--scale")
     else:
-        require(args.scale is None and args.noisy_classifier is None,
-                "--scale and --noisy-classifier are for --guidance classifier; with CFG give the weights as --w")
+        require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
         knobs = parse_floats(args.w or "0,0.1,0.3,0.5,1,2,3,4", "--w")
     run_sweep(
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
