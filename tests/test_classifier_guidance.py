@@ -286,3 +286,19 @@ def test_sweep_classifier_guidance_points(runs, tmp_path, monkeypatch):
     assert summary["knob"] == "scale" and all(0 <= p["guide_accuracy"]["accuracy"] <= 1 for p in points)
     assert points[0]["classifier_evals_per_image"] == 2.0
     assert (tmp_path / "sw" / "metrics_vs_w.png").is_file()
+
+
+def test_cli_train_noisy_classifier(tmp_path, capsys):
+    from guidediff.cli import main
+    from train_helpers import TINY, tiny_folder
+
+    folder = tiny_folder(tmp_path / "imgs")
+    code = main(["train-noisy-classifier", "--config", str(TINY), "--set", f"data.name=\"{folder}\"",
+                 "--set", "data.resolution=8", "--set", "data.channels=1", "--max-steps", "3",
+                 "--out", str(tmp_path / "nc"), "--eval-images", "9", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "measured on training images" in out and "accuracy vs lambda" in out
+    clf, config = load_noisy_classifier(tmp_path / "nc" / "model.safetensors")
+    assert clf.num_classes == 3 and config.model.image_size == 8
+    assert main(["train-noisy-classifier", "--out", str(tmp_path / "nc"), "--resume", "--max-steps", "4",
+                 "--no-progress"]) == 0

@@ -10,6 +10,7 @@ returns the class prior; that is why the guidance gradient vanishes early in sam
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,8 @@ def train_noisy_classifier(config, run_dir: str | Path, train_set, test_set, *, 
                    progress=progress, command=command, log=log)
     from guidediff.classifier_guidance import load_noisy_classifier
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch: one process measures
+        return result, {}
     device = "cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu"
     classifier, _ = load_noisy_classifier(run_dir, device)
     lam_min, lam_max = lam_range(config.diffusion)

@@ -61,8 +61,13 @@ def run(args) -> int:
     d = config.data
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, resolution=d.resolution, channels=d.channels,
                              skip_bad=d.skip_bad_images)
-    test_set = load_dataset(d.name, "test", data_dir=d.data_dir, resolution=d.resolution, channels=d.channels,
-                            skip_bad=d.skip_bad_images)
+    try:
+        test_set = load_dataset(d.name, "test", data_dir=d.data_dir, resolution=d.resolution, channels=d.channels,
+                                skip_bad=d.skip_bad_images)
+    except UsageError as exc:
+        # an image folder without a test/ split: monitor on training images (optimistic), and say so
+        print(f"note: no test split ({exc}); accuracy vs lambda is measured on training images")
+        test_set = train_set
     command = shlex.join(["guidediff", "train-noisy-classifier", *(["--config", args.config] if args.config else []),
                           *[a for item in args.set for a in ("--set", item)], "--out", str(run_dir)])
     result, accuracy = train_noisy_classifier(
@@ -71,6 +76,8 @@ def run(args) -> int:
     from guidediff.train import describe
 
     print(describe(result))
+    if not accuracy:  # not the main process
+        return 0
     print("accuracy vs lambda (test set): " + json.dumps(
         {f"{c:.1f}": round(a, 3) for c, a in zip(accuracy["lam_centers"], accuracy["accuracy"])}))
     print(f"wrote {run_dir / 'accuracy_vs_lam.json'} and accuracy_vs_lam.png")
