@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "sample", help="sample a trained model with classifier-free guidance (grids + samples.npz)",
+        "sample", help="sample a trained model with classifier-free or classifier guidance (grids + samples.npz)",
         description="Writes DIR/samples.npz (x uint8 [N,H,W,C], y int64 class, w float32) and one PNG grid per w "
                     "(rows = classes). w is the CFG paper's weight: eps = (1+w)*eps(z,c) - w*eps(z,null); "
                     "diffusers' guidance_scale = 1 + w. Write negative weights as --w=-1,0,3.")
