@@ -45,7 +45,7 @@ import common  # noqa: E402
 from guidediff.ddgan.config import load_config  # noqa: E402
 from guidediff.ddgan.modes import grid_coverage, stacked_coverage  # noqa: E402
 from guidediff.ddgan.sample import generate, load_generator  # noqa: E402
-from guidediff.ddgan.train import load_training_data, train  # noqa: E402
+from guidediff.ddgan.train import train  # noqa: E402
 from guidediff.errors import UsageError  # noqa: E402
 
 PARTS = ("gaussians25", "stacked", "fmnist", "diffusion")

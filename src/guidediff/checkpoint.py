@@ -454,12 +454,10 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return read_tensors(path, device), parsed
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema"):
-    """(net in eval mode on `device`, Config) from a checkpoint or run directory, an exported
-    .safetensors model, or a shipped model name such as 'fmnist-cfg'. Only the path is needed:
-    the config travels inside."""
+def load_weights(source: str | Path, weights: str = "ema") -> tuple[dict[str, torch.Tensor], Config, str]:
+    """(tensors, Config, where they came from) for a checkpoint or run directory, an exported
+    .safetensors model, or a shipped model name such as 'fmnist-cfg'."""
     from guidediff import models
-    from guidediff.nets.unet import UNet
 
     require(weights in ("ema", "model"), f"weights must be 'ema' or 'model', got {weights!r}")
     path = Path(source).expanduser()
@@ -467,16 +465,24 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", weights: 
         path = models.shipped_path(str(source))
     if path.is_dir():
         ck = load_checkpoint(path, parts=(weights,))
-        tensors, config, where = ck.tensors[weights], ck.config, str(ck.path / TENSOR_FILES[weights])
-    elif path.is_file() and path.suffix == ".safetensors":
+        return ck.tensors[weights], ck.config, str(ck.path / TENSOR_FILES[weights])
+    if path.is_file() and path.suffix == ".safetensors":
         tensors, meta = read_model_file(path)
-        config, where = Config.from_dict(meta["config"], source=str(path)), str(path)
-    elif path.exists():
+        return tensors, Config.from_dict(meta["config"], source=str(path)), str(path)
+    if path.exists():
         raise UsageError(f"{path} is neither a checkpoint directory nor a .safetensors model; pass one of those "
                          f"or a shipped model name ({', '.join(models.SHIPPED)})")
-    else:
-        raise UsageError(f"{source} does not exist and is not a shipped model name; pass a checkpoint or run "
-                         f"directory, a .safetensors model, or one of: {', '.join(models.SHIPPED)}")
+    raise UsageError(f"{source} does not exist and is not a shipped model name; pass a checkpoint or run "
+                     f"directory, a .safetensors model, or one of: {', '.join(models.SHIPPED)}")
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema"):
+    """(net in eval mode on `device`, Config) from a checkpoint or run directory, an exported
+    .safetensors model, or a shipped model name such as 'fmnist-cfg'. Only the path is needed:
+    the config travels inside."""
+    from guidediff.nets.unet import UNet
+
+    tensors, config, where = load_weights(source, weights)
     net = UNet(config.model)
     check_state_dict(tensors, net.state_dict(), where)
     net.load_state_dict(tensors)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from guidediff.errors import UsageError, require
 from guidediff.vdm.config import VDMConfig
 from guidediff.vdm.model import CONFIG_BUFFER, VDMModel, config_from_tensors
 
@@ -28,25 +27,9 @@ def _fixed_schedule_vdm(config) -> VDMConfig:
 def load_vdm(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema"):
     """(VDMModel in eval mode on `device`, Config) from a checkpoint or run directory, an exported
     .safetensors model or a shipped model name."""
-    from guidediff import models
-    from guidediff.checkpoint import TENSOR_FILES, check_state_dict, load_checkpoint, read_model_file
-    from guidediff.config import Config
+    from guidediff.checkpoint import check_state_dict, load_weights
 
-    require(weights in ("ema", "model"), f"weights must be 'ema' or 'model', got {weights!r}")
-    path = Path(source).expanduser()
-    if not path.exists() and models.is_shipped_name(str(source)):
-        path = models.shipped_path(str(source))
-    if path.is_dir():
-        ck = load_checkpoint(path, parts=(weights,))
-        tensors, config, where = ck.tensors[weights], ck.config, str(ck.path / TENSOR_FILES[weights])
-    elif path.is_file() and path.suffix == ".safetensors":
-        tensors, meta = read_model_file(path)
-        config, where = Config.from_dict(meta["config"], source=str(path)), str(path)
-    elif path.exists():
-        raise UsageError(f"{path} is neither a checkpoint directory nor a .safetensors model; pass one of those")
-    else:
-        raise UsageError(f"{source} does not exist and is not a shipped model name; pass a checkpoint or run "
-                         f"directory, or a .safetensors model")
+    tensors, config, where = load_weights(source, weights)
     vdm = config_from_tensors(tensors)
     if vdm is None:
         model = VDMModel(config.model, _fixed_schedule_vdm(config))
