@@ -79,9 +79,7 @@ def run(args) -> int:
     import os
     from pathlib import Path
 
-    from guidediff.checkpoint import latest_checkpoint, load_checkpoint
-    from guidediff.config import load_config, parse_override, set_value
-    from guidediff.errors import UsageError, require
+    from guidediff.errors import require
 
     overrides = list(args.set)
     if args.max_steps is not None:
@@ -93,23 +91,10 @@ def run(args) -> int:
         require(args.time_limit > 0, f"--time-limit must be a positive number of minutes, got {args.time_limit}")
 
     # the run directory: --out, else the config's out_dir, else runs/<config stem>
-    config = load_config(args.config, overrides) if args.config else None
-    out = args.out or (config.out_dir if config else None) or (f"runs/{Path(args.config).stem}" if args.config else None)
-    if out is None:
-        raise UsageError("pass --config FILE (e.g. configs/fmnist_cfg.toml) to start a run, or --out RUN_DIR --resume "
-                         "to continue one")
-    run_dir = Path(out)
-    latest = latest_checkpoint(run_dir / "checkpoints")
-    if args.resume and latest is not None:
-        # the run's own config is the truth; overrides (e.g. more steps) apply on top of it
-        config = load_checkpoint(latest, parts=()).config
-        for item in overrides:
-            key, value = parse_override(item)
-            set_value(config, key, value, source=f"--set {item}")
-        config.validate()
-    elif config is None:
-        raise UsageError(f"{run_dir} holds no checkpoint to resume; pass --config FILE to start a new run there")
-    config.out_dir = str(run_dir)
+    from guidediff.commands._run_dir import resolve_run
+
+    config, run_dir = resolve_run(args.config, overrides, args.out, args.resume, "configs/fmnist_cfg.toml",
+                                  default_out=f"runs/{Path(args.config).stem}" if args.config else None)
 
     from guidediff.train import describe, train
 

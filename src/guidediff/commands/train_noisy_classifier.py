@@ -26,10 +26,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import json
     import shlex
-    from pathlib import Path
 
-    from guidediff.checkpoint import latest_checkpoint, load_checkpoint
-    from guidediff.config import load_config, parse_override, set_value
     from guidediff.errors import UsageError, require
 
     overrides = list(args.set)
@@ -38,22 +35,10 @@ def run(args) -> int:
         overrides.append(f"train.steps={args.max_steps}")
     require(args.time_limit is None or args.time_limit > 0, f"--time-limit must be positive minutes, got {args.time_limit}")
     require(args.eval_images >= 1, f"--eval-images must be >= 1, got {args.eval_images}")
-    config = load_config(args.config, overrides) if args.config else None
-    out = args.out or (config.out_dir if config else None)
-    if out is None:
-        raise UsageError("pass --config FILE (e.g. configs/fmnist_noisy_classifier.toml) to start a run, or "
-                         "--out RUN_DIR --resume to continue one")
-    run_dir = Path(out)
-    latest = latest_checkpoint(run_dir / "checkpoints")
-    if args.resume and latest is not None:
-        config = load_checkpoint(latest, parts=()).config
-        for item in overrides:
-            key, value = parse_override(item)
-            set_value(config, key, value, source=f"--set {item}")
-        config.validate()
-    elif config is None:
-        raise UsageError(f"{run_dir} holds no checkpoint to resume; pass --config FILE to start a new run there")
-    config.out_dir = str(run_dir)
+    from guidediff.commands._run_dir import resolve_run
+
+    config, run_dir = resolve_run(args.config, overrides, args.out, args.resume,
+                                  "configs/fmnist_noisy_classifier.toml")
 
     from guidediff.data.images import load_dataset
     from guidediff.noisy_classifier_training import train_noisy_classifier
