@@ -87,3 +87,27 @@ def test_truncated_model_file_is_one_line_exit_2(run_dir, tmp_path, capsys):
     assert main(["sample", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "is truncated" in err and err.count("\n") == 1
+
+
+def test_cfg_variants_from_the_command_line(run_dir, tmp_path, capsys):
+    assert sample(run_dir, tmp_path / "plain") == 0
+    # an interval that holds every λ of the grid is plain CFG
+    assert sample(run_dir, tmp_path / "all", "--cfg-variant", "interval", "--interval=-30,30") == 0
+    plain, everywhere = (np.load(tmp_path / d / "samples.npz")["x"].astype(int) for d in ("plain", "all"))
+    assert np.abs(plain - everywhere).max() <= 1
+    for extra in (["--cfg-variant", "rescale", "--phi", "0.5"],
+                  ["--cfg-variant", "apg", "--apg-momentum=-0.5", "--apg-threshold", "1"]):
+        assert sample(run_dir, tmp_path / extra[1], *extra) == 0
+    capsys.readouterr()
+    assert sample(run_dir, tmp_path / "bad", "--cfg-variant", "interval", "--interval", "5,1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --interval") and "\n" not in err
+
+
+def test_guidance_interval_saves_network_evaluations(run_dir):
+    net, config = load_model(run_dir)
+    full = generate(net, config, [1], [2.0], 2, steps=4, seed=0, device="cpu", progress=False)
+    # the 4-step grid of the CFG schedule visits λ = −20, −4.0, 0, 4.0: an interval [−1, 1] guides one step
+    part = generate(net, config, [1], [2.0], 2, steps=4, seed=0, device="cpu", progress=False,
+                    cfg_variant={"name": "interval", "lam_lo": -1.0, "lam_hi": 1.0})
+    assert full["nfe_per_image"] == 8 and part["nfe_per_image"] == 5

@@ -234,10 +234,10 @@ class APG:
             self.running = delta
         dims = tuple(range(1, z.dim()))
         if self.norm_threshold is not None:
-            norm = delta.norm(dim=dims, keepdim=True)
+            norm = torch.linalg.vector_norm(delta, dim=dims, keepdim=True)
             delta = delta * (self.norm_threshold / norm.clamp_min(torch.finfo(z.dtype).tiny)).clamp(max=1.0)
         x_cond = eps_to_x(z, eps_cond, lam)
-        unit = x_cond / x_cond.norm(dim=dims, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+        unit = x_cond / torch.linalg.vector_norm(x_cond, dim=dims, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
         parallel = (delta * unit).sum(dim=dims, keepdim=True) * unit
         update = (delta - parallel) + self.eta * parallel
         weight = per_sample(_weights(self.w, z.shape[0], z.device, z.dtype), z)

@@ -47,6 +47,25 @@ def initial_noise(seed: int, items: list[tuple[int, int]], shape: tuple[int, ...
     return out
 
 
+CFG_VARIANTS = ("interval", "rescale", "apg")
+
+
+def guided_cfg(denoiser, w, null_class: int, variant: dict[str, Any] | None):
+    """Plain CFG, or the variant that ``variant`` names, with its knobs (guidance.py)."""
+    from guidediff import guidance
+
+    if variant is None:
+        return guidance.cfg(denoiser, w, null_class)
+    options = dict(variant)
+    name = options.pop("name", None)
+    require(name in CFG_VARIANTS, f"unknown CFG variant {name!r}; choose one of {', '.join(CFG_VARIANTS)}")
+    if name == "interval":
+        return guidance.cfg_interval(denoiser, w, null_class, **options)
+    if name == "rescale":
+        return guidance.cfg_rescale(denoiser, w, null_class, **options)
+    return guidance.apg(denoiser, w, null_class, **options)
+
+
 def generate(
     net: torch.nn.Module,
     config,
@@ -69,6 +88,7 @@ def generate(
     classifier: torch.nn.Module | None = None,
     base: str = "uncond",
     cg_form: str = "score",
+    cfg_variant: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """n samples for every (w, class), in that order.
 
@@ -77,6 +97,10 @@ def generate(
     ``base`` "uncond" (null-token) or "cond" prediction, in the DDIM/score form
     ε̃ = ε − s·σ·∇log p(c|z) (``cg_form="score"``, any sampler) or the ancestral mean form
     μ̃ + s·Σ·∇log p(c|z) (``cg_form="mean"``, sampler "ancestral"). The result's ``w`` holds s.
+
+    ``cfg_variant`` replaces plain CFG by one of the later guidance methods (see
+    ``guided_cfg``): {"name": "interval", "lam_lo", "lam_hi"}, {"name": "rescale", "phi"} or
+    {"name": "apg", "eta", "momentum", "norm_threshold"}.
 
     Returns x uint8 [N, H, W, C], y int64 (the asked class, −1 when unconditional), w float32,
     plus the cost: nfe_per_image (network evaluations per image; a guided step costs 2) and
@@ -147,8 +171,9 @@ def generate(
     options["clip_x"] = clip_x
     # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
     kinds: dict[float | None, list[int]] = {}
+    plain = not cg and cfg_variant is None
     for k, (w, _, _) in enumerate(items):
-        kinds.setdefault(w if not cg and w in (0.0, -1.0) else None, []).append(k)
+        kinds.setdefault(w if plain and w in (0.0, -1.0) else None, []).append(k)
     batches = [ks[lo:lo + batch_size] for ks in kinds.values() for lo in range(0, len(ks), batch_size)]
     bar = None
     if progress:
@@ -176,7 +201,7 @@ def generate(
                 else:
                     guided = classifier_guidance(guided, grad_log_prob, w)
             else:
-                guided = counter if num_classes == 0 else cfg(counter, w, null)
+                guided = counter if num_classes == 0 else guided_cfg(counter, w, null, cfg_variant)
             g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
             x = sample(guided, z, lams, c, sampler=sampler, generator=g, **step_options)
             out[ks] = to_uint8(x.clamp(-1, 1))
