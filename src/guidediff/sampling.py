@@ -107,7 +107,7 @@ def generate(
     seconds. ``bf16``/``channels_last`` default to on for CUDA.
     """
     from guidediff.data.images import to_uint8
-    from guidediff.guidance import CountingDenoiser, cfg, classifier_guidance, classifier_mean_shift, unconditional
+    from guidediff.guidance import CountingDenoiser, classifier_guidance, classifier_mean_shift, unconditional
     from guidediff.samplers import SAMPLERS, sample
     from guidediff.schedules import lam_grid, make_schedule
 
