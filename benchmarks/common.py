@@ -95,3 +95,39 @@ def write_result(name: str, payload: dict, out_dir: str | None = None) -> Path:
     path.write_text(json.dumps({**environment(), **payload}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def report_against_peer(name: str, task: dict, rows: dict[str, dict], forwards_per_image: float,
+                        forward_gflops: float | None) -> None:
+    """Print the variant table, ours-best / diffusers-best and model FLOP utilisation, and write
+    benchmarks/results/<name>.json. Rows named 'ours_*' and 'diffusers_*' are compared; an image
+    costs ``forwards_per_image`` forward passes of ``forward_gflops`` each."""
+    ours_best = max((v["images_per_s"], k) for k, v in rows.items() if k.startswith("ours"))
+    peer = [(v["images_per_s"], k) for k, v in rows.items() if k.startswith("diffusers")]
+    peer_best = max(peer) if peer else None
+    ratio = ours_best[0] / peer_best[0] if peer_best else None
+    peak = matmul_tflops()
+    mfu = None
+    if peak and forward_gflops:
+        achieved = ours_best[0] * forwards_per_image * forward_gflops * 1e9 / 1e12
+        mfu = {"achieved_tflops": achieved, "measured_bf16_matmul_tflops": peak, "mfu_vs_measured_matmul": achieved / peak}
+    width = max(len(k) for k in rows) + 2
+    print(f"{'variant':{width}s} {'images/s':>10s} {'peak MiB':>10s}")
+    for variant, row in rows.items():
+        mem = row["peak_memory_mib"]
+        print(f"{variant:{width}s} {row['images_per_s']:10.1f} {'-' if mem is None else str(round(mem)):>10}")
+    if ratio:
+        print(f"ours best ({ours_best[1]}) / diffusers best ({peer_best[1]}): {ratio:.2f}x")
+    if mfu:
+        print(f"model FLOP utilisation: {mfu['achieved_tflops']:.1f} TFLOP/s = "
+              f"{100 * mfu['mfu_vs_measured_matmul']:.1f}% of measured bf16 matmul")
+    write_result(name, {
+        "task": task,
+        "variants": rows,
+        "ours_images_per_s": ours_best[0],
+        "ours_best_variant": ours_best[1],
+        "diffusers_images_per_s": peer_best[0] if peer_best else None,
+        "diffusers_best_variant": peer_best[1] if peer_best else None,
+        "ratio_vs_diffusers": ratio,
+        "mfu": mfu,
+    })

@@ -126,38 +126,10 @@ def main() -> None:
         if on_gpu:
             rows["diffusers_bf16"] = diffusers_side(args.batch, args.steps, True, params)
 
-    ours_best = max((v["images_per_s"], k) for k, v in rows.items() if k.startswith("ours"))
-    peer = [(v["images_per_s"], k) for k, v in rows.items() if k.startswith("diffusers")]
-    peer_best = max(peer) if peer else None
-    ratio = ours_best[0] / peer_best[0] if peer_best else None
-    peak = common.matmul_tflops()
-    flops = rows["ours_fp32_eager"]["forward_gflops_per_image"]
-    mfu = None
-    if peak and flops:
-        # a training step costs about 3 forwards (forward + backward through activations and weights)
-        achieved = ours_best[0] * 3 * flops * 1e9 / 1e12
-        mfu = {"achieved_tflops": achieved, "measured_bf16_matmul_tflops": peak, "mfu_vs_measured_matmul": achieved / peak}
-    print(f"{'variant':24s} {'images/s':>10s} {'peak MiB':>10s}")
-    for name, row in rows.items():
-        mem = row["peak_memory_mib"]
-        print(f"{name:24s} {row['images_per_s']:10.1f} {'-' if mem is None else str(round(mem)):>10}")
-    if ratio:
-        print(f"ours best ({ours_best[1]}) / diffusers best ({peer_best[1]}): {ratio:.2f}x")
-    if mfu:
-        print(f"model FLOP utilisation: {mfu['achieved_tflops']:.1f} TFLOP/s = {100 * mfu['mfu_vs_measured_matmul']:.1f}% of measured bf16 matmul")
-    common.write_result(
-        "train_speed",
-        {
-            "task": {"batch": args.batch, "image": [1, 28, 28], "steps_per_repeat": args.steps},
-            "variants": rows,
-            "ours_images_per_s": ours_best[0],
-            "ours_best_variant": ours_best[1],
-            "diffusers_images_per_s": peer_best[0] if peer_best else None,
-            "diffusers_best_variant": peer_best[1] if peer_best else None,
-            "ratio_vs_diffusers": ratio,
-            "mfu": mfu,
-        },
-    )
+    # a training step costs about 3 forwards (forward + backward through activations and weights)
+    common.report_against_peer(
+        "train_speed", {"batch": args.batch, "image": [1, 28, 28], "steps_per_repeat": args.steps},
+        rows, forwards_per_image=3, forward_gflops=rows["ours_fp32_eager"]["forward_gflops_per_image"])
 
 
 if __name__ == "__main__":
