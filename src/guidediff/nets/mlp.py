@@ -53,8 +53,11 @@ class MLPDenoiser(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
-    def forward(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
-        emb = self.act(self.embed(lam, c))
+    def forward(self, z: Tensor, lam: Tensor, c: Tensor, extra_emb: Tensor | None = None) -> Tensor:
+        """``extra_emb`` [B, emb_dim] is added to the (λ, c) embedding: a further condition such as
+        the guidance weight of a distilled student (nets.w_conditioned)."""
+        emb = self.embed(lam, c)
+        emb = self.act(emb if extra_emb is None else emb + extra_emb)
         h = self.inp(z.to(self.inp.weight.dtype))
         for proj, layer in zip(self.emb_proj, self.layers):
             h = layer(self.act(h + proj(emb)))

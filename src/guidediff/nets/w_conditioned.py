@@ -9,54 +9,29 @@ As in ``nets.mlp``, the head predicts v and the net returns ε̂ = σ_λ·z + α
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import Tensor, nn
 
-from guidediff.diffusion import v_to_eps
-from guidediff.nets.layers import LamClassEmbedding, lam_features
+from guidediff.nets.layers import lam_features
+from guidediff.nets.mlp import MLPConfig, MLPDenoiser
 
 # w ∈ [0, ~10]: scale the phases so the sinusoid frequencies resolve steps of about 0.1 in w.
 W_SCALE = 10.0
 
 
-@dataclass(frozen=True)
-class WConditionedConfig:
-    num_classes: int
-    dim: int = 2
-    hidden: int = 128
-    depth: int = 3
-    emb_dim: int = 64
-
-    def to_json(self) -> dict:
-        return asdict(self)
+# The student is the 2-D MLP denoiser with one more condition.
+WConditionedConfig = MLPConfig
 
 
-class WConditionedMLP(nn.Module):
+class WConditionedMLP(MLPDenoiser):
     """ε̂ = net(z [B, dim], λ [B], c [B], w [B]); c = num_classes is the null token."""
 
-    def __init__(self, config: WConditionedConfig):
-        super().__init__()
-        self.config = config
-        self.embed = LamClassEmbedding(config.emb_dim, config.emb_dim, config.num_classes)
-        self.w_embed = nn.Sequential(nn.Linear(config.emb_dim, config.emb_dim), nn.SiLU(), nn.Linear(config.emb_dim, config.emb_dim))
-        self.inp = nn.Linear(config.dim, config.hidden)
-        self.emb_proj = nn.ModuleList(nn.Linear(config.emb_dim, config.hidden) for _ in range(config.depth))
-        self.layers = nn.ModuleList(nn.Linear(config.hidden, config.hidden) for _ in range(config.depth))
-        self.out = nn.Linear(config.hidden, config.dim)
-        self.act = nn.SiLU()
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
+    def __init__(self, config: MLPConfig):
+        super().__init__(config)
+        d = config.emb_dim
+        self.w_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
 
     def forward(self, z: Tensor, lam: Tensor, c: Tensor, w: Tensor) -> Tensor:
-        dtype = self.inp.weight.dtype
         w = torch.as_tensor(w, dtype=lam.dtype, device=lam.device).expand(z.shape[0])
-        w_feats = lam_features(w, self.config.emb_dim, scale=W_SCALE).to(dtype)
-        emb = self.act(self.embed(lam, c) + self.w_embed(w_feats))
-        h = self.inp(z.to(dtype))
-        for proj, layer in zip(self.emb_proj, self.layers):
-            h = layer(self.act(h + proj(emb)))
-        return v_to_eps(z, self.out(self.act(h)).to(z.dtype), lam)
+        w_feats = lam_features(w, self.config.emb_dim, scale=W_SCALE).to(self.inp.weight.dtype)
+        return super().forward(z, lam, c, extra_emb=self.w_embed(w_feats))
