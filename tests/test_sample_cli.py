@@ -111,3 +111,39 @@ def test_guidance_interval_saves_network_evaluations(run_dir):
     part = generate(net, config, [1], [2.0], 2, steps=4, seed=0, device="cpu", progress=False,
                     cfg_variant={"name": "interval", "lam_lo": -1.0, "lam_hi": 1.0})
     assert full["nfe_per_image"] == 8 and part["nfe_per_image"] == 5
+
+
+def test_autoguidance_with_the_model_as_its_own_guide_is_unguided(run_dir, tmp_path, capsys):
+    # ε̃ = ε + w·(ε − ε_guide) with ε_guide = ε leaves ε: the samples of w = 0, at twice the NFE
+    net, config = load_model(run_dir)
+    unguided = generate(net, config, [0, 2], [0.0], 2, steps=3, seed=0, device="cpu", progress=False)
+    auto = generate(net, config, [0, 2], [3.0], 2, steps=3, seed=0, device="cpu", progress=False,
+                    cfg_variant={"name": "autoguidance"}, guide_net=load_model(run_dir)[0])
+    assert np.abs(unguided["x"].astype(int) - auto["x"].astype(int)).max() <= 1
+    assert unguided["nfe_per_image"] == 3 and auto["nfe_per_image"] == 6
+    assert sample(run_dir, tmp_path / "auto", "--cfg-variant", "autoguidance", "--guide-model", str(run_dir)) == 0
+    capsys.readouterr()
+    for extra, message in ((["--cfg-variant", "autoguidance"], "needs --guide-model"),
+                           (["--guide-model", str(run_dir)], "only by --cfg-variant autoguidance")):
+        assert sample(run_dir, tmp_path / "bad", *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+
+
+def test_sweep_with_a_cfg_variant_records_it(run_dir, tmp_path, monkeypatch):
+    """run_sweep of a variant: the variant and its cost are in sweep.json (evaluation stubbed: the
+    metrics have their own tests, and the tiny model's images are not Fashion-MNIST)."""
+    import json
+
+    import guidediff.metrics.evaluate as evaluate
+    import guidediff.nets.fmnist_classifier as fmnist_classifier
+
+    fake = {"fid": 1.0, "fid_floor": 0.5, "n": 6, "is": 2.0, "cas": 0.5, "precision": 0.5, "recall": 0.5}
+    monkeypatch.setattr(evaluate, "evaluate_samples", lambda *a, **k: dict(fake))
+    monkeypatch.setattr(fmnist_classifier, "load_eval_classifier", lambda *a, **k: None)
+    assert main(["sweep", str(run_dir), "--w", "0,2", "--n", "12", "--steps", "4", "--device", "cpu",
+                 "--cfg-variant", "interval", "--interval=-1,1", "--out", str(tmp_path / "sw")]) == 0
+    summary = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert summary["cfg_variant"] == {"name": "interval", "lam_lo": -1.0, "lam_hi": 1.0}
+    # 4 steps, one inside [−1, 1]: it costs 2 forwards when guided (w = 2), 1 at w = 0
+    assert [p["nfe_per_image"] for p in summary["points"]] == [4.0, 5.0]

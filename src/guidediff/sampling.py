@@ -47,11 +47,12 @@ def initial_noise(seed: int, items: list[tuple[int, int]], shape: tuple[int, ...
     return out
 
 
-CFG_VARIANTS = ("interval", "rescale", "apg")
+CFG_VARIANTS = ("interval", "rescale", "apg", "autoguidance")
 
 
-def guided_cfg(denoiser, w, null_class: int, variant: dict[str, Any] | None):
-    """Plain CFG, or the variant that ``variant`` names, with its knobs (guidance.py)."""
+def guided_cfg(denoiser, w, null_class: int, variant: dict[str, Any] | None, guide=None):
+    """Plain CFG, or the variant that ``variant`` names, with its knobs (guidance.py).
+    Autoguidance takes its guide denoiser as ``guide``."""
     from guidediff import guidance
 
     if variant is None:
@@ -59,6 +60,10 @@ def guided_cfg(denoiser, w, null_class: int, variant: dict[str, Any] | None):
     options = dict(variant)
     name = options.pop("name", None)
     require(name in CFG_VARIANTS, f"unknown CFG variant {name!r}; choose one of {', '.join(CFG_VARIANTS)}")
+    if name == "autoguidance":
+        require(guide is not None, "autoguidance needs a guide model; pass --guide-model (an early or smaller "
+                                   "checkpoint of the same kind of model)")
+        return guidance.autoguidance(denoiser, guide, w)
     if name == "interval":
         return guidance.cfg_interval(denoiser, w, null_class, **options)
     if name == "rescale":
@@ -89,6 +94,8 @@ def generate(
     base: str = "uncond",
     cg_form: str = "score",
     cfg_variant: dict[str, Any] | None = None,
+    guide_net: torch.nn.Module | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """n samples for every (w, class), in that order.
 
@@ -100,7 +107,11 @@ def generate(
 
     ``cfg_variant`` replaces plain CFG by one of the later guidance methods (see
     ``guided_cfg``): {"name": "interval", "lam_lo", "lam_hi"}, {"name": "rescale", "phi"} or
-    {"name": "apg", "eta", "momentum", "norm_threshold"}.
+    {"name": "apg", "eta", "momentum", "norm_threshold"}, or {"name": "autoguidance"} with the
+    guide network ``guide_net`` (same image shape and label set as ``net``).
+
+    ``compile`` runs the networks through ``torch.compile`` (on CUDA about 3x faster for the
+    Fashion-MNIST UNet; the first batch of each shape pays the compilation).
 
     Returns x uint8 [N, H, W, C], y int64 (the asked class, −1 when unconditional), w float32,
     plus the cost: nfe_per_image (network evaluations per image; a guided step costs 2) and
@@ -142,21 +153,39 @@ def generate(
     cuda = device.type == "cuda"
     bf16 = cuda if bf16 is None else bf16
     channels_last = cuda if channels_last is None else channels_last
-    net = net.to(device).eval()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    autoguided = cfg_variant is not None and cfg_variant.get("name") == "autoguidance"
+    require(guide_net is None or autoguided, "a guide model is only used by the autoguidance variant")
+    if autoguided:
+        require(guide_net is not None, "autoguidance needs a guide model; pass --guide-model")
+        require(not cg, "autoguidance replaces CFG's unconditional prediction; it does not combine with "
+                        "classifier guidance")
+        gm = guide_net.config if hasattr(guide_net, "config") else None
+        require(gm is None or (gm.image_size, gm.in_channels, gm.num_classes)
+                == (mc.image_size, mc.in_channels, mc.num_classes),
+                "the guide model must make the same images with the same label set as the model; train it "
+                "on the same data (an early or smaller checkpoint of the same run)")
 
-    def network(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def as_denoiser(module: torch.nn.Module) -> CountingDenoiser:
+        module = module.to(device).eval()
         if channels_last:
-            z = z.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return net(z, lam, c).float()
+            module = module.to(memory_format=torch.channels_last)
+        forward = torch.compile(module, dynamic=False) if compile else module
 
-    counter = CountingDenoiser(network)
+        def network(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                return forward(z, lam, c).float()
+
+        return CountingDenoiser(network)
+
+    counter = as_denoiser(net)
+    guide_counter = as_denoiser(guide_net) if autoguided else None
     grad_log_prob, classifier_rows = None, [0]
     if cg:
         classifier = classifier.to(device).eval().requires_grad_(False)
-        clf_grad = classifier_grad_log_prob(classifier, bf16=bf16)
+        clf_grad = classifier_grad_log_prob(torch.compile(classifier, dynamic=False) if compile else classifier,
+                                            bf16=bf16)
 
         def grad_log_prob(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             classifier_rows[0] += z.shape[0]
@@ -201,7 +230,7 @@ def generate(
                 else:
                     guided = classifier_guidance(guided, grad_log_prob, w)
             else:
-                guided = counter if num_classes == 0 else guided_cfg(counter, w, null, cfg_variant)
+                guided = counter if num_classes == 0 else guided_cfg(counter, w, null, cfg_variant, guide_counter)
             g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
             x = sample(guided, z, lams, c, sampler=sampler, generator=g, **step_options)
             out[ks] = to_uint8(x.clamp(-1, 1))
@@ -216,7 +245,9 @@ def generate(
         "x": out,
         "y": np.asarray([c for _, c, _ in items], dtype=np.int64),
         "w": np.asarray([w for w, _, _ in items], dtype=np.float32),
-        "nfe_per_image": counter.nfe_per_image(len(items)),
+        # the guide's forwards count too: autoguidance pays them
+        "nfe_per_image": counter.nfe_per_image(len(items))
+        + (guide_counter.nfe_per_image(len(items)) if guide_counter is not None else 0.0),
         # classifier forward+backward passes per image (classifier guidance only)
         "classifier_evals_per_image": classifier_rows[0] / max(len(items), 1) if cg else None,
         "seconds": seconds,

@@ -40,13 +40,17 @@ def run_sweep(
     noisy_classifier: str | None = None,
     base: str = "uncond",
     cg_form: str = "score",
+    cfg_variant: dict | None = None,
+    guide_model: str | None = None,
+    compile: bool = False,
 ) -> dict:
     """Sample ``n`` images per w (split evenly over the classes), evaluate FID-FMNIST, IS-FMNIST,
     CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``.
 
     ``classifier`` is the evaluation classifier. With ``guidance="classifier"`` the knob values in
     ``ws`` are classifier-guidance scales s for the noisy classifier ``noisy_classifier`` (see
-    ``sampling.generate``); the points then carry ``scale`` instead of ``w``."""
+    ``sampling.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
+    for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w."""
     import torch
 
     from guidediff import plots
@@ -64,6 +68,7 @@ def run_sweep(
     require(num_classes > 0, "the sweep needs a class-conditional model (num_classes > 0)")
     per_class = n // num_classes
     eval_net = load_eval_classifier(classifier, device=device)
+    guide = load_model(guide_model, device)[0] if guide_model is not None else None
     cg = guidance == "classifier"
     knob = "scale" if cg else "w"
     guide_net = None
@@ -89,6 +94,9 @@ def run_sweep(
         "guidance": guidance,
         "knob": knob,
         **({"base": base, "cg_form": cg_form} if cg else {}),
+        "cfg_variant": cfg_variant,
+        "guide_model": None if guide_model is None else str(guide_model),
+        "compiled": compile,
         "noisy_classifier": None if noisy_classifier is None else str(noisy_classifier),
         "fid_floor": None,
         "points": [],
@@ -99,6 +107,7 @@ def run_sweep(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
             steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
             guidance=guidance, classifier=guide_net if cg else None, base=base, cg_form=cg_form,
+            cfg_variant=cfg_variant, guide_net=guide, compile=compile,
         )
         seconds = result["seconds"]
         images, labels = result["x"], result["y"]
@@ -125,7 +134,7 @@ def run_sweep(
         grids.append((images[keep], labels[keep], np.full(len(keep), w, dtype=np.float32)))
 
     fid_floor = summary["fid_floor"]
-    label = f"CG ({base}, {cg_form})" if cg else "CFG"
+    label = f"CG ({base}, {cg_form})" if cg else "CFG" if cfg_variant is None else f"CFG {cfg_variant['name']}"
     plots.fid_vs_is({label: points}, out / "fid_vs_is.png", knob=knob, fid_floor=fid_floor)
     plots.metrics_vs_knob(points, out / "metrics_vs_w.png", knob=knob, fid_floor=fid_floor)
     plots.grid_across_knob(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -39,36 +41,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cg-form", choices=["score", "mean"], default="score",
                    help="classifier guidance as eps - s*sigma*grad (score, any sampler) or the ancestral mean shift "
                         "mu + s*Sigma*grad (mean, needs --sampler ancestral)")
-    p.add_argument("--cfg-variant", choices=["plain", "interval", "rescale", "apg"], default="plain",
-                   help="CFG as in the paper (plain), or: guidance only for lambda in --interval (interval), "
-                        "CFG rescale with --phi (rescale), adaptive projected guidance (apg)")
-    p.add_argument("--interval", default=None, metavar="LO,HI", help="interval: the log-SNR range that is guided")
-    p.add_argument("--phi", type=float, default=0.7, help="rescale: 0 is plain CFG, 1 full rescale (default 0.7)")
-    p.add_argument("--apg-eta", type=float, default=0.0, help="apg: weight of the parallel part (1: plain CFG)")
-    p.add_argument("--apg-momentum", type=float, default=0.0, help="apg: momentum beta (the paper uses -0.5)")
-    p.add_argument("--apg-threshold", type=float, default=None, help="apg: norm threshold r of the update")
+    add_cfg_variant_arguments(p)
     p.set_defaults(func=run)
-
-
-def cfg_variant_from_args(args) -> dict | None:
-    """The --cfg-variant options as generate's ``cfg_variant``; None for plain CFG."""
-    from guidediff.errors import require
-    from guidediff.parsing import parse_floats
-
-    if args.cfg_variant == "plain":
-        require(args.interval is None, "--interval needs --cfg-variant interval")
-        return None
-    if args.cfg_variant == "interval":
-        require(args.interval is not None, "--cfg-variant interval needs --interval LO,HI (log-SNR), e.g. --interval=-4,4")
-        bounds = parse_floats(args.interval, "--interval")
-        require(len(bounds) == 2 and bounds[0] < bounds[1], f"--interval takes two log-SNRs LO,HI with LO < HI, got "
-                f"{args.interval}")
-        return {"name": "interval", "lam_lo": bounds[0], "lam_hi": bounds[1]}
-    if args.cfg_variant == "rescale":
-        require(0.0 <= args.phi <= 1.0, f"--phi must lie in [0, 1], got {args.phi}")
-        return {"name": "rescale", "phi": args.phi}
-    require(args.apg_threshold is None or args.apg_threshold > 0, "--apg-threshold must be positive")
-    return {"name": "apg", "eta": args.apg_eta, "momentum": args.apg_momentum, "norm_threshold": args.apg_threshold}
 
 
 def run(args) -> int:
@@ -108,13 +82,15 @@ def run(args) -> int:
     else:
         classes = list(dict.fromkeys(parse_classes(args.classes, num_classes)))
     ws = list(dict.fromkeys(ws))
+    variant = cfg_variant_from_args(args)
+    guide_net = load_model(args.guide_model, device)[0] if args.guide_model is not None else None
     sampler = args.sampler or s.sampler
     steps = args.steps or s.steps
     result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed, device=device,
                       batch_size=args.batch_size, eta=s.eta if args.eta is None else args.eta,
                       v=s.v if args.v is None else args.v, bf16=False if args.no_bf16 else None,
                       guidance=args.guidance, classifier=classifier, base=args.base, cg_form=args.cg_form,
-                      cfg_variant=cfg_variant_from_args(args))
+                      cfg_variant=variant, guide_net=guide_net)
     written = save_samples(args.out, result, max_cols=args.grid_cols)
     total = len(result["x"])
     knob = "w" if args.guidance == "cfg" else f"scale ({args.base} base, {args.cg_form} form)"

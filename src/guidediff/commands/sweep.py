@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="sample at several guidance weights and evaluate each (FID/IS/CAS/P/R)")
@@ -27,6 +29,10 @@ def add_parser(subparsers) -> None:
                    help="classifier guidance on the unconditional (default) or conditional prediction")
     p.add_argument("--cg-form", choices=["score", "mean"], default="score",
                    help="score form (any sampler) or ancestral mean shift (needs --sampler ancestral)")
+    add_cfg_variant_arguments(p)
+    p.add_argument("--compile", action="store_true",
+                   help="run the networks through torch.compile (on a GPU about 3x faster sampling after a "
+                        "minute of compilation)")
     p.set_defaults(func=run)
 
 
@@ -43,10 +49,12 @@ def run(args) -> int:
     else:
         require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
         knobs = parse_floats(args.w or "0,0.1,0.3,0.5,1,2,3,4", "--w")
+    require(args.guidance == "cfg" or args.cfg_variant == "plain", "--cfg-variant applies to --guidance cfg only")
     run_sweep(
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
         sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
         noisy_classifier=args.noisy_classifier, base=args.base, cg_form=args.cg_form,
+        cfg_variant=cfg_variant_from_args(args), guide_model=args.guide_model, compile=args.compile,
     )
     return 0
