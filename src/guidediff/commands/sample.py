@@ -46,6 +46,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from guidediff.ddgan.detect import is_ddgan_source
+
+    if is_ddgan_source(args.model):  # a `guidediff train-ddgan` run: T fixed steps, no guidance
+        from guidediff.ddgan.sample import run_sample_command
+
+        return run_sample_command(args)
+
     from guidediff.checkpoint import load_model
     from guidediff.errors import require
     from guidediff.parsing import parse_classes, parse_floats

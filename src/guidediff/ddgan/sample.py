@@ -160,3 +160,66 @@ def save_preview(path: str | Path, result: dict[str, Any], config: DDGANConfig, 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def sample_to_dir(source: str | Path, out: str | Path, n: int, *, classes: str | None = None, seed: int = 0,
+                  device: str | torch.device | None = "auto", batch_size: int = 256, weights: str = "ema",
+                  bf16: bool | None = None, max_cols: int = 16) -> tuple[dict[str, Any], DDGANConfig, list[Path]]:
+    """`guidediff sample` for a DDGAN: n samples per class written to out as samples.npz (x, y, w as in
+    ``generate``; w all 0) and a PNG (images: grid_w0.png, a row per class; 2-D: samples.png, a scatter
+    over the modes). classes: the --classes text (all, 0-9, 0,3,5); None or "all" samples every class,
+    and is the only choice for an unconditional model. Returns (result, config, files written)."""
+    from guidediff.parsing import parse_classes
+    from guidediff.sampling import save_samples
+
+    require(isinstance(n, int) and n >= 1, f"--n must be >= 1, got {n}")
+    G, config = load_generator(source, resolve_device(device), weights=weights)
+    _, num_classes = data_spec(config.data.name)
+    if config.data.conditional:
+        picked = parse_classes(classes if classes is not None else "all", num_classes)
+    else:
+        require(classes in (None, "all", ""), f"this DDGAN ({config.data.name}) is unconditional (no classes); "
+                "leave --classes out")
+        picked = None
+    result = generate(G, config, n, classes=picked, seed=seed, device=device, batch_size=batch_size, bf16=bf16)
+    if result["x"].ndim == 4:
+        return result, config, save_samples(out, result, max_cols=max_cols)
+    # 2-D points keep the contract's float [N, 2] form; a grid of images does not exist for them
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "samples.npz", x=result["x"], y=result["y"], w=result["w"])
+    return result, config, [out / "samples.npz", save_preview(out / "samples.png", result, config)]
+
+
+# `guidediff sample` options that DDGAN cannot honour, with the value that means "not given"
+_DIFFUSION_ONLY = (("w", "--w", None), ("guidance", "--guidance", "cfg"), ("cfg_variant", "--cfg-variant", "plain"),
+                   ("sampler", "--sampler", None), ("steps", "--steps", None), ("eta", "--eta", None),
+                   ("v", "--v", None), ("scale", "--scale", None), ("noisy_classifier", "--classifier", None),
+                   ("interval", "--interval", None), ("guide_model", "--guide-model", None))
+
+
+def run_sample_command(args) -> int:
+    """The DDGAN branch of `guidediff sample` (commands/sample.py routes here when
+    ddgan.detect.is_ddgan_source(args.model)): refuse the diffusion-only options, sample, report."""
+    from guidediff.parsing import parse_floats
+
+    for attr, flag, unset in _DIFFUSION_ONLY:
+        value = getattr(args, attr, unset)
+        if attr == "w" and value is not None and all(w == 0 for w in parse_floats(value, "--w")):
+            continue
+        require(value == unset, f"{flag} does not apply to a DDGAN model: it samples with the T steps fixed at "
+                "training and has no guidance; leave it out")
+    require(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    result, config, written = sample_to_dir(
+        args.model, args.out, args.n, classes=None if args.classes == "all" else args.classes, seed=args.seed,
+        device=args.device, batch_size=args.batch_size, weights=args.weights,
+        bf16=False if args.no_bf16 else None, max_cols=args.grid_cols)
+    total = len(result["x"])
+    rows = f"{len(set(result['y'].tolist()))} classes" if config.data.conditional else "unconditional"
+    print(f"wrote {total} {'images' if result['x'].ndim == 4 else 'points'} ({rows} x {args.n}) with "
+          f"DDGAN T={config.diffusion.T} on {resolve_device(args.device)}")
+    print(f"NFE per image: {result['nfe_per_image']}; {result['seconds'] / total * 1e3:.2f} ms per image "
+          f"({result['seconds']:.2f} s)")
+    for path in written:
+        print(f"  {path}")
+    return 0
