@@ -4,6 +4,10 @@ wall-clock minutes on the same GPU, then FID-FMNIST and CAS at w = 0, 1, 3 for b
 Writes benchmarks/results/quality_vs_diffusers.json (or $BENCH_OUT).
 
     python benchmarks/quality_vs_diffusers.py --minutes 6 --n 5000
+
+The two sides can run as two processes (``--side ours`` / ``--side diffusers``, each writing
+quality_vs_diffusers_<side>.json) and be joined with ``--merge OURS.json DIFFUSERS.json``. Run at
+the same time they share the GPU for the same minutes; the JSON records which way it was run.
 """
 
 from __future__ import annotations
@@ -105,21 +109,8 @@ def diffusers_side(minutes: float, ws: list[float], per_class: int, steps: int, 
     return {"steps": step, "train_minutes": train_minutes, "points": points, **info}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=6.0, help="training wall time per side")
-    parser.add_argument("--n", type=int, default=5000, help="samples per w (split over the 10 classes)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--w", default="0,1,3")
-    parser.add_argument("--runs", default="runs/quality_vs_diffusers")
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ws = [float(v) for v in args.w.split(",")]
-    per_class = max(args.n // 10, 1)
-    result = {"task": {"minutes": args.minutes, "n_per_w": per_class * 10, "ddim_steps": args.steps, "w": ws}}
-    result["ours"] = ours(args.minutes, ws, per_class, args.steps, Path(args.runs), device)
-    result["diffusers"] = diffusers_side(args.minutes, ws, per_class, args.steps, device,
-                                         result["ours"]["params"])
+def compare(result: dict) -> dict:
+    """Add the verdict (ours better FID and at least equal CAS at every w) and print the table."""
     result["ours_better_at_every_w"] = all(
         o["fid"] < d["fid"] and o["cas"] >= d["cas"]
         for o, d in zip(result["ours"]["points"], result["diffusers"]["points"]))
@@ -127,7 +118,54 @@ def main() -> None:
     for o, d in zip(result["ours"]["points"], result["diffusers"]["points"]):
         print(f"{o['w']:4g} {o['fid']:9.3f} {d['fid']:14.3f} {o['cas']:9.3f} {d['cas']:14.3f}")
     print(f"floor {result['ours']['points'][0]['fid_floor']:.3f}; ours {result['ours']['steps']} steps, "
-          f"diffusers {result['diffusers']['steps']} steps in {args.minutes} min each")
+          f"diffusers {result['diffusers']['steps']} steps in {result['task']['minutes']} min each")
+    return result
+
+
+def merge(paths: list[str]) -> dict:
+    import json
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    sides = {side: part[side] for part in parts for side in ("ours", "diffusers") if side in part}
+    if set(sides) != {"ours", "diffusers"}:
+        raise SystemExit(f"--merge needs one file with 'ours' and one with 'diffusers'; got {sorted(sides)}")
+    first = parts[0]
+    return compare({**{k: v for k, v in first.items() if k not in ("ours", "diffusers")},
+                    "sides_run": "concurrently on one GPU (two processes)", **sides})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=6.0, help="training wall time per side")
+    parser.add_argument("--n", type=int, default=5000, help="samples per w (split over the 10 classes)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--w", default="0,1,3")
+    parser.add_argument("--runs", default="runs/quality_vs_diffusers")
+    parser.add_argument("--side", choices=["both", "ours", "diffusers"], default="both",
+                        help="train and evaluate one side only (run the two as two processes)")
+    parser.add_argument("--params", type=int, default=7_992_961,
+                        help="with --side diffusers: parameter count to match (ours: UNetConfig.fmnist())")
+    parser.add_argument("--merge", nargs=2, default=None, metavar="JSON", help="only join two one-side results")
+    args = parser.parse_args()
+    if args.merge:
+        result = merge(args.merge)
+        # the sides' own device, torch and commit (first file) win over this machine's
+        common.write_result("quality_vs_diffusers", result)
+        return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ws = [float(v) for v in args.w.split(",")]
+    per_class = max(args.n // 10, 1)
+    result = {"task": {"minutes": args.minutes, "n_per_w": per_class * 10, "ddim_steps": args.steps, "w": ws}}
+    if args.side in ("both", "ours"):
+        result["ours"] = ours(args.minutes, ws, per_class, args.steps, Path(args.runs), device)
+    if args.side in ("both", "diffusers"):
+        params = result["ours"]["params"] if "ours" in result else args.params
+        result["diffusers"] = diffusers_side(args.minutes, ws, per_class, args.steps, device, params)
+    if args.side != "both":
+        common.write_result(f"quality_vs_diffusers_{args.side}", result)
+        return
+    result["sides_run"] = "one after the other"
+    compare(result)
     common.write_result("quality_vs_diffusers", result)
 
 
