@@ -147,3 +147,16 @@ def test_sweep_with_a_cfg_variant_records_it(run_dir, tmp_path, monkeypatch):
     assert summary["cfg_variant"] == {"name": "interval", "lam_lo": -1.0, "lam_hi": 1.0}
     # 4 steps, one inside [−1, 1]: it costs 2 forwards when guided (w = 2), 1 at w = 0
     assert [p["nfe_per_image"] for p in summary["points"]] == [4.0, 5.0]
+
+
+def test_compiled_sampling_matches_eager_and_keeps_honest_counts(run_dir, monkeypatch):
+    # the aot_eager backend traces like inductor but needs no C compiler (and is quick) on CI's CPU
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend="aot_eager", **kw))
+    net, config = load_model(run_dir)
+    eager = generate(net, config, [0, 1], [0.0, 2.0], 3, steps=3, seed=0, device="cpu", progress=False, batch_size=4)
+    compiled = generate(net, config, [0, 1], [0.0, 2.0], 3, steps=3, seed=0, device="cpu", progress=False,
+                        batch_size=4, compile=True)
+    assert np.abs(eager["x"].astype(int) - compiled["x"].astype(int)).max() <= 1
+    # the warm-up batches that compile each shape are not counted
+    assert compiled["nfe_per_image"] == eager["nfe_per_image"] == 4.5
