@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,12 +14,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("GUIDEDIFF_COMMIT", "unknown")
+    """The source commit; $GUIDEDIFF_COMMIT wins (device copies carry a stale .git)."""
+    from guidediff.checkpoint import git_commit
+
+    return git_commit() or "unknown"
 
 
 def environment() -> dict:
