@@ -78,6 +78,11 @@ SampleFn = Callable[[nn.Module, int, Path], None]
 
 @dataclass
 class TrainResult:
+    """``images_per_sec`` = ``images / loop_s``: the global-batch images of THIS invocation's steps
+    over the wall seconds of its training loop (first step to last, the sample hooks, logging and
+    checkpoints inside the loop included; setup before it and the model export after it not).
+    ``elapsed_s`` is the whole call, setup included."""
+
     run_dir: Path
     step: int
     finished: bool
@@ -87,6 +92,8 @@ class TrainResult:
     checkpoint: Path | None
     elapsed_s: float
     model_file: Path | None = None
+    images: int = 0
+    loop_s: float = 0.0
 
 
 def cfg_loss(config: Config) -> LossFn:
@@ -384,6 +391,7 @@ def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resum
     final_loss, ips, saved = None, None, None
     stopped_by = "steps"
     net.train()
+    loop_t0, first_step = time.time(), step
     while step < tc.steps:
         ctx = StepContext(step, step_gen.manual_seed(derive_seed(tc.seed, "step", step)), rank, world, tc.batch_size)
         x, c = batches.get(step, ctx, config.data.hflip)
@@ -444,6 +452,10 @@ def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resum
         if stop:
             stopped_by = "time_limit"
             break
+    loop_s = time.time() - loop_t0
+    # the run's rate, not the last log window's (`ips`): that window may hold one step and a sample hook
+    images = (step - first_step) * tc.batch_size
+    run_ips = images / max(loop_s, 1e-9) if images else None
 
     if bar is not None:
         bar.close()
@@ -459,8 +471,8 @@ def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resum
         model_file = export_model(latest, run_dir / MODEL_FILE)
     accelerator.wait_for_everyone()
     return TrainResult(run_dir=run_dir, step=step, finished=finished, stopped_by=stopped_by, final_loss=final_loss,
-                       images_per_sec=ips, checkpoint=saved or latest_checkpoint(ckpt_root),
-                       elapsed_s=time.time() - t0, model_file=model_file)
+                       images_per_sec=run_ips, checkpoint=saved or latest_checkpoint(ckpt_root),
+                       elapsed_s=time.time() - t0, model_file=model_file, images=images, loop_s=loop_s)
 
 
 def describe(result: TrainResult) -> str:
@@ -469,7 +481,8 @@ def describe(result: TrainResult) -> str:
     if result.final_loss is not None:
         lines.append(f"final loss: {result.final_loss:.5f}")
     if result.images_per_sec is not None:
-        lines.append(f"throughput: {result.images_per_sec:.4g} images/s")
+        lines.append(f"throughput: {result.images_per_sec:.4g} images/s ({result.images} images in "
+                     f"{result.loop_s:.1f} s of training loop, sample hooks and checkpoints included)")
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint}")
     if result.model_file is not None:
