@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -172,3 +174,34 @@ def test_distilled_student_matches_teacher(mix):
         rel3 = float((fixed - target3).pow(2).sum(1).mean() / target3.pow(2).sum(1).mean())
     assert rel < 0.01, rel
     assert rel3 < 0.01, rel3
+
+
+def test_image_student_starts_as_teacher_and_learns_the_guided_prediction():
+    """The w-conditioned UNet loaded from a teacher predicts the teacher's conditional ε at any w;
+    a few distillation steps move it toward the guided ε̃_w on the batch it sees."""
+    from guidediff.distill import distill_images, guided_teacher
+    from guidediff.nets.unet import UNet, UNetConfig
+    from guidediff.nets.w_conditioned import AtWeight, WConditionedUNet
+
+    torch.manual_seed(0)
+    config = UNetConfig(image_size=8, in_channels=1, num_classes=3, base_channels=16, channel_mult=(1, 2),
+                        num_res_blocks=1, attention_resolutions=(), dropout=0.0, head_channels=16)
+    teacher = UNet(config)
+    for p in teacher.parameters():  # ADM zero-inits the output: give the teacher a non-trivial ε
+        torch.nn.init.normal_(p, std=0.05)
+    teacher.eval()
+    student = WConditionedUNet.from_teacher(teacher).eval()
+    z, lam, c = torch.randn(6, 1, 8, 8), torch.linspace(-5, 5, 6), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        assert torch.allclose(student(z, lam, c, torch.full((6,), 3.0)), teacher(z, lam, c), atol=1e-6)
+        assert torch.allclose(AtWeight(student, 3.0)(z, lam, c), teacher(z, lam, c), atol=1e-6)
+    images, labels = torch.rand(32, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (32,))
+    w = torch.full((6,), 2.0)
+    with torch.no_grad():
+        target = guided_teacher(teacher, 3)(z, lam, c, w)
+        before = (student(z, lam, c, w) - target).pow(2).mean()
+    losses = distill_images(student, teacher, images, labels, lambda u: 10 - 20 * u, 3, steps=60, batch=32,
+                            lr=1e-4, w_range=(2.0, 2.0))
+    with torch.no_grad():
+        after = (student(z, lam, c, w) - target).pow(2).mean()
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) and after < 0.5 * before

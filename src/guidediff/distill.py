@@ -110,3 +110,51 @@ def train_student(
         sched.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def distill_images(
+    student: torch.nn.Module,
+    teacher: Denoiser,
+    images: Tensor,
+    labels: Tensor,
+    lam_of_u: Callable[[Tensor], Tensor],
+    null_class: int,
+    *,
+    steps: int,
+    seconds: float | None = None,
+    batch: int = 128,
+    lr: float = 5e-5,
+    w_range: tuple[float, float] = (0.0, 4.0),
+    bf16: bool = False,
+    seed: int = 0,
+) -> list[float]:
+    """Stage-one distillation on images: x, c from (``images`` in [−1, 1], ``labels``) on the
+    student's device, λ = ``lam_of_u``(u) with u ~ U(0, 1) (the teacher's training distribution),
+    w ~ U(w_range), target the teacher's CFG prediction. Adam at a constant rate (the student
+    starts from the teacher's weights, see ``nets.w_conditioned.WConditionedUNet.from_teacher``);
+    stops after ``steps`` or ``seconds``. Returns the loss per step."""
+    import time
+
+    require(steps >= 1 and batch >= 1, "distillation needs steps >= 1 and batch >= 1")
+    device = images.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    target_of = guided_teacher(teacher, null_class)
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    losses, start = [], time.perf_counter()
+    student.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (batch,), device=device, generator=gen)
+        x, c = images[idx], labels[idx]
+        lam = lam_of_u(torch.rand(batch, device=device, generator=gen))
+        w = w_range[0] + (w_range[1] - w_range[0]) * torch.rand(batch, device=device, generator=gen)
+        z = q_sample(x, lam, torch.randn(x.shape, device=device, generator=gen))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = distill_loss(lambda *a: student(*a).float(), target_of, z, lam, c, w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+        if seconds is not None and time.perf_counter() - start > seconds:
+            break
+    student.eval()
+    return [float(v) for v in losses]

@@ -247,9 +247,12 @@ class UNetEncoder(nn.Module):
         self.bottom_resolution = config.resolutions[-1]
 
     def forward(
-        self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor | None = None
+        self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor | None = None,
+        extra_emb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         emb = self.embed(lam, c)
+        if extra_emb is not None:  # one more condition (e.g. the distilled student's w)
+            emb = emb + extra_emb
         h = self.input_conv(z)
         skips = [h]
         for block in self.down:
@@ -293,8 +296,9 @@ class UNet(nn.Module):
         assert not skips, "decoder must consume every encoder skip"
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_module(conv3x3(ch, config.output_channels)))
 
-    def forward(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        h, skips, emb = self.encoder(z, lam, c)
+    def forward(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor | None = None,
+                extra_emb: torch.Tensor | None = None) -> torch.Tensor:
+        h, skips, emb = self.encoder(z, lam, c, extra_emb)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h).to(z.dtype)
