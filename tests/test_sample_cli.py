@@ -160,3 +160,22 @@ def test_compiled_sampling_matches_eager_and_keeps_honest_counts(run_dir, monkey
     assert np.abs(eager["x"].astype(int) - compiled["x"].astype(int)).max() <= 1
     # the warm-up batches that compile each shape are not counted
     assert compiled["nfe_per_image"] == eager["nfe_per_image"] == 4.5
+
+
+def test_distill_command_writes_a_student_that_samples_at_one_forward_per_step(run_dir, tmp_path, capsys, monkeypatch):
+    import guidediff.data.images as images
+
+    # the tiny run trained on in-memory arrays: serve the same arrays as its dataset
+    monkeypatch.setattr(images, "load_dataset", lambda *a, **k: tiny_arrays())
+    assert main(["distill", str(run_dir), "--steps", "3", "--batch-size", "8", "--device", "cpu",
+                 "--out", str(tmp_path / "student")]) == 0
+    student_file = tmp_path / "student" / "model.safetensors"
+    student, config = load_model(student_file)
+    assert hasattr(student, "w_embed")
+    result = generate(student, config, [0, 1], [0.0, 2.0], 2, steps=3, seed=0, device="cpu", progress=False)
+    assert result["nfe_per_image"] == 3 and result["x"].shape == (8, 8, 8, 1)
+    capsys.readouterr()
+    assert sample(student_file, tmp_path / "s") == 0 and "NFE per image: 3.0" in capsys.readouterr().out
+    assert sample(student_file, tmp_path / "bad", "--cfg-variant", "rescale") == 2
+    err = capsys.readouterr().err.strip()
+    assert "distilled student" in err and "\n" not in err

@@ -436,6 +436,30 @@ def export_model(checkpoint: str | Path, out_file: str | Path, weights: str = "e
     return out_file
 
 
+def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str | Path, dtype: str = "float16",
+               **info: Any) -> Path:
+    """Write network weights as an exported model (the format ``load_model`` reads), with ``info``
+    (JSON-able values) in the metadata and beside it as out_file.json. Atomic."""
+    require(dtype in EXPORT_DTYPES, f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    out_file = Path(out_file)
+    require(out_file.suffix == ".safetensors", f"the model file must end in .safetensors, got {out_file}")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": MODEL_FORMAT, "config": json.dumps(config.to_dict()), "dtype": dtype, "commit": str(git_commit()),
+            "torch": torch.__version__, **{k: json.dumps(v) for k, v in info.items()},
+            "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
+    try:
+        _save_tensors({k: v.detach().to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v.detach()
+                       for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, out_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    readable = {k: json.loads(v) if k == "config" or k in info else v for k, v in meta.items()}
+    _write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
+    return out_file
+
+
 def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata with config/commands parsed) of an exported model file."""
     path = Path(path)
@@ -479,11 +503,14 @@ def load_weights(source: str | Path, weights: str = "ema") -> tuple[dict[str, to
 def load_model(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema"):
     """(net in eval mode on `device`, Config) from a checkpoint or run directory, an exported
     .safetensors model, or a shipped model name such as 'fmnist-cfg'. Only the path is needed:
-    the config travels inside."""
+    the config travels inside. A distilled student (``guidediff distill``; its weights include the
+    w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``."""
     from guidediff.nets.unet import UNet
+    from guidediff.nets.w_conditioned import WConditionedUNet
 
     tensors, config, where = load_weights(source, weights)
-    net = UNet(config.model)
+    student = any(k.startswith("w_embed.") for k in tensors)
+    net = (WConditionedUNet if student else UNet)(config.model)
     check_state_dict(tensors, net.state_dict(), where)
     net.load_state_dict(tensors)
     return net.to(device).eval().requires_grad_(False), config

@@ -153,6 +153,12 @@ def generate(
     cuda = device.type == "cuda"
     bf16 = cuda if bf16 is None else bf16
     channels_last = cuda if channels_last is None else channels_last
+    # a distilled student (guidance distillation) takes w as an input: one forward per step
+    student_w: dict[str, torch.Tensor] = {}
+    distilled = hasattr(net, "w_embed")
+    require(not distilled or (not cg and cfg_variant is None),
+            "this model is a distilled student: it applies w itself, so leave out --guidance classifier and "
+            "--cfg-variant")
     autoguided = cfg_variant is not None and cfg_variant.get("name") == "autoguidance"
     require(guide_net is None or autoguided, "a guide model is only used by the autoguidance variant")
     if autoguided:
@@ -165,7 +171,7 @@ def generate(
                 "the guide model must make the same images with the same label set as the model; train it "
                 "on the same data (an early or smaller checkpoint of the same run)")
 
-    def as_denoiser(module: torch.nn.Module) -> CountingDenoiser:
+    def as_denoiser(module: torch.nn.Module, takes_w: bool = False) -> CountingDenoiser:
         module = module.to(device).eval()
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
@@ -175,11 +181,13 @@ def generate(
             if channels_last:
                 z = z.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                if takes_w:
+                    return forward(z, lam, c, student_w["w"]).float()
                 return forward(z, lam, c).float()
 
         return CountingDenoiser(network)
 
-    counter = as_denoiser(net)
+    counter = as_denoiser(net, takes_w=distilled)
     guide_counter = as_denoiser(guide_net) if autoguided else None
     grad_log_prob, classifier_rows = None, [0]
     if cg:
@@ -200,7 +208,7 @@ def generate(
     options["clip_x"] = clip_x
     # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
     kinds: dict[float | None, list[int]] = {}
-    plain = not cg and cfg_variant is None
+    plain = not cg and cfg_variant is None and not distilled
     for k, (w, _, _) in enumerate(items):
         kinds.setdefault(w if plain and w in (0.0, -1.0) else None, []).append(k)
     batches = [ks[lo:lo + batch_size] for ks in kinds.values() for lo in range(0, len(ks), batch_size)]
@@ -227,6 +235,9 @@ def generate(
                 step_options["mean_shift"] = classifier_mean_shift(grad_log_prob, w)
             else:
                 guided = classifier_guidance(guided, grad_log_prob, w)
+        elif distilled:
+            student_w["w"] = torch.tensor([w for w, _, _ in chunk], dtype=torch.float32, device=device)
+            guided = counter
         else:
             guided = counter if num_classes == 0 else guided_cfg(counter, w, null, cfg_variant, guide_counter)
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))

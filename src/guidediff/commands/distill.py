@@ -1,0 +1,76 @@
+"""`guidediff distill TEACHER --out DIR`: guidance distillation, stage one (Meng et al. 2023)."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "distill", help="distill a CFG model into a w-conditioned student that samples guided at one forward per step",
+        description="Stage one of guidance distillation (Meng et al. 2023): a student started from the teacher's "
+                    "weights, plus an embedding of w, learns the teacher's guided prediction "
+                    "(1+w)*eps(z,c) - w*eps(z,null) for w in [0, --w-max] on the teacher's training data. Writes "
+                    "DIR/model.safetensors; sample it like any model (guidediff sample DIR/model.safetensors --w 1).")
+    p.add_argument("teacher", help="the CFG model: checkpoint or run directory, exported model, or shipped name")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
+    p.add_argument("--steps", type=int, default=20000, help="at most this many steps (default 20000)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-5, help="Adam learning rate (default 5e-5: a fine-tune)")
+    p.add_argument("--w-max", type=float, default=4.0, help="train for w in [0, W_MAX] (default 4)")
+    p.add_argument("--data-dir", default=None, help="where the teacher's dataset lives, if not the config's")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from guidediff.checkpoint import load_model, save_model
+    from guidediff.data.images import load_dataset
+    from guidediff.distill import distill_images
+    from guidediff.errors import require
+    from guidediff.nets.w_conditioned import WConditionedUNet
+    from guidediff.sampling import resolve_device
+    from guidediff.schedules import make_schedule
+
+    require(args.steps >= 1 and args.batch_size >= 1, "--steps and --batch-size must be >= 1")
+    require(args.minutes is None or args.minutes > 0, "--minutes must be positive")
+    require(args.w_max > 0, f"--w-max must be positive, got {args.w_max}")
+    device = resolve_device(args.device)
+    teacher_net, config = load_model(args.teacher, device)
+    require(not hasattr(teacher_net, "w_embed"), f"{args.teacher} is already a distilled student; pass the CFG model")
+    require(config.model.num_classes > 0 and config.diffusion.p_uncond > 0,
+            "the teacher must be a class-conditional model trained with condition dropout (p_uncond > 0)")
+    d, dc = config.data, config.diffusion
+    data = load_dataset(d.name, "train", data_dir=args.data_dir or d.data_dir, resolution=d.resolution,
+                        channels=d.channels, skip_bad=d.skip_bad_images)
+    x = torch.from_numpy(data.images).to(device).float().div(127.5).sub(1).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(data.labels).to(device).long()
+    cuda = device.type == "cuda"
+
+    def teacher(z, lam, c):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            return teacher_net(z, lam, c).float()
+
+    student = WConditionedUNet.from_teacher(teacher_net).to(device).requires_grad_(True)
+    schedule = make_schedule(dc.schedule, dc.lam_min, dc.lam_max)
+    start = time.perf_counter()
+    losses = distill_images(student, teacher, x, y, schedule.lam, config.model.num_classes, steps=args.steps,
+                            seconds=None if args.minutes is None else 60 * args.minutes, batch=args.batch_size,
+                            lr=args.lr, w_range=(0.0, args.w_max), bf16=cuda, seed=args.seed)
+    seconds = time.perf_counter() - start
+    k = max(1, min(100, len(losses) // 2))
+    out = save_model(student.state_dict(), config, Path(args.out) / "model.safetensors",
+                     distilled_from=str(args.teacher), distill={"steps": len(losses), "seconds": round(seconds, 1),
+                                                               "batch": args.batch_size, "lr": args.lr,
+                                                               "w_range": [0.0, args.w_max],
+                                                               "loss_first": sum(losses[:k]) / k,
+                                                               "loss_last": sum(losses[-k:]) / k})
+    print(f"distilled {len(losses)} steps in {seconds:.0f} s on {device}; loss {sum(losses[:k]) / k:.4f} -> "
+          f"{sum(losses[-k:]) / k:.4f} (mean of the first and last {k} steps)")
+    print(f"wrote {out}; sample it with: guidediff sample {out} --w 0,1,3")
+    return 0
