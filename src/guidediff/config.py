@@ -178,21 +178,21 @@ _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a s
 _PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         return f"a list of {_PLURALS.get(typing.get_args(tp)[0], 'values')}"
     return _NAMES.get(tp, str(tp))
 
 
-def _convert(value: Any, tp: Any) -> tuple[bool, Any]:
+def convert_value(value: Any, tp: Any) -> tuple[bool, Any]:
     """(ok, converted value) for a JSON/TOML value against an annotation."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
-            ok, out = _convert(value, arg)
+            ok, out = convert_value(value, arg)
             if ok:
                 return True, out
         return False, value
@@ -213,7 +213,7 @@ def _convert(value: Any, tp: Any) -> tuple[bool, Any]:
         (item_tp, *_) = typing.get_args(tp)
         items = []
         for v in value:
-            ok, out = _convert(v, item_tp)
+            ok, out = convert_value(v, item_tp)
             if not ok:
                 return False, value
             items.append(out)
@@ -225,7 +225,7 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _unknown(kind: str, name: str, choices: list[str]) -> UsageError:
+def unknown_key_error(kind: str, name: str, choices: list[str]) -> UsageError:
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}?" if close else f"valid {kind}s: {', '.join(choices)}"
     return UsageError(f"unknown config {kind} {name!r}; {hint}")
@@ -234,21 +234,21 @@ def _unknown(kind: str, name: str, choices: list[str]) -> UsageError:
 def set_value(config: Config, dotted: str, value: Any, source: str = "override") -> None:
     """Assign ``section.key = value`` on config, checking that the key exists and the type fits."""
     if dotted in TOP_LEVEL:
-        ok, value = _convert(value, str | None)
+        ok, value = convert_value(value, str | None)
         require(ok, f"{dotted} must be a string path ({source}), got {value!r}")
         setattr(config, dotted, value)
         return
     section, _, key = dotted.partition(".")
     if section not in SECTIONS:
         if not key:
-            raise _unknown("key", dotted, all_keys())
-        raise _unknown("section", section, list(SECTIONS) + list(TOP_LEVEL))
+            raise unknown_key_error("key", dotted, all_keys())
+        raise unknown_key_error("section", section, list(SECTIONS) + list(TOP_LEVEL))
     hints = _field_types(SECTIONS[section])
     if key not in hints:
-        raise _unknown("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
-    ok, converted = _convert(value, hints[key])
+        raise unknown_key_error("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
+    ok, converted = convert_value(value, hints[key])
     if not ok:
-        raise UsageError(f"config key {dotted} ({source}) must be {_type_name(hints[key])}, got {value!r}")
+        raise UsageError(f"config key {dotted} ({source}) must be {type_name(hints[key])}, got {value!r}")
     setattr(getattr(config, section), key, converted)
 
 
@@ -260,7 +260,7 @@ def apply_overrides(config: Config, nested: dict[str, Any], source: str = "confi
             set_value(config, section, body, source)
             continue
         if section not in SECTIONS:
-            raise _unknown("section", section, list(SECTIONS) + list(TOP_LEVEL))
+            raise unknown_key_error("section", section, list(SECTIONS) + list(TOP_LEVEL))
         require(isinstance(body, dict), f"[{section}] in {source} must be a table of keys, got {body!r}")
         for key, value in body.items():
             set_value(config, f"{section}.{key}", value, source)

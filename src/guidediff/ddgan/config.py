@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guidediff.config import _convert, _type_name, _unknown, load_toml, parse_override
+from guidediff.config import convert_value, load_toml, parse_override, type_name, unknown_key_error
 from guidediff.errors import UsageError, require
 
 DATASETS = ("fmnist", "stacked-fmnist", "grid25")
@@ -244,13 +244,14 @@ def set_value(config: DDGANConfig, dotted: str, value: Any, source: str = "overr
 
     section, _, key = dotted.partition(".")
     if section not in SECTIONS:
-        raise _unknown("section" if key else "key", section if key else dotted, list(SECTIONS) if key else all_keys())
+        raise unknown_key_error("section" if key else "key", section if key else dotted,
+                                list(SECTIONS) if key else all_keys())
     hints = typing.get_type_hints(SECTIONS[section])
     if key not in hints:
-        raise _unknown("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
-    ok, converted = _convert(value, hints[key])
+        raise unknown_key_error("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
+    ok, converted = convert_value(value, hints[key])
     if not ok:
-        raise UsageError(f"config key {dotted} ({source}) must be {_type_name(hints[key])}, got {value!r}")
+        raise UsageError(f"config key {dotted} ({source}) must be {type_name(hints[key])}, got {value!r}")
     setattr(getattr(config, section), key, converted)
 
 
