@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     import json
+    import os
     import shlex
 
     from guidediff.errors import UsageError, require
@@ -43,6 +44,7 @@ def run(args) -> int:
     from guidediff.data.images import load_dataset
     from guidediff.noisy_classifier_training import train_noisy_classifier
 
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun
     d = config.data
     train_set = load_dataset(d.name, "train", data_dir=d.data_dir, resolution=d.resolution, channels=d.channels,
                              skip_bad=d.skip_bad_images)
@@ -51,7 +53,8 @@ def run(args) -> int:
                                 skip_bad=d.skip_bad_images)
     except UsageError as exc:
         # an image folder without a test/ split: monitor on training images (optimistic), and say so
-        print(f"note: no test split ({exc}); accuracy vs lambda is measured on training images")
+        if main_process:
+            print(f"note: no test split ({exc}); accuracy vs lambda is measured on training images")
         test_set = train_set
     command = shlex.join(["guidediff", "train-noisy-classifier", *(["--config", args.config] if args.config else []),
                           *[a for item in args.set for a in ("--set", item)], "--out", str(run_dir)])
@@ -60,10 +63,11 @@ def run(args) -> int:
         time_limit_s=args.time_limit * 60 if args.time_limit else None, progress=not args.no_progress, command=command)
     from guidediff.train import describe
 
-    print(describe(result))
-    if not accuracy:  # not the main process
+    if not main_process or not accuracy:
         return 0
-    print("accuracy vs lambda (test set): " + json.dumps(
+    print(describe(result))
+    held_out = "test set" if test_set is not train_set else "training images"
+    print(f"accuracy vs lambda ({held_out}): " + json.dumps(
         {f"{c:.1f}": round(a, 3) for c, a in zip(accuracy["lam_centers"], accuracy["accuracy"])}))
     print(f"wrote {run_dir / 'accuracy_vs_lam.json'} and accuracy_vs_lam.png")
     return 0
