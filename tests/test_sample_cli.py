@@ -179,3 +179,19 @@ def test_distill_command_writes_a_student_that_samples_at_one_forward_per_step(r
     assert sample(student_file, tmp_path / "bad", "--cfg-variant", "rescale") == 2
     err = capsys.readouterr().err.strip()
     assert "distilled student" in err and "\n" not in err
+
+
+def test_the_model_config_can_choose_the_guidance_method(tmp_path, capsys):
+    path = tmp_path / "run"
+    train(tiny_config("train.steps=2", "train.sample_every=100", 'sample.cfg_variant="rescale"', "sample.phi=0.5"),
+          path, dataset=tiny_arrays(), progress=False, log=lambda _m: None)
+    capsys.readouterr()
+    assert sample(path, tmp_path / "from_config") == 0
+    assert "guidance: phi 0.5 (rescale)" in capsys.readouterr().out
+    # a variant named on the command line takes none of the config's options
+    assert sample(path, tmp_path / "explicit", "--cfg-variant", "apg") == 0
+    assert "guidance: eta 0.0, momentum 0.0, norm_threshold None (apg)" in capsys.readouterr().out
+    assert sample(path, tmp_path / "plain", "--cfg-variant", "plain") == 0
+    assert "guidance:" not in capsys.readouterr().out
+    with pytest.raises(Exception, match="sample.cfg_variant 'bogus' is unknown"):
+        tiny_config('sample.cfg_variant="bogus"').validate()

@@ -6,41 +6,55 @@ VARIANTS = ("plain", "interval", "rescale", "apg", "autoguidance")
 
 
 def add_cfg_variant_arguments(p) -> None:
-    p.add_argument("--cfg-variant", choices=VARIANTS, default="plain",
+    p.add_argument("--cfg-variant", choices=VARIANTS, default=None,
                    help="CFG as in the paper (plain), or: guidance only for lambda in --interval (interval), "
                         "CFG rescale with --phi (rescale), adaptive projected guidance (apg), or autoguidance "
-                        "with --guide-model in place of the unconditional prediction")
+                        "with --guide-model in place of the unconditional prediction (default: the model config's "
+                        "sample.cfg_variant, else plain)")
     p.add_argument("--interval", default=None, metavar="LO,HI", help="interval: the log-SNR range that is guided")
-    p.add_argument("--phi", type=float, default=0.7, help="rescale: 0 is plain CFG, 1 full rescale (default 0.7)")
-    p.add_argument("--apg-eta", type=float, default=0.0, help="apg: weight of the parallel part (1: plain CFG)")
-    p.add_argument("--apg-momentum", type=float, default=0.0, help="apg: momentum beta (the paper uses -0.5)")
+    p.add_argument("--phi", type=float, default=None, help="rescale: 0 is plain CFG, 1 full rescale (default 0.7)")
+    p.add_argument("--apg-eta", type=float, default=None, help="apg: weight of the parallel part (1: plain CFG; default 0)")
+    p.add_argument("--apg-momentum", type=float, default=None, help="apg: momentum beta (the paper uses -0.5; default 0)")
     p.add_argument("--apg-threshold", type=float, default=None, help="apg: norm threshold r of the update")
     p.add_argument("--guide-model", default=None,
                    help="autoguidance: the guide, a less-trained or smaller model of the same data (run dir, "
                         "checkpoint or exported file)")
 
 
-def cfg_variant_from_args(args) -> dict | None:
-    """The --cfg-variant options as generate's ``cfg_variant``; None for plain CFG."""
+def cfg_variant_from_args(args, sample_config=None) -> dict | None:
+    """The --cfg-variant options as generate's ``cfg_variant``; None for plain CFG. An option left
+    out on the command line takes the model config's [sample] value (``sample_config``), so a
+    config can choose the method; a --cfg-variant given on the command line uses only its own
+    options and the built-in defaults."""
+    from guidediff.config import SampleConfig
     from guidediff.errors import require
     from guidediff.parsing import parse_floats
 
-    require(args.cfg_variant == "autoguidance" or args.guide_model is None,
-            "--guide-model is used only by --cfg-variant autoguidance")
-    if args.cfg_variant == "plain":
-        require(args.interval is None, "--interval needs --cfg-variant interval")
+    from_config = args.cfg_variant is None and sample_config is not None
+    sc = sample_config if from_config else SampleConfig()
+    name = args.cfg_variant or sc.cfg_variant
+    guide = args.guide_model if args.guide_model is not None else (sc.guide_model or None)
+    interval = args.interval if args.interval is not None else (",".join(map(str, sc.interval)) or None)
+    phi = sc.phi if args.phi is None else args.phi
+    apg_eta = sc.apg_eta if args.apg_eta is None else args.apg_eta
+    apg_momentum = sc.apg_momentum if args.apg_momentum is None else args.apg_momentum
+    threshold = args.apg_threshold if args.apg_threshold is not None else (sc.apg_threshold or None)
+    args.guide_model = guide  # the caller loads the guide
+    require(name == "autoguidance" or guide is None, "--guide-model is used only by --cfg-variant autoguidance")
+    if name == "plain":
+        require(interval is None, "--interval needs --cfg-variant interval")
         return None
-    if args.cfg_variant == "autoguidance":
-        require(args.guide_model is not None, "--cfg-variant autoguidance needs --guide-model PATH")
+    if name == "autoguidance":
+        require(guide is not None, "--cfg-variant autoguidance needs --guide-model PATH (or sample.guide_model)")
         return {"name": "autoguidance"}
-    if args.cfg_variant == "interval":
-        require(args.interval is not None, "--cfg-variant interval needs --interval LO,HI (log-SNR), e.g. --interval=-4,4")
-        bounds = parse_floats(args.interval, "--interval")
+    if name == "interval":
+        require(interval is not None, "--cfg-variant interval needs --interval LO,HI (log-SNR), e.g. --interval=-4,4")
+        bounds = parse_floats(interval, "--interval")
         require(len(bounds) == 2 and bounds[0] < bounds[1], f"--interval takes two log-SNRs LO,HI with LO < HI, got "
-                f"{args.interval}")
+                f"{interval}")
         return {"name": "interval", "lam_lo": bounds[0], "lam_hi": bounds[1]}
-    if args.cfg_variant == "rescale":
-        require(0.0 <= args.phi <= 1.0, f"--phi must lie in [0, 1], got {args.phi}")
-        return {"name": "rescale", "phi": args.phi}
-    require(args.apg_threshold is None or args.apg_threshold > 0, "--apg-threshold must be positive")
-    return {"name": "apg", "eta": args.apg_eta, "momentum": args.apg_momentum, "norm_threshold": args.apg_threshold}
+    if name == "rescale":
+        require(0.0 <= phi <= 1.0, f"--phi must lie in [0, 1], got {phi}")
+        return {"name": "rescale", "phi": phi}
+    require(threshold is None or threshold > 0, "--apg-threshold must be positive")
+    return {"name": "apg", "eta": apg_eta, "momentum": apg_momentum, "norm_threshold": threshold}

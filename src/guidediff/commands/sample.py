@@ -78,7 +78,7 @@ def run(args) -> int:
         require(args.scale is None and args.noisy_classifier is None,
                 "--scale and --classifier are for --guidance classifier; with CFG give the weights as --w")
         ws = parse_floats(args.w, "--w") if args.w is not None else list(s.w)
-    require(args.guidance == "cfg" or args.cfg_variant == "plain", "--cfg-variant applies to --guidance cfg only")
+    require(args.guidance == "cfg" or args.cfg_variant in (None, "plain"), "--cfg-variant applies to --guidance cfg only")
     require(num_classes > 0 or args.guidance == "cfg",
             "classifier guidance here needs a class-conditional model (its label set and null token); this one "
             "is unconditional")
@@ -89,7 +89,7 @@ def run(args) -> int:
     else:
         classes = list(dict.fromkeys(parse_classes(args.classes, num_classes)))
     ws = list(dict.fromkeys(ws))
-    variant = cfg_variant_from_args(args)
+    variant = cfg_variant_from_args(args, s) if args.guidance == "cfg" else None
     guide_net = load_model(args.guide_model, device)[0] if args.guide_model is not None else None
     sampler = args.sampler or s.sampler
     steps = args.steps or s.steps
@@ -103,6 +103,9 @@ def run(args) -> int:
     knob = "w" if args.guidance == "cfg" else f"scale ({args.base} base, {args.cg_form} form)"
     print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps "
           f"on {device}")
+    if variant is not None:
+        print("guidance: " + ", ".join(f"{k} {v}" for k, v in variant.items() if k != "name") + f" ({variant['name']})"
+              if len(variant) > 1 else f"guidance: {variant['name']}")
     if result.get("classifier_evals_per_image") is not None:
         print(f"classifier gradients per image: {result['classifier_evals_per_image']:.1f} (samples.npz w holds the scale)")
     print(f"NFE per image: {result['nfe_per_image']:.1f}; {result['seconds'] / total * 1e3:.2f} ms per image "

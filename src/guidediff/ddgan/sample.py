@@ -192,7 +192,7 @@ def sample_to_dir(source: str | Path, out: str | Path, n: int, *, classes: str |
 
 
 # `guidediff sample` options that DDGAN cannot honour, with the value that means "not given"
-_DIFFUSION_ONLY = (("w", "--w", None), ("guidance", "--guidance", "cfg"), ("cfg_variant", "--cfg-variant", "plain"),
+_DIFFUSION_ONLY = (("w", "--w", None), ("guidance", "--guidance", "cfg"), ("cfg_variant", "--cfg-variant", None),
                    ("sampler", "--sampler", None), ("steps", "--steps", None), ("eta", "--eta", None),
                    ("v", "--v", None), ("scale", "--scale", None), ("noisy_classifier", "--classifier", None),
                    ("interval", "--interval", None), ("guide_model", "--guide-model", None))
