@@ -179,7 +179,7 @@ def test_export_and_load_model(tmp_path, parts, monkeypatch):
     path = save(tmp_path / "run" / "checkpoints", 4, config, net, ema, opt)
     out = ck.export_model(tmp_path / "run", tmp_path / "m.safetensors")
     meta = json.loads((tmp_path / "m.json").read_text())
-    assert meta["commit"] == "abc123" and meta["commands"] == ["guidediff train test"] and meta["step"] == "4"
+    assert meta["commit"] == "abc123" and meta["commands"] == ["guidediff train test"] and meta["step"] == 4
     assert meta["config"]["model"]["num_classes"] == 3 and meta["dtype"] == "float16"
     loaded, cfg = ck.load_model(out)
     assert cfg == config

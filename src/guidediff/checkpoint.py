@@ -405,48 +405,26 @@ def export_model(checkpoint: str | Path, out_file: str | Path, weights: str = "e
     float16 by default: half the size (an 8 M-parameter model is 16 MB) at a relative error of
     5e-4 per weight, far below what bf16 sampling already rounds away; loading casts back to float32."""
     require(weights in ("ema", "model"), f"weights must be 'ema' or 'model', got {weights!r}")
-    require(dtype in EXPORT_DTYPES, f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     ck = load_checkpoint(checkpoint, parts=(weights,))
-    out_file = Path(out_file)
-    require(out_file.suffix == ".safetensors", f"the model file must end in .safetensors, got {out_file}")
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": MODEL_FORMAT,
-        "config": json.dumps(ck.config.to_dict()),
-        "commands": json.dumps(ck.state.get("commands", [])),
-        "commit": str(ck.state.get("commit")),
-        "training_time_s": str(ck.state.get("training_time_s")),
-        "step": str(ck.step),
-        "weights": weights,
-        "dtype": dtype,
-        "torch": str(ck.state.get("torch")),
-        "metrics": json.dumps(ck.state.get("metrics", {})),
-        "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
-    try:
-        tensors = {k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v for k, v in ck.tensors[weights].items()}
-        _save_tensors(tensors, tmp, metadata=meta)
-        os.replace(tmp, out_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    readable = {k: json.loads(v) if k in ("config", "commands", "metrics") else v for k, v in meta.items()}
-    _write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
-    return out_file
+    return save_model(ck.tensors[weights], ck.config, out_file, dtype, commands=ck.state.get("commands", []),
+                      commit=ck.state.get("commit"), training_time_s=ck.state.get("training_time_s"), step=ck.step,
+                      weights=weights, torch=ck.state.get("torch"), metrics=ck.state.get("metrics", {}))
 
 
 def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str | Path, dtype: str = "float16",
                **info: Any) -> Path:
-    """Write network weights as an exported model (the format ``load_model`` reads), with ``info``
-    (JSON-able values) in the metadata and beside it as out_file.json. Atomic."""
+    """Write network weights as an exported model (the format ``load_model`` reads): the config and
+    ``info`` (JSON-able values; commit and torch default to this process's) in the safetensors
+    metadata and, readable, beside it as out_file.json. Atomic."""
     require(dtype in EXPORT_DTYPES, f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     out_file = Path(out_file)
     require(out_file.suffix == ".safetensors", f"the model file must end in .safetensors, got {out_file}")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": MODEL_FORMAT, "config": json.dumps(config.to_dict()), "dtype": dtype, "commit": str(git_commit()),
-            "torch": torch.__version__, **{k: json.dumps(v) for k, v in info.items()},
+    info = {"commit": git_commit(), "torch": torch.__version__, **info, "dtype": dtype,
             "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    # metadata values must be strings: plain strings stay as they are, everything else is JSON
+    meta = {"format": MODEL_FORMAT, "config": json.dumps(config.to_dict()),
+            **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}}
     tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
     try:
         _save_tensors({k: v.detach().to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v.detach()
@@ -455,7 +433,7 @@ def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str |
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    readable = {k: json.loads(v) if k == "config" or k in info else v for k, v in meta.items()}
+    readable = {"format": MODEL_FORMAT, "config": config.to_dict(), **info}
     _write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
     return out_file
 
