@@ -45,8 +45,9 @@ ENV_KEYS = ("device", "torch", "commit")
 
 
 def parse_sweep_arg(text: str) -> tuple[str, str]:
-    """'LABEL=PATH' -> (label, path); the label may contain spaces, the first '=' splits."""
-    label, sep, path = text.partition("=")
+    """'LABEL=PATH' -> (label, path); the label may contain spaces and '=' ("rescale phi=0.7"): the
+    last '=' splits, so a path must not contain one."""
+    label, sep, path = text.rpartition("=")
     label, path = label.strip(), path.strip()
     require(bool(sep) and bool(label) and bool(path),
             f"--sweep {text!r} is not LABEL=PATH; write e.g. --sweep \"CFG=benchmarks/results/sweep_fmnist_cfg.json\"")

@@ -23,9 +23,9 @@ import common  # noqa: E402
 from guidediff.checkpoint import load_model  # noqa: E402
 from guidediff.data.fmnist import load_fmnist  # noqa: E402
 from guidediff.diffusion import q_sample  # noqa: E402
-from guidediff.distill import distill_images, guided_teacher  # noqa: E402
+from guidediff.distill import distill_model, guided_teacher  # noqa: E402
 from guidediff.metrics.evaluate import evaluate_samples  # noqa: E402
-from guidediff.nets.w_conditioned import AtWeight, WConditionedUNet  # noqa: E402
+from guidediff.nets.w_conditioned import WConditionedUNet  # noqa: E402
 from guidediff.sampling import generate  # noqa: E402
 from guidediff.schedules import make_schedule  # noqa: E402
 from guidediff.sweep import flatten_metrics  # noqa: E402
@@ -63,30 +63,27 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher_net, config = load_model(args.model, device)
-    teacher_net.eval().requires_grad_(False)
     null = config.model.num_classes
     d = config.diffusion
-    schedule = make_schedule(d.schedule, d.lam_min, d.lam_max)
-    lam_of_u = schedule.lam
+    lam_of_u = make_schedule(d.schedule, d.lam_min, d.lam_max).lam
 
     def teacher(z, lam, c):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             return teacher_net(z, lam, c).float()
 
-    images, labels = load_fmnist("train")
-    x = torch.from_numpy(images.copy()).to(device).float().div(127.5).sub(1).unsqueeze(1)
-    y = torch.from_numpy(labels.copy()).to(device).long()
-    student = WConditionedUNet.from_teacher(teacher_net).to(device)
     test_images, test_labels = load_fmnist("test")
     xt = torch.from_numpy(test_images[:args.held_out].copy()).to(device).float().div(127.5).sub(1).unsqueeze(1)
     yt = torch.from_numpy(test_labels[:args.held_out].copy()).to(device).long()
     ws = [float(v) for v in args.w.split(",")]
     check_ws = sorted({0.0, *ws, 4.0})
     # before training the student is the teacher's conditional prediction: the error to beat
-    error_at_start = held_out_error(student.eval(), teacher, xt, yt, lam_of_u, null, check_ws, seed=1)
+    error_at_start = held_out_error(WConditionedUNet.from_teacher(teacher_net).to(device).eval(), teacher, xt, yt,
+                                    lam_of_u, null, check_ws, seed=1)
+    images, labels = load_fmnist("train")
     t0 = time.perf_counter()
-    losses = distill_images(student, teacher, x, y, lam_of_u, null, steps=10**9, seconds=args.minutes * 60,
-                            batch=args.batch, lr=args.lr, bf16=cuda)
+    student, losses = distill_model(teacher_net, config, torch.from_numpy(images[..., None].copy()),
+                                    torch.from_numpy(labels.copy()), steps=10**9, seconds=args.minutes * 60,
+                                    batch=args.batch, lr=args.lr)
     train_s = time.perf_counter() - t0
     print(f"distilled {len(losses)} steps in {train_s:.0f} s; loss first 100 {sum(losses[:100]) / 100:.4f}, "
           f"last 100 {sum(losses[-100:]) / 100:.4f}", flush=True)
@@ -103,8 +100,8 @@ def main() -> None:
                                                                  "held_out_images": len(xt)},
                "fid_floor": None, "points": []}
     for w in ws:
-        # the student at weight w is an ordinary network: the plain w = 0 path, one forward per step
-        res = generate(AtWeight(student, w), config, list(range(10)), [0.0], args.n // 10, steps=args.steps, seed=0,
+        # generate hands w to the student: one forward per step
+        res = generate(student, config, list(range(10)), [w], args.n // 10, steps=args.steps, seed=0,
                        device=device, batch_size=1000, progress=False)
         m = flatten_metrics(evaluate_samples(res["x"], res["y"], device=device))
         point = {"w": w, **m, "sec_per_image": res["seconds"] / len(res["x"]), "nfe_per_image": res["nfe_per_image"]}

@@ -132,7 +132,7 @@ def test_sweep_argument_without_equals_is_a_usage_error():
         cs.main(["--name", "x", "--sweep", "CFG benchmarks/results/sweep_fmnist_cfg.json"])
     with pytest.raises(UsageError, match="LABEL=PATH"):
         cs.parse_sweep_arg("=a.json")
-    assert cs.parse_sweep_arg("CG uncond=a=b.json") == ("CG uncond", "a=b.json")
+    assert cs.parse_sweep_arg("rescale phi=0.7=a.json") == ("rescale phi=0.7", "a.json")
 
 
 def test_bad_inputs_are_one_line_usage_errors(tmp_path):

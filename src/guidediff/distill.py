@@ -158,3 +158,35 @@ def distill_images(
             break
     student.eval()
     return [float(v) for v in losses]
+
+
+def distill_model(
+    teacher_net: torch.nn.Module,
+    config,
+    images: Tensor,
+    labels: Tensor,
+    **options,
+) -> tuple[torch.nn.Module, list[float]]:
+    """A CFG model (UNet ``teacher_net`` with its Config) distilled into a
+    ``WConditionedUNet`` started from its weights: λ from the model's own schedule, bf16 on CUDA,
+    images uint8 [N, H, W, C] and labels on the teacher's device. ``options`` go to
+    ``distill_images`` (steps, seconds, batch, lr, w_range, seed). Returns (student in eval mode, losses)."""
+    from guidediff.nets.w_conditioned import WConditionedUNet
+    from guidediff.schedules import make_schedule
+
+    require(config.model.num_classes > 0 and config.diffusion.p_uncond > 0,
+            "the teacher must be a class-conditional model trained with condition dropout (p_uncond > 0)")
+    device = next(teacher_net.parameters()).device
+    bf16 = device.type == "cuda"
+
+    def teacher(z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return teacher_net(z, lam, c).float()
+
+    x = images.to(device).float().div(127.5).sub(1).permute(0, 3, 1, 2).contiguous()
+    student = WConditionedUNet.from_teacher(teacher_net).to(device).requires_grad_(True)
+    d = config.diffusion
+    lam_of_u = make_schedule(d.schedule, d.lam_min, d.lam_max).lam
+    losses = distill_images(student, teacher, x, labels.to(device).long(), lam_of_u, config.model.num_classes,
+                            bf16=bf16, **options)
+    return student.requires_grad_(False), losses

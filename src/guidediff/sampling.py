@@ -154,8 +154,10 @@ def generate(
     bf16 = cuda if bf16 is None else bf16
     channels_last = cuda if channels_last is None else channels_last
     # a distilled student (guidance distillation) takes w as an input: one forward per step
+    from guidediff.nets.w_conditioned import WConditionedUNet
+
     student_w: dict[str, torch.Tensor] = {}
-    distilled = hasattr(net, "w_embed")
+    distilled = isinstance(net, WConditionedUNet)
     require(not distilled or (not cg and cfg_variant is None),
             "this model is a distilled student: it applies w itself, so leave out --guidance classifier and "
             "--cfg-variant")

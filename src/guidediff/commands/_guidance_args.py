@@ -21,8 +21,9 @@ def add_cfg_variant_arguments(p) -> None:
                         "checkpoint or exported file)")
 
 
-def cfg_variant_from_args(args, sample_config=None) -> dict | None:
-    """The --cfg-variant options as generate's ``cfg_variant``; None for plain CFG. An option left
+def cfg_variant_from_args(args, sample_config=None) -> tuple[dict | None, str | None]:
+    """(generate's ``cfg_variant``, None for plain CFG; the guide model's path for autoguidance,
+    else None) from the --cfg-variant options. An option left
     out on the command line takes the model config's [sample] value (``sample_config``), so a
     config can choose the method; a --cfg-variant given on the command line uses only its own
     options and the built-in defaults."""
@@ -39,22 +40,21 @@ def cfg_variant_from_args(args, sample_config=None) -> dict | None:
     apg_eta = sc.apg_eta if args.apg_eta is None else args.apg_eta
     apg_momentum = sc.apg_momentum if args.apg_momentum is None else args.apg_momentum
     threshold = args.apg_threshold if args.apg_threshold is not None else (sc.apg_threshold or None)
-    args.guide_model = guide  # the caller loads the guide
     require(name == "autoguidance" or guide is None, "--guide-model is used only by --cfg-variant autoguidance")
     if name == "plain":
         require(interval is None, "--interval needs --cfg-variant interval")
-        return None
+        return None, None
     if name == "autoguidance":
         require(guide is not None, "--cfg-variant autoguidance needs --guide-model PATH (or sample.guide_model)")
-        return {"name": "autoguidance"}
+        return {"name": "autoguidance"}, guide
     if name == "interval":
         require(interval is not None, "--cfg-variant interval needs --interval LO,HI (log-SNR), e.g. --interval=-4,4")
         bounds = parse_floats(interval, "--interval")
         require(len(bounds) == 2 and bounds[0] < bounds[1], f"--interval takes two log-SNRs LO,HI with LO < HI, got "
                 f"{interval}")
-        return {"name": "interval", "lam_lo": bounds[0], "lam_hi": bounds[1]}
+        return {"name": "interval", "lam_lo": bounds[0], "lam_hi": bounds[1]}, None
     if name == "rescale":
         require(0.0 <= phi <= 1.0, f"--phi must lie in [0, 1], got {phi}")
-        return {"name": "rescale", "phi": phi}
+        return {"name": "rescale", "phi": phi}, None
     require(threshold is None or threshold > 0, "--apg-threshold must be positive")
-    return {"name": "apg", "eta": apg_eta, "momentum": apg_momentum, "norm_threshold": threshold}
+    return {"name": "apg", "eta": apg_eta, "momentum": apg_momentum, "norm_threshold": threshold}, None

@@ -31,37 +31,25 @@ def run(args) -> int:
 
     from guidediff.checkpoint import load_model, save_model
     from guidediff.data.images import load_dataset
-    from guidediff.distill import distill_images
+    from guidediff.distill import distill_model
     from guidediff.errors import require
     from guidediff.nets.w_conditioned import WConditionedUNet
     from guidediff.sampling import resolve_device
-    from guidediff.schedules import make_schedule
 
     require(args.steps >= 1 and args.batch_size >= 1, "--steps and --batch-size must be >= 1")
     require(args.minutes is None or args.minutes > 0, "--minutes must be positive")
     require(args.w_max > 0, f"--w-max must be positive, got {args.w_max}")
     device = resolve_device(args.device)
     teacher_net, config = load_model(args.teacher, device)
-    require(not hasattr(teacher_net, "w_embed"), f"{args.teacher} is already a distilled student; pass the CFG model")
-    require(config.model.num_classes > 0 and config.diffusion.p_uncond > 0,
-            "the teacher must be a class-conditional model trained with condition dropout (p_uncond > 0)")
-    d, dc = config.data, config.diffusion
+    require(not isinstance(teacher_net, WConditionedUNet),
+            f"{args.teacher} is already a distilled student; pass the CFG model it came from")
+    d = config.data
     data = load_dataset(d.name, "train", data_dir=args.data_dir or d.data_dir, resolution=d.resolution,
                         channels=d.channels, skip_bad=d.skip_bad_images)
-    x = torch.from_numpy(data.images).to(device).float().div(127.5).sub(1).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(data.labels).to(device).long()
-    cuda = device.type == "cuda"
-
-    def teacher(z, lam, c):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            return teacher_net(z, lam, c).float()
-
-    student = WConditionedUNet.from_teacher(teacher_net).to(device).requires_grad_(True)
-    schedule = make_schedule(dc.schedule, dc.lam_min, dc.lam_max)
     start = time.perf_counter()
-    losses = distill_images(student, teacher, x, y, schedule.lam, config.model.num_classes, steps=args.steps,
-                            seconds=None if args.minutes is None else 60 * args.minutes, batch=args.batch_size,
-                            lr=args.lr, w_range=(0.0, args.w_max), bf16=cuda, seed=args.seed)
+    student, losses = distill_model(teacher_net, config, torch.from_numpy(data.images), torch.from_numpy(data.labels),
+                                    steps=args.steps, seconds=None if args.minutes is None else 60 * args.minutes,
+                                    batch=args.batch_size, lr=args.lr, w_range=(0.0, args.w_max), seed=args.seed)
     seconds = time.perf_counter() - start
     k = max(1, min(100, len(losses) // 2))
     out = save_model(student.state_dict(), config, Path(args.out) / "model.safetensors",

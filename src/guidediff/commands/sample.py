@@ -89,8 +89,8 @@ def run(args) -> int:
     else:
         classes = list(dict.fromkeys(parse_classes(args.classes, num_classes)))
     ws = list(dict.fromkeys(ws))
-    variant = cfg_variant_from_args(args, s) if args.guidance == "cfg" else None
-    guide_net = load_model(args.guide_model, device)[0] if args.guide_model is not None else None
+    variant, guide = cfg_variant_from_args(args, s) if args.guidance == "cfg" else (None, None)
+    guide_net = load_model(guide, device)[0] if guide is not None else None
     sampler = args.sampler or s.sampler
     steps = args.steps or s.steps
     result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed, device=device,

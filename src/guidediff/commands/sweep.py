@@ -50,17 +50,17 @@ def run(args) -> int:
         require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
         knobs = parse_floats(args.w or "0,0.1,0.3,0.5,1,2,3,4", "--w")
     require(args.guidance == "cfg" or args.cfg_variant in (None, "plain"), "--cfg-variant applies to --guidance cfg only")
-    variant = None
+    variant, guide = None, None
     if args.guidance == "cfg":
         from guidediff.checkpoint import load_weights
 
         # the model config's [sample] section may choose the guidance method
-        variant = cfg_variant_from_args(args, load_weights(args.model)[1].sample)
+        variant, guide = cfg_variant_from_args(args, load_weights(args.model)[1].sample)
     run_sweep(
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
         sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
         noisy_classifier=args.noisy_classifier, base=args.base, cg_form=args.cg_form,
-        cfg_variant=variant, guide_model=args.guide_model, compile=args.compile,
+        cfg_variant=variant, guide_model=guide, compile=args.compile,
     )
     return 0

@@ -63,15 +63,3 @@ class WConditionedUNet(UNet):
         w_feats = lam_features(w, self.config.base_channels, scale=W_SCALE).to(self.w_embed[0].weight.dtype)
         return super().forward(z, lam, c, extra_emb=self.w_embed(w_feats))
 
-
-class AtWeight(nn.Module):
-    """A w-conditioned network at one fixed w, as an ordinary network ``(z, λ, c) -> ε̂`` that
-    ``sampling.generate`` can sample with one forward per step."""
-
-    def __init__(self, student: nn.Module, w: float):
-        super().__init__()
-        self.student, self.w = student, float(w)
-        self.config = getattr(student, "config", None)
-
-    def forward(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
-        return self.student(z, lam, c, torch.full_like(lam, self.w))
