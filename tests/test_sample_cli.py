@@ -196,3 +196,15 @@ def test_the_model_config_can_choose_the_guidance_method(tmp_path, capsys):
     assert "guidance:" not in capsys.readouterr().out
     with pytest.raises(Exception, match="sample.cfg_variant 'bogus' is unknown"):
         tiny_config('sample.cfg_variant="bogus"').validate()
+
+
+def test_sweep_refuses_compile_on_the_cpu_and_a_student_as_guide(run_dir, tmp_path, capsys, monkeypatch):
+    assert main(["sweep", str(run_dir), "--w", "1", "--n", "12", "--device", "cpu", "--compile",
+                 "--out", str(tmp_path / "sw")]) == 2
+    assert "--compile is for sampling on a GPU" in capsys.readouterr().err
+    net, config = load_model(run_dir)
+    from guidediff.errors import UsageError
+
+    with pytest.raises(UsageError, match="guide model is a distilled student"):
+        generate(net, config, [0], [1.0], 1, steps=2, device="cpu", progress=False,
+                 cfg_variant={"name": "autoguidance"}, guide_net=WConditionedUNet.from_teacher(net))

@@ -167,6 +167,8 @@ def generate(
         require(guide_net is not None, "autoguidance needs a guide model; pass --guide-model")
         require(not cg, "autoguidance replaces CFG's unconditional prediction; it does not combine with "
                         "classifier guidance")
+        require(not isinstance(guide_net, WConditionedUNet),
+                "the guide model is a distilled student; autoguidance needs an ordinary (earlier or smaller) model")
         gm = guide_net.config if hasattr(guide_net, "config") else None
         require(gm is None or (gm.image_size, gm.in_channels, gm.num_classes)
                 == (mc.image_size, mc.in_channels, mc.num_classes),

@@ -50,6 +50,11 @@ def run(args) -> int:
         require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
         knobs = parse_floats(args.w or "0,0.1,0.3,0.5,1,2,3,4", "--w")
     require(args.guidance == "cfg" or args.cfg_variant in (None, "plain"), "--cfg-variant applies to --guidance cfg only")
+    if args.compile:
+        from guidediff.sampling import resolve_device
+
+        # inductor on a CPU needs a C compiler and gains little there; a GPU is what it is for
+        require(resolve_device(args.device).type == "cuda", "--compile is for sampling on a GPU; leave it out on the CPU")
     variant, guide = None, None
     if args.guidance == "cfg":
         from guidediff.checkpoint import load_weights
