@@ -227,9 +227,22 @@ def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
     safetensors_header(path)
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device=str(device))
     except Exception as exc:  # noqa: BLE001 - the library's own error types vary by version
         raise UsageError(f"{path} cannot be read ({' '.join(str(exc).split())}){_previous_hint(Path(path))}") from None
+    check_finite(tensors, path)
+    return tensors
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """UsageError if a floating tensor holds NaN or inf: a diverged run samples black images with
+    no other sign, so it is stopped where its weights are read."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            path = Path(path)
+            hint = _previous_hint(path) if path.parent.name.startswith(CKPT_PREFIX) else \
+                "; export an earlier checkpoint of the run, or retrain with a lower learning rate"
+            raise UsageError(f"{path} holds non-finite weights (NaN or inf in {key}): the training diverged{hint}")
 
 
 def check_state_dict(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
@@ -374,7 +387,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         raise UsageError(f"{path} holds no checkpoint (no ckpt-*/ with a {STATE_FILE}); train first or pass "
                          "a checkpoint directory")
-    raise UsageError(f"checkpoint {path} does not exist; pass a run or checkpoint directory")
+    state = "is a file, not a folder" if path.exists() else "does not exist"
+    raise UsageError(f"checkpoint {path} {state}; pass a run or checkpoint directory")
 
 
 def load_checkpoint(path: str | Path, parts: tuple[str, ...] = ("model", "ema", "optimizer"),
@@ -425,6 +439,7 @@ def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str |
     # metadata values must be strings: plain strings stay as they are, everything else is JSON
     meta = {"format": MODEL_FORMAT, "config": json.dumps(config.to_dict()),
             **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}}
+    _remove_stale_tmp(out_file)
     tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
     try:
         _save_tensors({k: v.detach().to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v.detach()
@@ -436,6 +451,19 @@ def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str |
     readable = {"format": MODEL_FORMAT, "config": config.to_dict(), **info}
     _write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
     return out_file
+
+
+def _remove_stale_tmp(out_file: Path) -> None:
+    """Remove the half-written model files that killed writers (dead pids) left beside out_file."""
+    for tmp in out_file.parent.glob(f".{out_file.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -465,10 +493,17 @@ def load_weights(source: str | Path, weights: str = "ema") -> tuple[dict[str, to
     path = Path(source).expanduser()
     if not path.exists() and models.is_shipped_name(str(source)):
         path = models.shipped_path(str(source))
+    from guidediff.ddgan.detect import is_ddgan_source
+
+    if is_ddgan_source(path):
+        raise UsageError(f"{source} is a DDGAN generator (guidediff train-ddgan), not a diffusion model; sample it "
+                         f"with `guidediff sample {source}`, or pass a model of guidediff train")
     if path.is_dir():
         ck = load_checkpoint(path, parts=(weights,))
         return ck.tensors[weights], ck.config, str(ck.path / TENSOR_FILES[weights])
     if path.is_file() and path.suffix == ".safetensors":
+        require(weights == "ema", f"{path} is an exported model with one set of weights (the EMA ones); --weights "
+                                  "model needs the run or checkpoint directory it came from")
         tensors, meta = read_model_file(path)
         return tensors, Config.from_dict(meta["config"], source=str(path)), str(path)
     if path.exists():
@@ -491,6 +526,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", weights: 
     net = (WConditionedUNet if student else UNet)(config.model)
     check_state_dict(tensors, net.state_dict(), where)
     net.load_state_dict(tensors)
+    net.source = str(source)  # named in errors about what the net computes (sampling.require_finite)
     return net.to(device).eval().requires_grad_(False), config
 
 

@@ -36,16 +36,26 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from guidediff.commands._outputs import release_outputs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    failed = True
     try:
         result = args.func(args)
+        failed = False
     except UsageError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # the machine, not the input: a full disk, a folder removed under the run, a lost mount
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or _one_line(exc)}{where}; check that the path exists, is writable and "
+              "has free space, then rerun", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - only CUDA OOM is translated, the rest re-raised
         if type(exc).__name__ == "OutOfMemoryError":
             print(
@@ -55,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 3
         raise
+    finally:
+        release_outputs(failed)
     return int(result or 0)
 
 

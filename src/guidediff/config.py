@@ -296,12 +296,15 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    require(path.is_file(), f"config file {path} does not exist; pass a TOML file such as configs/fmnist_cfg.toml")
+    require(path.is_file(), f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass a TOML "
+                            "file such as configs/fmnist_cfg.toml")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not text (not UTF-8); pass a TOML file") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

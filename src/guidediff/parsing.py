@@ -7,20 +7,21 @@ import math
 from guidediff.errors import UsageError
 
 
-def parse_floats(text: str, flag: str) -> list[float]:
-    """'0,0.5,3' -> [0.0, 0.5, 3.0]; every value must be a finite number."""
+def parse_floats(text: str, flag: str, example: str = "0,1,3") -> list[float]:
+    """'0,0.5,3' -> [0.0, 0.5, 3.0]; every value must be a finite number (``example`` shows the
+    flag's form in the errors)."""
     values = []
     for part in str(text).split(","):
         part = part.strip()
         try:
             value = float(part)
         except ValueError:
-            raise UsageError(f"{flag}: {part!r} is not a number; {flag} takes comma-separated numbers, e.g. {flag}=0,1,3") from None
+            raise UsageError(f"{flag}: {part!r} is not a number; {flag} takes comma-separated numbers, e.g. {flag}={example}") from None
         if not math.isfinite(value):
-            raise UsageError(f"{flag}: {part} is not finite; use finite numbers such as {flag}=0,1,3")
+            raise UsageError(f"{flag}: {part} is not finite; use finite numbers such as {flag}={example}")
         values.append(value)
     if not values:
-        raise UsageError(f"{flag} is empty; give a comma list such as {flag}=0,1,3")
+        raise UsageError(f"{flag} is empty; give a comma list such as {flag}={example}")
     return values
 
 

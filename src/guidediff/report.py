@@ -8,7 +8,7 @@ import html
 import json
 from pathlib import Path
 
-from guidediff.errors import require
+from guidediff.errors import UsageError, require
 
 _METRIC_COLUMNS = ["w", "fid", "fid_floor", "kid", "is", "cas", "precision", "recall", "sec_per_image", "nfe_per_image", "n"]
 
@@ -75,7 +75,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     sweep_path = run / "sweep.json"
     if sweep_path.exists():
-        sweep = json.loads(sweep_path.read_text())
+        try:
+            sweep = json.loads(sweep_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{sweep_path} is not valid JSON ({type(exc).__name__}); run the sweep again with "
+                             "--resume to rewrite it, or remove the file") from None
+        require(isinstance(sweep, dict) and isinstance(sweep.get("points", []), list)
+                and all(isinstance(p, dict) for p in sweep.get("points", [])),
+                f"{sweep_path} is not a guidediff sweep (no list of points); remove it or run the sweep again")
         parts.append("<h2>Guidance sweep</h2>")
         parts.append(
             f"<p>model <code>{_fmt(sweep.get('model'))}</code>, {_fmt(sweep.get('n_per_w'))} images per w, "
@@ -114,6 +121,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         parts.append("<h2>Config</h2>")
         parts.append(f"<pre>{html.escape(config.read_text())}</pre>")
 
+    require(len(parts) > 1, f"{run} holds nothing to report (no sweep.json, evaluation .json, log.jsonl, figures or "
+                            "config.json); pass a run, sweep or eval output directory")
     target = Path(out) if out else run / "report.html"
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>guidediff report</title>"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from guidediff.errors import require
+from guidediff.errors import UsageError, require
 
 
 def derive_seed(*parts: Any) -> int:
@@ -31,10 +31,23 @@ def derive_seed(*parts: Any) -> int:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     require(device.type != "cuda" or torch.cuda.is_available(),
             "CUDA was asked for but no GPU is visible; pass --device cpu")
     return device
+
+
+def require_finite(x: torch.Tensor, *nets: torch.nn.Module | None) -> torch.Tensor:
+    """x, unless it holds NaN or inf: then a UsageError naming the model(s) that made it, since
+    the clamp to [-1, 1] would otherwise turn the failure into black or white images."""
+    if not bool(torch.isfinite(x).all()):
+        names = " or ".join(str(getattr(net, "source", "the model")) for net in nets if net is not None)
+        raise UsageError(f"{names} produced non-finite values (NaN or inf) while sampling; its weights or "
+                         "settings are broken: try --no-bf16, fewer extreme guidance weights, or another checkpoint")
+    return x
 
 
 def initial_noise(seed: int, items: list[tuple[int, int]], shape: tuple[int, ...]) -> torch.Tensor:
@@ -266,7 +279,7 @@ def generate(
                 torch.cuda.synchronize(device)
         start = time.perf_counter()
         for b, ks in enumerate(batches):
-            out[ks] = to_uint8(run_batch(b, ks).clamp(-1, 1))
+            out[ks] = to_uint8(require_finite(run_batch(b, ks), net, guide_net).clamp(-1, 1))
             if bar is not None:
                 bar.update(len(ks))
     if cuda:

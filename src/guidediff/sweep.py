@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guidediff.errors import require
+from guidediff.errors import UsageError, require
 
 
 def flatten_metrics(metrics: dict) -> dict:
@@ -21,6 +21,42 @@ def flatten_metrics(metrics: dict) -> dict:
     if isinstance(cas, dict):
         flat["cas"], flat["cas_per_class"] = cas["overall"], cas["per_class"]
     return flat
+
+
+GRID_FILE = "grid_samples.npz"  # the few images per point behind grid_across_w.png
+# what a resumed sweep must share with the one it continues
+RESUME_KEYS = ("model", "n_per_w", "steps", "sampler", "seed", "guidance", "knob", "base", "cg_form", "cfg_variant",
+               "guide_model", "noisy_classifier")
+
+
+def _previous_points(out: Path, summary: dict) -> tuple[dict[float, dict], dict[float, tuple]]:
+    """({knob value: point}, {knob value: grid images}) of the earlier sweep in ``out``, which must
+    have used the settings in ``summary``; nothing when there is none."""
+    path = out / "sweep.json"
+    if not path.exists():
+        return {}, {}
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{path} is not valid JSON, so the sweep cannot be resumed; pass --overwrite to start "
+                         "again") from None
+    require(isinstance(old, dict) and isinstance(old.get("points"), list),
+            f"{path} is not a guidediff sweep; pass --overwrite to start again")
+    changed = [f"{k} {old.get(k)!r} -> {summary.get(k)!r}" for k in RESUME_KEYS if old.get(k) != summary.get(k)]
+    require(not changed, f"--resume: the sweep in {out} used other settings ({'; '.join(changed)}); rerun with its "
+                         "settings, or pass --overwrite to start again")
+    knob = summary["knob"]
+    done = {float(p[knob]): p for p in old["points"] if isinstance(p, dict) and knob in p}
+    grids = {}
+    try:
+        with np.load(out / GRID_FILE, allow_pickle=False) as z:
+            for w in done:
+                at = z["w"] == w
+                if at.any():
+                    grids[w] = (z["x"][at], z["y"][at], z["w"][at])
+    except (OSError, ValueError, KeyError):
+        pass  # the grid misses those points; the numbers are what matter
+    return done, grids
 
 
 def run_sweep(
@@ -43,6 +79,7 @@ def run_sweep(
     cfg_variant: dict | None = None,
     guide_model: str | None = None,
     compile: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Sample ``n`` images per w (split evenly over the classes), evaluate FID-FMNIST, IS-FMNIST,
     CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``.
@@ -50,7 +87,9 @@ def run_sweep(
     ``classifier`` is the evaluation classifier. With ``guidance="classifier"`` the knob values in
     ``ws`` are classifier-guidance scales s for the noisy classifier ``noisy_classifier`` (see
     ``sampling.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
-    for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w."""
+    for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w.
+    ``resume`` keeps the points an earlier sweep with the same settings wrote into ``out_dir``
+    and samples only the missing weights."""
     import torch
 
     from guidediff import plots
@@ -102,7 +141,15 @@ def run_sweep(
         "points": [],
     }
     points, grids = summary["points"], []
+    done, kept_grids = _previous_points(out, summary) if resume else ({}, {})
+    points.extend(p for w, p in done.items() if w not in ws)  # asked no more, still kept
     for w in ws:
+        if w in done:
+            points.append(done[w])
+            if w in kept_grids:
+                grids.append(kept_grids[w])
+            print(f"{knob}={w:<5g} kept from the earlier sweep in {out}", flush=True)
+            continue
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
             steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
@@ -128,18 +175,22 @@ def run_sweep(
             flush=True,
         )
         summary["fid_floor"] = point["fid_floor"]
-        # written after every w, so an interrupted sweep keeps what it measured
-        (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
         keep = np.concatenate([np.flatnonzero(labels == c)[:4] for c in range(num_classes)])
         grids.append((images[keep], labels[keep], np.full(len(keep), w, dtype=np.float32)))
+        # written after every w, so an interrupted sweep keeps what it measured (--resume continues it)
+        points.sort(key=lambda p: p[knob])
+        np.savez(out / GRID_FILE, **{k: np.concatenate([g[i] for g in grids]) for i, k in enumerate("xyw")})
+        (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+    points.sort(key=lambda p: p[knob])
+    summary["fid_floor"] = summary["fid_floor"] if summary["fid_floor"] is not None else \
+        next((p.get("fid_floor") for p in points), None)
+    (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     fid_floor = summary["fid_floor"]
     label = f"CG ({base}, {cg_form})" if cg else "CFG" if cfg_variant is None else f"CFG {cfg_variant['name']}"
     plots.fid_vs_is({label: points}, out / "fid_vs_is.png", knob=knob, fid_floor=fid_floor)
     plots.metrics_vs_knob(points, out / "metrics_vs_w.png", knob=knob, fid_floor=fid_floor)
-    plots.grid_across_knob(
-        np.concatenate([g[0] for g in grids]), np.concatenate([g[1] for g in grids]), np.concatenate([g[2] for g in grids]),
-        out / "grid_across_w.png",
-    )
+    if grids:
+        plots.grid_across_knob(*(np.concatenate([g[i] for g in grids]) for i in range(3)), out / "grid_across_w.png")
     print(f"wrote {out / 'sweep.json'}, fid_vs_is.png, metrics_vs_w.png, grid_across_w.png")
     return summary

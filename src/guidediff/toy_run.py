@@ -95,6 +95,8 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     for value in config.w:
         require(isinstance(value, (int, float)) and math.isfinite(value), f"guidance weights must be finite numbers, got {value!r}")
     require(isinstance(config.steps, int) and config.steps >= 1, f"steps must be an integer >= 1, got {config.steps!r}")
+    require(math.isfinite(config.lam_min) and math.isfinite(config.lam_max) and config.lam_min < config.lam_max,
+            f"the log-SNR range needs finite lam_min < lam_max, got [{config.lam_min}, {config.lam_max}]")
     schedules.make_schedule(config.schedule, config.lam_min, config.lam_max)
     classes = tuple(range(mixture.num_classes)) if config.classes is None else tuple(config.classes)
     require(len(classes) > 0, "give at least one class")
@@ -112,6 +114,9 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
         require(0.0 <= config.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {config.p_uncond}")
         require(0.0 <= config.ema < 1.0, f"ema must lie in [0, 1) (0 = off), got {config.ema}")
     require(config.projections >= 1, f"projections must be >= 1, got {config.projections}")
+    require(isinstance(config.batch_size, int) and config.batch_size >= 1,
+            f"batch size must be an integer >= 1, got {config.batch_size!r}")
+    require(config.threads is None or config.threads >= 1, f"threads must be >= 1, got {config.threads}")
     return replace(config, classes=classes, n=n, w=tuple(float(v) for v in config.w))
 
 

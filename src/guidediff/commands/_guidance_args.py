@@ -49,7 +49,7 @@ def cfg_variant_from_args(args, sample_config=None) -> tuple[dict | None, str | 
         return {"name": "autoguidance"}, guide
     if name == "interval":
         require(interval is not None, "--cfg-variant interval needs --interval LO,HI (log-SNR), e.g. --interval=-4,4")
-        bounds = parse_floats(interval, "--interval")
+        bounds = parse_floats(interval, "--interval", example="-4,4")
         require(len(bounds) == 2 and bounds[0] < bounds[1], f"--interval takes two log-SNRs LO,HI with LO < HI, got "
                 f"{interval}")
         return {"name": "interval", "lam_lo": bounds[0], "lam_hi": bounds[1]}, None

@@ -18,7 +18,9 @@ def resolve_run(config_path: str | None, overrides: list[str], out: str | None, 
     if out is None:
         raise UsageError(f"pass --config FILE (e.g. {example}) to start a run, or --out RUN_DIR --resume to "
                          "continue one")
-    run_dir = Path(out)
+    from guidediff.commands._outputs import claim_out_dir
+
+    run_dir = claim_out_dir(out, resume=resume)
     latest = latest_checkpoint(run_dir / "checkpoints")
     if resume and latest is not None:
         config = load_checkpoint(latest, parts=()).config

@@ -28,8 +28,6 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
     from guidediff.data.images import load_dataset, to_tensor_dataset
     from guidediff.errors import require
     from guidediff.vdm.bpd import evaluate_bpd
@@ -38,12 +36,10 @@ def run(args) -> int:
     require(args.n is None or args.n >= 1, f"--n must be >= 1, got {args.n}")
     require(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
     require(args.steps is None or args.steps >= 0, f"--steps must be >= 0 (0 = continuous time), got {args.steps}")
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        require(device.type != "cuda" or torch.cuda.is_available(),
-                "--device cuda but no GPU is visible; use --device cpu")
+    from guidediff.commands._outputs import check_device, check_out_file
+
+    device = check_device(args.device)
+    check_out_file(args.json, flag="--json", suffix=".json")
 
     model, config = load_vdm(args.model, device=device, weights=args.weights)
     d = config.data
@@ -71,8 +67,7 @@ def run(args) -> int:
         payload = {"model": str(args.model), "dataset": d.name, "split": args.split, "condition": args.condition,
                    "timesteps": T, "schedule": model.vdm.schedule, "lam_min": lam_min, "lam_max": lam_max,
                    "seed": args.seed, "device": str(device), **result.to_dict()}
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(args.json).expanduser()
         path.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {path}")
     return 0

@@ -60,6 +60,7 @@ DEMO_STEPS: list[DemoStep] = [
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="a first end-to-end run: the 2-D toy and Fashion-MNIST grids (a few minutes on 2 CPU cores)")
     p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace what an existing --out holds (it is refused otherwise)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small tensors; 2+ helps only on an idle machine)")
     p.set_defaults(func=run)
 
@@ -69,10 +70,12 @@ def run(args) -> int:
 
     import torch
 
-    from guidediff.toy_run import prepare_out
+    from guidediff.commands._outputs import claim_out_dir
+    from guidediff.errors import require
 
+    require(args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
+    root = claim_out_dir(args.out, overwrite=args.overwrite)
     torch.set_num_threads(args.threads)
-    root = prepare_out(args.out)
     made: list[tuple[str, str, Path]] = []
     start = time.time()
     for i, step in enumerate(DEMO_STEPS, 1):

@@ -12,6 +12,7 @@ def add_parser(subparsers) -> None:
                     "DIR/model.safetensors; sample it like any model (guidediff sample DIR/model.safetensors --w 1).")
     p.add_argument("teacher", help="the CFG model: checkpoint or run directory, exported model, or shipped name")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace what an existing --out holds (it is refused otherwise)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
     p.add_argument("--steps", type=int, default=20000, help="at most this many steps (default 20000)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -34,12 +35,14 @@ def run(args) -> int:
     from guidediff.distill import distill_model
     from guidediff.errors import require
     from guidediff.nets.w_conditioned import WConditionedUNet
-    from guidediff.sampling import resolve_device
+    from guidediff.commands._outputs import check_device, claim_out_dir
 
     require(args.steps >= 1 and args.batch_size >= 1, "--steps and --batch-size must be >= 1")
-    require(args.minutes is None or args.minutes > 0, "--minutes must be positive")
-    require(args.w_max > 0, f"--w-max must be positive, got {args.w_max}")
-    device = resolve_device(args.device)
+    require(args.minutes is None or 0 < args.minutes < float("inf"), "--minutes must be a positive number")
+    require(0 < args.w_max < float("inf"), f"--w-max must be a positive number, got {args.w_max}")
+    require(0 < args.lr < float("inf"), f"--lr must be a positive number such as 5e-5, got {args.lr}")
+    device = check_device(args.device)
+    claim_out_dir(args.out, overwrite=args.overwrite)
     teacher_net, config = load_model(args.teacher, device)
     require(not isinstance(teacher_net, WConditionedUNet),
             f"{args.teacher} is already a distilled student; pass the CFG model it came from")

@@ -56,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from guidediff.metrics.evaluate import evaluate_samples, format_summary
     from guidediff.metrics.samples import load_samples
 
+    from guidediff.commands._outputs import check_device, check_out_file
+
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.json).expanduser() if args.json else None
-    if out is not None and not out.parent.is_dir():
-        raise UsageError(f"folder {out.parent} for --json does not exist; create it first")
+    check_device(args.device)
+    out = check_out_file(args.json, flag="--json", suffix=".json")
     images, labels = load_samples(args.samples)
     result = evaluate_samples(images, labels, classifier=args.classifier, ref=args.ref, device=args.device,
                               data_dir=args.data_dir, inception_weights=args.inception_weights,
@@ -69,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(result))
     if out is not None:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, out)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(result, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
         print(f"wrote {out}")
     return 0

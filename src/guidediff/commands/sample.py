@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--v", type=float, default=None, help="ancestral variance exponent v in [0, 1] (CFG paper: 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/samples", help="output directory (default out/samples)")
+    p.add_argument("--overwrite", action="store_true", help="replace what an existing --out holds (it is refused otherwise)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (a guided step runs 2x rows)")
     p.add_argument("--weights", choices=["ema", "model"], default="ema",
@@ -46,7 +47,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from guidediff.commands._outputs import check_device, claim_out_dir
     from guidediff.ddgan.detect import is_ddgan_source
+
+    check_device(args.device)
+    claim_out_dir(args.out, overwrite=args.overwrite)
 
     if is_ddgan_source(args.model):  # a `guidediff train-ddgan` run: T fixed steps, no guidance
         from guidediff.ddgan.sample import run_sample_command

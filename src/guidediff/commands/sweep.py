@@ -19,6 +19,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classifier", default=None, help="evaluation classifier weights (default: the shipped one)")
     p.add_argument("--no-bf16", action="store_true", help="sample in float32 on the GPU")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace what an existing --out holds (it is refused otherwise)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --out: keep its finished points (same settings), sample the rest")
     p.add_argument("--guidance", choices=["cfg", "classifier"], default="cfg",
                    help="cfg (knob: --w) or classifier guidance with a noisy classifier (knob: --scale)")
     p.add_argument("--noisy-classifier", default=None,
@@ -37,7 +40,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from guidediff.commands._outputs import check_device, claim_out_dir
     from guidediff.errors import require
+
+    check_device(args.device)
+    claim_out_dir(args.out, overwrite=args.overwrite, resume=args.resume)
     from guidediff.parsing import parse_floats
     from guidediff.sweep import run_sweep
 
@@ -66,6 +73,6 @@ def run(args) -> int:
         sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
         noisy_classifier=args.noisy_classifier, base=args.base, cg_form=args.cg_form,
-        cfg_variant=variant, guide_model=guide, compile=args.compile,
+        cfg_variant=variant, guide_model=guide, compile=args.compile, resume=args.resume,
     )
     return 0

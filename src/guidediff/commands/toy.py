@@ -61,6 +61,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--p-uncond", type=float, default=0.15, help="label dropout probability in training")
     p.add_argument("--out", default="runs/toy", help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace what an existing --out holds (it is refused otherwise)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small tensors; 2+ helps only on an idle machine)")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
     p.set_defaults(func=run)
@@ -107,7 +108,10 @@ def run(args) -> int:
 
     from guidediff.toy_run import format_table, run_toy
 
+    from guidediff.commands._outputs import claim_out_dir
+
     config = config_from_args(args)
+    claim_out_dir(args.out, overwrite=args.overwrite)
     start = time.time()
     result = run_toy(config)
     print(f"\n{result.metrics['data']}: sliced Wasserstein-2 distances, samples from the {result.metrics['samples_from']}")

@@ -24,7 +24,10 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from guidediff.classifier_training import train_fmnist_classifier
+    from guidediff.commands._outputs import check_device, check_out_file
 
+    check_device(args.device)
+    check_out_file(args.out, flag="--out", suffix=".safetensors")
     result = train_fmnist_classifier(args.out, epochs=args.epochs, batch_size=args.batch_size,
                                      lr=args.lr, device=args.device, seed=args.seed,
                                      data_dir=args.data_dir)

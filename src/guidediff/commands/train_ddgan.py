@@ -54,7 +54,14 @@ def run(args) -> int:
     from guidediff.ddgan.train import CHECKPOINTS, train
     from guidediff.errors import require
 
-    out = Path(args.out)
+    from guidediff.commands._outputs import check_device, claim_out_dir
+
+    out = Path(args.out).expanduser()
+    require(not args.resume or out.is_dir(), f"--resume: {out} does not exist, so there is no run to continue; "
+                                             "check the path, or leave out --resume to start a new run there")
+    if args.device is not None:
+        check_device(args.device)
+    claim_out_dir(out, resume=args.resume)
     overrides = list(args.set)
     for key, value in (("diffusion.T", args.T), ("train.steps", args.steps), ("train.minutes", args.minutes),
                        ("train.batch_size", args.batch_size), ("train.device", args.device and f'"{args.device}"')):

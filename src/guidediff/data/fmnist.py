@@ -177,9 +177,12 @@ def download_fmnist(dest: Path) -> Path:
 def find_fmnist_dir(data_dir: str | Path | None = None) -> Path:
     """The folder holding the four Fashion-MNIST idx files, downloading them if need be."""
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise UsageError(f"data directory {data_dir} does not exist; pass --data-dir DIR holding "
+        state = "is a file, not a folder" if Path(data_dir).expanduser().exists() else "does not exist"
+        raise UsageError(f"data directory {data_dir} {state}; pass --data-dir DIR holding "
                          "the four Fashion-MNIST idx .gz files")
-    dirs = candidate_dirs(data_dir)
+    # a folder the user names is the only place looked at (a download lands there): falling back
+    # to another copy would hide a wrong --data-dir
+    dirs = [Path(data_dir).expanduser()] if data_dir is not None else candidate_dirs()
     for base in dirs:
         folder = _complete_folder(base)
         if folder is not None:

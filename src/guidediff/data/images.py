@@ -84,7 +84,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
                                                         channels, skip_bad=skip_bad)
         return DatasetArrays(images, labels, class_names, len(class_names))
     if "/" in name or name.startswith(".") or name.startswith("~"):
-        raise UsageError(f"image folder {name} does not exist; check the path")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise UsageError(f"image folder {name} {state}; check the path")
     raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)} or the path "
                      "of a folder with one sub-folder of images per class")
 

@@ -27,6 +27,14 @@ def _check_arrays(x: np.ndarray, y: np.ndarray | None, source: str) -> tuple[np.
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror}); pass a readable sample file") from None
+    if not is_zip:
+        raise UsageError(f"cannot read {path} as .npz: it is not a zip archive (.npz files are); pass a samples.npz written by "
+                         "`guidediff sample` or a folder of images")
+    try:
         with np.load(path, allow_pickle=False) as z:
             if "x" not in z.files:
                 raise UsageError(f"{path} has no 'x' array (it holds {sorted(z.files)}); a sample file "
