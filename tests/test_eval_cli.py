@@ -145,9 +145,9 @@ def test_eval_missing_and_broken_files_are_one_line_errors(tmp_path, classifier_
     np.savez(good, x=np.zeros((8, 28, 28, 1), np.uint8))
     code, _, err = _run(["eval", good, "--classifier", tmp_path / "missing.safetensors"], capsys)
     assert code == 2 and "train-classifier" in err
-    code, _, err = _run(["eval", good, "--classifier", classifier_path, "--json", tmp_path / "no/dir/x.json"],
-                        capsys)
-    assert code == 2 and "does not exist" in err
+    # a --json folder that cannot exist (under a file) is refused before the work; a missing one is made
+    code, _, err = _run(["eval", good, "--classifier", classifier_path, "--json", broken / "dir/x.json"], capsys)
+    assert code == 2 and "is a file" in err
     code, _, err = _run(["eval", good, "--classifier", classifier_path, "--inception-weights",
                          tmp_path / "missing.pth"], capsys)
     assert code == 2 and "pytorch-fid" in err

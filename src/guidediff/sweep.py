@@ -99,6 +99,8 @@ def run_sweep(
     from guidediff.sampling import generate, resolve_device
 
     require(n >= 10, f"--n must be at least 10 (one image per class), got {n}")
+    require(steps >= 1, f"--steps must be >= 1, got {steps}")
+    require(batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
