@@ -305,6 +305,8 @@ NUMERIC = [  # (argv before the flag, flag, which bad values)
     (["eval", "{samples}", *M], "--batch-size", "count"),
     (["train", "--config", str(TINY), "--out", "{new}"], "--time-limit", "positive"),
     (["train", "--config", str(TINY), "--out", "{new}"], "--max-steps", "count"),
+    (["train-ddgan", "--data", "grid25", "--out", "{new}", "--device", "cpu"], "--minutes", "positive"),
+    (["train-ddgan", "--data", "grid25", "--out", "{new}", "--device", "cpu"], "--samples", "count"),
 ]
 BAD = {
     "count": st.integers(max_value=0).map(str),

@@ -88,7 +88,8 @@ def run(args) -> int:
     if args.skip_bad_images:
         overrides.append("data.skip_bad_images=true")
     if args.time_limit is not None:
-        require(args.time_limit > 0, f"--time-limit must be a positive number of minutes, got {args.time_limit}")
+        require(0 < args.time_limit < float("inf"),
+                f"--time-limit must be a positive number of minutes, got {args.time_limit}")
 
     # the run directory: --out, else the config's out_dir, else runs/<config stem>
     from guidediff.commands._run_dir import resolve_run

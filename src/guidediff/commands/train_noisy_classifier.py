@@ -34,7 +34,7 @@ def run(args) -> int:
     if args.max_steps is not None:
         require(args.max_steps >= 1, f"--max-steps must be >= 1, got {args.max_steps}")
         overrides.append(f"train.steps={args.max_steps}")
-    require(args.time_limit is None or args.time_limit > 0, f"--time-limit must be positive minutes, got {args.time_limit}")
+    require(args.time_limit is None or 0 < args.time_limit < float("inf"), f"--time-limit must be positive minutes, got {args.time_limit}")
     require(args.eval_images >= 1, f"--eval-images must be >= 1, got {args.eval_images}")
     from guidediff.commands._run_dir import resolve_run
 

@@ -176,7 +176,7 @@ class DDGANConfig:
         require(t.r1_gamma >= 0, f"train.r1_gamma must be >= 0 (0 turns R1 off), got {t.r1_gamma}")
         require(t.r2_gamma >= 0, f"train.r2_gamma must be >= 0 (0 turns R2 off), got {t.r2_gamma}")
         require(0 <= t.ema_decay < 1, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
-        require(t.minutes is None or t.minutes > 0, f"train.minutes must be positive, got {t.minutes}")
+        require(t.minutes is None or 0 < t.minutes < float("inf"), f"train.minutes must be a positive number, got {t.minutes}")
         require(t.mixed_precision in ("auto", "no", "bf16"),
                 f"train.mixed_precision {t.mixed_precision!r} is unknown; choose auto, no or bf16")
         require(isinstance(t.channels_last, bool) or t.channels_last == "auto",
