@@ -179,6 +179,8 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("sweep: DDGAN model", ["sweep", "{ddgan}", "--out", "{new}", *M], "DDGAN"),
     ("sweep: NaN weights", ["sweep", "{nan_model}", "--out", "{new}", *M], "non-finite"),
     ("sweep: results in --out", ["sweep", "{model}", "--out", "{full}", *M], "--resume"),
+    ("sweep: --overwrite with --resume", ["sweep", "{model}", "--out", "{full}", "--overwrite", "--resume", *M],
+     "one of them"),
     ("sweep: --out is a file", ["sweep", "{model}", "--out", "{afile}", *M], "is a file"),
     ("sweep: --out unwritable", ["sweep", "{model}", "--out", "{proc}", *M], "cannot"),
     ("sweep: --device foo", ["sweep", "{model}", "--out", "{new}", "--device", "foo"], "not a device"),

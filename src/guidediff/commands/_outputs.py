@@ -92,6 +92,8 @@ def claim_out_dir(path: str | Path, *, overwrite: bool | None = False, resume: b
     the command has no such flag (so the error does not offer it). A folder that already holds
     files is refused unless one of them is set; with ``overwrite`` its contents are removed."""
     folder = Path(path).expanduser()
+    if overwrite and resume:
+        raise UsageError("--overwrite starts afresh and --resume continues: pass one of them")
     if not _main_process():
         return folder
     if folder.exists() and not folder.is_dir():
@@ -112,7 +114,7 @@ def claim_out_dir(path: str | Path, *, overwrite: bool | None = False, resume: b
                                           ("--overwrite to replace it", overwrite is not None)) if offered]
             fix = f"pass {' or '.join(fixes)}, or choose another {flag}" if fixes else f"choose another {flag}"
             raise UsageError(f"{flag} {folder} already holds {names}; {fix}")
-        if held and overwrite and not resume:
+        if held and overwrite:
             if _too_precious(folder):
                 raise UsageError(f"--overwrite would empty {folder}, which holds a repository or your working "
                                  f"directory; pass a dedicated {flag} folder")
