@@ -47,28 +47,91 @@ def initial_noise(seed: int, items: list[tuple[int, int]], shape: tuple[int, ...
     return out
 
 
-CFG_VARIANTS = ("interval", "rescale", "apg", "autoguidance")
+def _legacy_guidance(guidance, guidance_options, cfg_variant, base, cg_form) -> tuple[str, dict[str, Any]]:
+    """(method name, its options) from generate's keywords: ``cfg_variant`` {"name": ..., **options}
+    names a CFG-family method; ``base`` / ``cg_form`` are classifier guidance's options."""
+    options = dict(guidance_options or {})
+    if cfg_variant is not None:
+        variant = dict(cfg_variant)
+        name = variant.pop("name", None)
+        require(guidance == "cfg", f"cfg_variant replaces guidance='cfg'; pass guidance={name!r} or leave "
+                                   f"cfg_variant out")
+        guidance, options = name, {**variant, **options}
+    for key, value in (("base", base), ("cg_form", cg_form)):
+        if value is not None:
+            options.setdefault(key, value)
+    return guidance, options
 
 
-def guided_cfg(denoiser, w, null_class: int, variant: dict[str, Any] | None, guide=None):
-    """Plain CFG, or the variant that ``variant`` names, with its knobs (guidance.py).
-    Autoguidance takes its guide denoiser as ``guide``."""
-    from guidediff import guidance
+def plan_guidance(net, config, ws, guidance: str, options: dict[str, Any], *, classifier=None, guide_net=None):
+    """(GuidanceSpec, resolved options) after checking the method against the model, the extra
+    network it needs and the weights. A distilled student gets the ``distilled`` method."""
+    from guidediff.guidance import get_guidance
+    from guidediff.guidance.registry import NEEDS
+    from guidediff.nets.w_conditioned import WConditionedUNet
 
-    if variant is None:
-        return guidance.cfg(denoiser, w, null_class)
-    options = dict(variant)
-    name = options.pop("name", None)
-    require(name in CFG_VARIANTS, f"unknown CFG variant {name!r}; choose one of {', '.join(CFG_VARIANTS)}")
-    if name == "autoguidance":
-        require(guide is not None, "autoguidance needs a guide model; pass --guide-model (an early or smaller "
-                                   "checkpoint of the same kind of model)")
-        return guidance.autoguidance(denoiser, guide, w)
-    if name == "interval":
-        return guidance.cfg_interval(denoiser, w, null_class, **options)
-    if name == "rescale":
-        return guidance.cfg_rescale(denoiser, w, null_class, **options)
-    return guidance.apg(denoiser, w, null_class, **options)
+    spec = get_guidance(guidance)
+    if isinstance(net, WConditionedUNet):
+        require(spec.name in ("cfg", "distilled") and not options,
+                "this model is a distilled student: it applies w itself, so leave out the guidance method "
+                f"(got guidance={spec.name!r})")
+        spec = get_guidance("distilled")
+    options = spec.resolve(options)
+    extra = {"guide": guide_net, "classifier": classifier}
+    for need, module in extra.items():
+        parameter = NEEDS[need]
+        if spec.needs == need:
+            require(module is not None, f"guidance {spec.name} needs {parameter} (a {need} network)")
+            if spec.check_net is not None:
+                spec.check_net(config.model, module)
+        else:
+            require(module is None, f"{parameter} is used only by the guidance method that needs it, not by {spec.name}")
+    if config.model.num_classes == 0:
+        require(all(w == 0.0 for w in ws), "the model is unconditional, so there is nothing to guide: use w = 0")
+    return spec, options
+
+
+def _network(module, device, *, bf16: bool, channels_last: bool, compile: bool):
+    """The module as a counted denoiser on ``device`` (bf16 autocast, channels-last, compiled when asked)."""
+    from guidediff.guidance import CountingDenoiser
+
+    module = module.to(device).eval()
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    forward = torch.compile(module, dynamic=False) if compile else module
+
+    def network(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return forward(z, lam, c, *extra).float()
+
+    return CountingDenoiser(network)
+
+
+class _ClassifierGrad:
+    """∇ log p(c|z) of the noisy classifier, counting the rows it differentiates."""
+
+    def __init__(self, classifier, device, *, bf16: bool, compile: bool):
+        from guidediff.classifier_guidance import classifier_grad_log_prob
+
+        classifier = classifier.to(device).eval().requires_grad_(False)
+        self.grad = classifier_grad_log_prob(torch.compile(classifier, dynamic=False) if compile else classifier,
+                                             bf16=bf16)
+        self.rows = 0
+
+    def __call__(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        self.rows += z.shape[0]
+        return self.grad(z, lam, c)
+
+
+def _batches(items, spec, batch_size: int) -> list[list[int]]:
+    """Batches of item indices; weights at which the method needs one forward per step (plain CFG's
+    w = 0 and w = −1) get batches of their own."""
+    kinds: dict[float | None, list[int]] = {}
+    for k, (w, _, _) in enumerate(items):
+        kinds.setdefault(w if w in spec.cheap_at else None, []).append(k)
+    return [ks[lo:lo + batch_size] for ks in kinds.values() for lo in range(0, len(ks), batch_size)]
 
 
 def generate(
@@ -83,147 +146,75 @@ def generate(
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int = 256,
+    guidance: str = "cfg",
+    guidance_options: dict[str, Any] | None = None,
+    classifier: torch.nn.Module | None = None,
+    guide_net: torch.nn.Module | None = None,
+    sampler_options: dict[str, Any] | None = None,
     eta: float = 0.0,
     v: float = 0.3,
     clip_x: float | None = 1.0,
     bf16: bool | None = None,
     channels_last: bool | None = None,
     progress: bool = True,
-    guidance: str = "cfg",
-    classifier: torch.nn.Module | None = None,
-    base: str = "uncond",
-    cg_form: str = "score",
-    cfg_variant: dict[str, Any] | None = None,
-    guide_net: torch.nn.Module | None = None,
     compile: bool = False,
-    sampler_options: dict[str, Any] | None = None,
+    base: str | None = None,
+    cg_form: str | None = None,
+    cfg_variant: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """n samples for every (w, class), in that order.
 
-    ``guidance="classifier"`` runs classifier guidance with the noisy ``classifier``
-    (``nets.noisy_classifier``) instead of CFG: the values in ``ws`` are then the scales s, on the
-    ``base`` "uncond" (null-token) or "cond" prediction, in the DDIM/score form
-    ε̃ = ε − s·σ·∇log p(c|z) (``cg_form="score"``, any sampler) or the ancestral mean form
-    μ̃ + s·Σ·∇log p(c|z) (``cg_form="mean"``, sampler "ancestral"). The result's ``w`` holds s.
+    ``guidance`` names a method of the guidance registry (``guidance.GUIDANCE``: cfg, interval,
+    rescale, apg, autoguidance, classifier, ...) and ``guidance_options`` its options; the extra
+    network a method needs comes as ``guide_net`` (autoguidance: same image shape and label set as
+    ``net``) or ``classifier`` (a noisy classifier, ``nets.noisy_classifier``). For classifier
+    guidance the values in ``ws`` are the scales s (the result's ``w`` holds s). A distilled
+    student (``nets.w_conditioned``) applies w itself. Shorthands kept for callers:
+    ``cfg_variant={"name": method, **options}``, ``base`` and ``cg_form`` (classifier options).
 
-    ``cfg_variant`` replaces plain CFG by one of the later guidance methods (see
-    ``guided_cfg``): {"name": "interval", "lam_lo", "lam_hi"}, {"name": "rescale", "phi"} or
-    {"name": "apg", "eta", "momentum", "norm_threshold"}, or {"name": "autoguidance"} with the
-    guide network ``guide_net`` (same image shape and label set as ``net``).
+    ``sampler`` names a sampler of ``samplers.SAMPLERS`` and ``sampler_options`` its options;
+    ``eta``, ``v`` and ``clip_x`` reach the samplers that declare them (images live in [−1, 1]:
+    clip_x = 1 clips x̂ there, see ``samplers.predict``).
 
     ``compile`` runs the networks through ``torch.compile`` (on CUDA about 3x faster for the
-    Fashion-MNIST UNet; the first batch of each shape pays the compilation).
+    Fashion-MNIST UNet; the first batch of each shape pays the compilation, before the clock).
 
     Returns x uint8 [N, H, W, C], y int64 (the asked class, −1 when unconditional), w float32,
-    plus the cost: nfe_per_image (network evaluations per image; a guided step costs 2) and
-    seconds. ``bf16``/``channels_last`` default to on for CUDA.
+    plus the cost: nfe_per_image (network evaluations per image; a guided step costs 2),
+    classifier_evals_per_image (classifier guidance) and seconds. ``bf16``/``channels_last``
+    default to on for CUDA.
     """
     from guidediff.data.images import to_uint8
-    from guidediff.guidance import CountingDenoiser, classifier_guidance, classifier_mean_shift, unconditional
-    from guidediff.samplers import get_sampler, sample
+    from guidediff.guidance import GuidanceContext
+    from guidediff.samplers import get_sampler
     from guidediff.schedules import lam_grid, make_schedule
 
-    spec = get_sampler(sampler)
     require(isinstance(n, int) and n >= 1, f"n must be a positive integer, got {n!r}")
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
-    require(batch_size >= 1, f"batch size must be >= 1, got {batch_size}")
+    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    sampler_spec = get_sampler(sampler)
+    options = {k: value for k, value in {"eta": eta, "v": v, "clip_x": clip_x}.items() if sampler_spec.option(k)}
+    options = sampler_spec.resolve({**options, **(sampler_options or {})})
+    spec, method_options = plan_guidance(net, config, ws, *_legacy_guidance(guidance, guidance_options, cfg_variant,
+                                                                              base, cg_form),
+                                         classifier=classifier, guide_net=guide_net)
     mc = config.model
-    num_classes = mc.num_classes
-    require(guidance in ("cfg", "classifier"), f"unknown guidance {guidance!r}; choose cfg or classifier")
-    cg = guidance == "classifier"
-    if cg:
-        from guidediff.classifier_guidance import check_label_set, classifier_grad_log_prob
-
-        require(classifier is not None, "classifier guidance needs a noisy classifier; pass --classifier PATH")
-        require(num_classes > 0, "classifier guidance needs a class-conditional model's label set, but this model "
-                                 "is unconditional (num_classes = 0)")
-        check_label_set(classifier.num_classes, num_classes)
-        cc = classifier.config
-        require((cc.image_size, cc.in_channels) == (mc.image_size, mc.in_channels),
-                f"the classifier takes {cc.in_channels}x{cc.image_size}x{cc.image_size} images but the model makes "
-                f"{mc.in_channels}x{mc.image_size}x{mc.image_size}; train the classifier on the model's dataset")
-        require(base in ("uncond", "cond"), f"unknown base {base!r}; choose uncond or cond")
-        require(cg_form in ("score", "mean"), f"unknown classifier-guidance form {cg_form!r}; choose score or mean")
-        require(cg_form == "score" or spec.option("mean_shift") is not None,
-                "the mean form of classifier guidance shifts the ancestral sampler's mean; use --sampler ancestral "
-                "or --cg-form score")
-    if num_classes == 0:
-        require(all(w == 0.0 for w in ws), "the model is unconditional, so there is nothing to guide: use w = 0")
+    if mc.num_classes == 0:
         classes = [-1]
     device = resolve_device(device)
     cuda = device.type == "cuda"
     bf16 = cuda if bf16 is None else bf16
     channels_last = cuda if channels_last is None else channels_last
-    # a distilled student (guidance distillation) takes w as an input: one forward per step
-    from guidediff.nets.w_conditioned import WConditionedUNet
-
-    student_w: dict[str, torch.Tensor] = {}
-    distilled = isinstance(net, WConditionedUNet)
-    require(not distilled or (not cg and cfg_variant is None),
-            "this model is a distilled student: it applies w itself, so leave out --guidance classifier and "
-            "--cfg-variant")
-    autoguided = cfg_variant is not None and cfg_variant.get("name") == "autoguidance"
-    require(guide_net is None or autoguided, "a guide model is only used by the autoguidance variant")
-    if autoguided:
-        require(guide_net is not None, "autoguidance needs a guide model; pass --guide-model")
-        require(not cg, "autoguidance replaces CFG's unconditional prediction; it does not combine with "
-                        "classifier guidance")
-        require(not isinstance(guide_net, WConditionedUNet),
-                "the guide model is a distilled student; autoguidance needs an ordinary (earlier or smaller) model")
-        gm = guide_net.config if hasattr(guide_net, "config") else None
-        require(gm is None or (gm.image_size, gm.in_channels, gm.num_classes)
-                == (mc.image_size, mc.in_channels, mc.num_classes),
-                "the guide model must make the same images with the same label set as the model; train it "
-                "on the same data (an early or smaller checkpoint of the same run)")
-
-    def as_denoiser(module: torch.nn.Module, takes_w: bool = False) -> CountingDenoiser:
-        module = module.to(device).eval()
-        if channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        forward = torch.compile(module, dynamic=False) if compile else module
-
-        def network(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            if channels_last:
-                z = z.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                if takes_w:
-                    return forward(z, lam, c, student_w["w"]).float()
-                return forward(z, lam, c).float()
-
-        return CountingDenoiser(network)
-
-    counter = as_denoiser(net, takes_w=distilled)
-    guide_counter = as_denoiser(guide_net) if autoguided else None
-    grad_log_prob, classifier_rows = None, [0]
-    if cg:
-        classifier = classifier.to(device).eval().requires_grad_(False)
-        clf_grad = classifier_grad_log_prob(torch.compile(classifier, dynamic=False) if compile else classifier,
-                                            bf16=bf16)
-
-        def grad_log_prob(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            classifier_rows[0] += z.shape[0]
-            return clf_grad(z, lam, c)
+    runtime = dict(bf16=bf16, channels_last=channels_last, compile=compile)
+    counter = _network(net, device, **runtime)
+    guide = _network(guide_net, device, **runtime) if guide_net is not None else None
+    grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
+    context = GuidanceContext(guide=guide, grad_log_prob=grad)
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
     lams = lam_grid(schedule, steps, device=device)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
-    null = num_classes  # the null token; an unconditional net ignores c
-    # images live in [-1, 1]: clip x̂ there (see samplers.predict for why it matters at λ_min); the
-    # eta / v / clip_x keywords reach the samplers that declare them
-    options = {k: value for k, value in {"eta": eta, "v": v, "clip_x": clip_x}.items() if spec.option(k)}
-    options = spec.resolve({**options, **(sampler_options or {})})
-    # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
-    kinds: dict[float | None, list[int]] = {}
-    plain = not cg and cfg_variant is None and not distilled
-    for k, (w, _, _) in enumerate(items):
-        kinds.setdefault(w if plain and w in (0.0, -1.0) else None, []).append(k)
-    batches = [ks[lo:lo + batch_size] for ks in kinds.values() for lo in range(0, len(ks), batch_size)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc="sampling", unit="img", leave=False)
-    out = np.empty((len(items), mc.image_size, mc.image_size, mc.in_channels), dtype=np.uint8)
+    batches = _batches(items, spec, batch_size)
 
     def run_batch(b: int, ks: list[int]) -> torch.Tensor:
         chunk = [items[k] for k in ks]
@@ -231,62 +222,80 @@ def generate(
         c = torch.tensor([max(c, 0) for _, c, _ in chunk], dtype=torch.long, device=device)
         if b == 0 and hasattr(net, "check_inputs"):
             net.check_inputs(z, lams[0].expand(len(chunk)), c)
-        w_values = {w for w, _, _ in chunk}
-        # a plain number lets cfg skip the uncond forward (w = 0) or the cond one (w = −1)
-        w = w_values.pop() if len(w_values) == 1 else torch.tensor([w for w, _, _ in chunk], device=device)
-        step_options = dict(options)
-        if cg:
-            guided = unconditional(counter, null) if base == "uncond" else counter
-            if cg_form == "mean":
-                step_options["mean_shift"] = classifier_mean_shift(grad_log_prob, w)
-            else:
-                guided = classifier_guidance(guided, grad_log_prob, w)
-        elif distilled:
-            student_w["w"] = torch.tensor([w for w, _, _ in chunk], dtype=torch.float32, device=device)
-            guided = counter
-        else:
-            guided = counter if num_classes == 0 else guided_cfg(counter, w, null, cfg_variant, guide_counter)
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
-        return sample(guided, z, lams, c, sampler=sampler, generator=g, **step_options)
+        guided = _guide(spec, method_options, counter, [w for w, _, _ in chunk], mc.num_classes, context, device)
+        step_options = {**options, **getattr(guided, "sampler_options", {})}
+        unknown = sorted(set(step_options) - {o.name for o in sampler_spec.options})
+        require(not unknown, f"guidance {spec.name} with these options needs a sampler that takes {', '.join(unknown)} "
+                             f"(e.g. sampler='ancestral'); sampler {sampler!r} does not")
+        return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False, **step_options)
 
     # classifier guidance differentiates the classifier inside the loop: no_grad, not inference_mode
-    with torch.no_grad() if cg else torch.inference_mode():
+    with torch.no_grad() if spec.needs == "classifier" else torch.inference_mode():
         if compile:
-            # compilation happens on the first batch of each shape: do it before the clock starts,
-            # then forget what the warm-up cost
-            shapes = {}
-            for b, ks in enumerate(batches):
-                one_forward = plain and {items[k][0] for k in ks} <= {0.0, -1.0}
-                shapes.setdefault((one_forward, len(ks)), b)
-            for b in shapes.values():
-                run_batch(b, batches[b])
-            for cnt in (counter, guide_counter):
-                if cnt is not None:
-                    cnt.calls = cnt.evaluations = 0
-            classifier_rows[0] = 0
-            if cuda:
-                torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for b, ks in enumerate(batches):
-            out[ks] = to_uint8(run_batch(b, ks).clamp(-1, 1))
-            if bar is not None:
-                bar.update(len(ks))
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+            _warm_up(run_batch, batches, items, spec, (counter, guide, grad), device)
+        out, seconds = _timed(run_batch, batches, items, (mc.image_size, mc.image_size, mc.in_channels), device,
+                              progress, to_uint8)
     return {
         "x": out,
         "y": np.asarray([c for _, c, _ in items], dtype=np.int64),
         "w": np.asarray([w for w, _, _ in items], dtype=np.float32),
         # the guide's forwards count too: autoguidance pays them
         "nfe_per_image": counter.nfe_per_image(len(items))
-        + (guide_counter.nfe_per_image(len(items)) if guide_counter is not None else 0.0),
+        + (guide.nfe_per_image(len(items)) if guide is not None else 0.0),
         # classifier forward+backward passes per image (classifier guidance only)
-        "classifier_evals_per_image": classifier_rows[0] / max(len(items), 1) if cg else None,
+        "classifier_evals_per_image": grad.rows / max(len(items), 1) if grad is not None else None,
         "seconds": seconds,
     }
+
+
+def _guide(spec, options, denoiser, chunk_ws: list[float], num_classes: int, context, device):
+    """The guided denoiser for one batch; a plain number for w when the batch shares one (so CFG can
+    skip the uncond forward at w = 0 or the cond one at w = −1), else one weight per row."""
+    if num_classes == 0 and spec.name == "cfg":
+        return denoiser
+    values = set(chunk_ws)
+    w = values.pop() if len(values) == 1 else torch.tensor(chunk_ws, device=device)
+    return spec.build(denoiser, w, num_classes, context, **options)
+
+
+def _warm_up(run_batch, batches, items, spec, counters, device) -> None:
+    """Compilation happens on the first batch of each shape: run one batch per shape before the clock
+    starts, then forget what the warm-up cost."""
+    shapes: dict = {}
+    for b, ks in enumerate(batches):
+        one_forward = {items[k][0] for k in ks} <= set(spec.cheap_at)
+        shapes.setdefault((one_forward, len(ks)), b)
+    for b in shapes.values():
+        run_batch(b, batches[b])
+    for counter in counters:
+        if counter is not None:
+            for attr in ("calls", "evaluations", "rows"):
+                if hasattr(counter, attr):
+                    setattr(counter, attr, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(run_batch, batches, items, image_shape, device, progress: bool, to_uint8) -> tuple[np.ndarray, float]:
+    """Run every batch into a uint8 array; the seconds from the first batch to the last result."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="sampling", unit="img", leave=False)
+    out = np.empty((len(items), *image_shape), dtype=np.uint8)
+    start = time.perf_counter()
+    for b, ks in enumerate(batches):
+        out[ks] = to_uint8(run_batch(b, ks).clamp(-1, 1))
+        if bar is not None:
+            bar.update(len(ks))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    return out, seconds
 
 
 def grid_name(w: float) -> str:
