@@ -79,3 +79,9 @@ def get_guidance(name: str) -> GuidanceSpec:
     if name not in GUIDANCE:
         raise UsageError(f"unknown guidance method {name!r}; choose one of {', '.join(GUIDANCE)}")
     return GUIDANCE[name]
+
+
+def cfg_variants() -> list[str]:
+    """The choices of sample.cfg_variant / --cfg-variant: plain, or a method weighted by w other
+    than plain CFG and the distilled student's (interval, rescale, apg, autoguidance, ...)."""
+    return ["plain", *(n for n, spec in GUIDANCE.items() if spec.weight == "w" and n not in ("cfg", "distilled"))]
