@@ -51,7 +51,7 @@ def run_sweep(
 
     ``classifier`` is the evaluation classifier. With ``guidance="classifier"`` the knob values in
     ``ws`` are classifier-guidance scales s for the noisy classifier ``noisy_classifier`` (see
-    ``sampling.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
+    ``generation.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
     for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w.
     ``guidance`` may name any method of the guidance registry, with ``guidance_options``;
     ``sampler_options`` go to the sampler."""
@@ -61,7 +61,8 @@ def run_sweep(
     from guidediff.checkpoint import git_commit, load_model
     from guidediff.metrics.evaluate import evaluate_samples
     from guidediff.nets.fmnist_classifier import load_eval_classifier
-    from guidediff.sampling import generate, resolve_device
+    from guidediff.generation import generate
+    from guidediff.runtime import resolve_device
 
     require(n >= 10, f"--n must be at least 10 (one image per class), got {n}")
     out = Path(out_dir)

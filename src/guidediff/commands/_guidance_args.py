@@ -26,6 +26,22 @@ def add_registry_arguments(p) -> None:
                    help="an option of the sampler, e.g. --sampler-opt clip_x=none (repeatable)")
 
 
+def guidance_weights(args, spec, default_w) -> list[float]:
+    """The knob values: --scale for a method weighted by a scale (classifier guidance), else --w
+    (``default_w``, a list or comma text, when --w is left out)."""
+    from guidediff.errors import require
+    from guidediff.parsing import parse_floats
+
+    if spec.weight == "scale":
+        require(args.w is None, f"--w is the CFG weight; with --guidance {spec.name} give the scales as --scale")
+        require(args.scale is not None, f"--guidance {spec.name} needs --scale, e.g. --scale 1,2,4,10")
+        return list(parse_floats(args.scale, "--scale"))
+    require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
+    if args.w is None and not isinstance(default_w, str):
+        return list(default_w)
+    return list(parse_floats(args.w or default_w, "--w"))
+
+
 def method_options(args, spec) -> dict:
     """The method's options given on the command line: classifier guidance's own flags (--base,
     --cg-form) and --guidance-opt NAME=VALUE."""

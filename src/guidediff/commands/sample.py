@@ -6,6 +6,7 @@ from guidediff.commands._guidance_args import (
     add_cfg_variant_arguments,
     add_registry_arguments,
     cfg_variant_from_args,
+    guidance_weights,
     method_options,
     sampler_options,
 )
@@ -58,28 +59,20 @@ def run(args) -> int:
         return run_ddgan(args)
 
     from guidediff.checkpoint import load_model
-    from guidediff.errors import require
+    from guidediff.errors import UsageError, in_flags, require
     from guidediff.parsing import parse_classes, parse_floats
-    from guidediff.sampling import generate, resolve_device, save_samples
+    from guidediff.generation import generate, save_samples
+    from guidediff.runtime import resolve_device
 
     from guidediff.guidance import get_guidance
 
-    require(args.n >= 1, f"--n must be >= 1, got {args.n}")
-    require(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    require(args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}")
     device = resolve_device(args.device)
     net, config = load_model(args.model, device, weights=args.weights)
     s = config.sample
     num_classes = config.model.num_classes
     spec = get_guidance(args.guidance)
     classifier = None
-    if spec.weight == "scale":
-        require(args.w is None, f"--w is the CFG weight; with --guidance {spec.name} give the scales as --scale")
-        require(args.scale is not None, f"--guidance {spec.name} needs --scale, e.g. --scale 1,2,4,10")
-        ws = parse_floats(args.scale, "--scale")
-    else:
-        require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
-        ws = parse_floats(args.w, "--w") if args.w is not None else list(s.w)
+    ws = guidance_weights(args, spec, list(s.w))
     if spec.needs == "classifier":
         from guidediff.classifier_guidance import load_noisy_classifier
 
@@ -103,11 +96,14 @@ def run(args) -> int:
         method, options, guide, variant = spec.name, method_options(args, spec), args.guide_model, None
     guide_net = load_model(guide, device)[0] if guide is not None else None
     sampler = args.sampler or s.sampler
-    steps = args.steps or s.steps
-    result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed, device=device,
-                      batch_size=args.batch_size, bf16=False if args.no_bf16 else None,
-                      guidance=method, guidance_options=options, classifier=classifier, guide_net=guide_net,
-                      sampler_options=sampler_options(args, sampler, {"eta": s.eta, "v": s.v}))
+    steps = s.steps if args.steps is None else args.steps
+    try:
+        result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed,
+                          device=device, batch_size=args.batch_size, bf16=False if args.no_bf16 else None,
+                          guidance=method, guidance_options=options, classifier=classifier, guide_net=guide_net,
+                          sampler_options=sampler_options(args, sampler, {"eta": s.eta, "v": s.v}))
+    except UsageError as error:
+        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size"}) from None
     written = save_samples(args.out, result, max_cols=args.grid_cols)
     total = len(result["x"])
     knob = "w" if spec.weight == "w" else f"scale ({spec.name}{''.join(f', {v}' for v in options.values())})"
@@ -141,7 +137,7 @@ def run_ddgan(args) -> int:
     from guidediff.ddgan.sample import sample_to_dir
     from guidediff.errors import require
     from guidediff.parsing import parse_floats
-    from guidediff.sampling import resolve_device
+    from guidediff.runtime import resolve_device
 
     for attr, flag, unset in _DIFFUSION_ONLY:
         value = getattr(args, attr, unset)

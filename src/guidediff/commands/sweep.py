@@ -6,6 +6,7 @@ from guidediff.commands._guidance_args import (
     add_cfg_variant_arguments,
     add_registry_arguments,
     cfg_variant_from_args,
+    guidance_weights,
     method_options,
     sampler_options,
 )
@@ -50,18 +51,12 @@ def run(args) -> int:
     from guidediff.guidance import get_guidance
 
     spec = get_guidance(args.guidance)
-    if spec.weight == "scale":
-        require(args.w is None, f"--w is the CFG weight; with --guidance {spec.name} give the scales as --scale")
-        require(args.scale is not None, f"--guidance {spec.name} needs --scale, e.g. --scale 1,2,4,10")
-        knobs = parse_floats(args.scale, "--scale")
-    else:
-        require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
-        knobs = parse_floats(args.w or "0,0.1,0.3,0.5,1,2,3,4", "--w")
+    knobs = guidance_weights(args, spec, "0,0.1,0.3,0.5,1,2,3,4")
     require(spec.needs != "classifier" or args.noisy_classifier is not None,
             f"--guidance {spec.name} needs --noisy-classifier PATH")
     require(args.guidance == "cfg" or args.cfg_variant in (None, "plain"), "--cfg-variant applies to --guidance cfg only")
     if args.compile:
-        from guidediff.sampling import resolve_device
+        from guidediff.runtime import resolve_device
 
         # inductor on a CPU needs a C compiler and gains little there; a GPU is what it is for
         require(resolve_device(args.device).type == "cuda", "--compile is for sampling on a GPU; leave it out on the CPU")
