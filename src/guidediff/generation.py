@@ -172,14 +172,12 @@ def generate(
     from guidediff.data.images import to_uint8
     from guidediff.guidance import GuidanceContext
     from guidediff.samplers import get_sampler
-    from guidediff.schedules import lam_grid, make_schedule
 
     require(isinstance(n, int) and n >= 1, f"n must be a positive integer, got {n!r}")
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     sampler_spec = get_sampler(sampler)
-    options = {k: value for k, value in {"eta": eta, "v": v, "clip_x": clip_x}.items() if sampler_spec.option(k)}
-    options = sampler_spec.resolve({**options, **(sampler_options or {})})
+    options = _sampler_options(sampler_spec, {"eta": eta, "v": v, "clip_x": clip_x}, sampler_options)
     spec, method_options = plan_guidance(net, config, ws, *_legacy_guidance(guidance, guidance_options, cfg_variant,
                                                                               base, cg_form),
                                          classifier=classifier, guide_net=guide_net)
@@ -195,8 +193,7 @@ def generate(
     guide = _network(guide_net, device, **runtime) if guide_net is not None else None
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
-    lams = lam_grid(schedule, steps, device=device)
+    lams = model_lam_grid(config, steps, device)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     batches = _batches(items, spec, batch_size)
@@ -209,11 +206,8 @@ def generate(
             net.check_inputs(z, lams[0].expand(len(chunk)), c)
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
         guided = _guide(spec, method_options, counter, [w for w, _, _ in chunk], mc.num_classes, context, device)
-        step_options = {**options, **getattr(guided, "sampler_options", {})}
-        unknown = sorted(set(step_options) - {o.name for o in sampler_spec.options})
-        require(not unknown, f"guidance {spec.name} with these options needs a sampler that takes {', '.join(unknown)} "
-                             f"(e.g. sampler='ancestral'); sampler {sampler!r} does not")
-        return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False, **step_options)
+        return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False,
+                               **_with_guidance_options(options, guided, spec, sampler_spec))
 
     # classifier guidance differentiates the classifier inside the loop: no_grad, not inference_mode
     with torch.no_grad() if spec.needs == "classifier" else torch.inference_mode():
@@ -232,6 +226,31 @@ def generate(
         "classifier_evals_per_image": grad.rows / max(len(items), 1) if grad is not None else None,
         "seconds": seconds,
     }
+
+
+def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: dict[str, Any] | None) -> dict:
+    """The sampler's options, checked: ``sampler_options``, plus generate's ``eta`` / ``v`` /
+    ``clip_x`` shorthands where the sampler declares an option of that name."""
+    options = {k: value for k, value in shorthands.items() if sampler_spec.option(k)}
+    return sampler_spec.resolve({**options, **(sampler_options or {})})
+
+
+def model_lam_grid(config, steps: int, device) -> torch.Tensor:
+    """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk."""
+    from guidediff.schedules import lam_grid, make_schedule
+
+    d = config.diffusion
+    return lam_grid(make_schedule(d.schedule, d.lam_min, d.lam_max), steps, device=device)
+
+
+def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:
+    """The sampler options plus those the guided denoiser asks for (``guidance.Guided``), which the
+    sampler must declare."""
+    extra = getattr(guided, "sampler_options", {})
+    unknown = sorted(set(extra) - {o.name for o in sampler_spec.options})
+    require(not unknown, f"guidance {spec.name} with these options needs a sampler that takes {', '.join(unknown)} "
+                         f"(e.g. sampler='ancestral'); sampler {sampler_spec.name!r} does not")
+    return {**options, **extra}
 
 
 def _guide(spec, options, denoiser, chunk_ws: list[float], num_classes: int, context, device):
