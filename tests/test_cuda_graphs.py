@@ -34,9 +34,10 @@ def test_cpu_falls_back_with_a_note(capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_graphed_trajectory_equals_plain_loop_on_cuda():
+def test_graphed_trajectory_equals_plain_loop_on_cuda(capsys):
     plain = _generate("cuda", False)
     graphed = _generate("cuda", True)
+    assert "without CUDA graphs" not in capsys.readouterr().err  # the graph really ran
     assert np.abs(plain["x"].astype(int) - graphed["x"].astype(int)).max() <= 1
     assert plain["nfe_per_image"] == pytest.approx(graphed["nfe_per_image"])
     # a second call replays graphs captured for the same shapes and gives the same images again

@@ -64,8 +64,10 @@ def test_device_ema_decay_matches_host_formula():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_graphed_step_equals_eager_step_on_cuda(tmp_path):
-    common = ("train.device=cuda", "train.mixed_precision=bf16", "train.compile=false", "train.steps=8")
+def test_graphed_step_equals_eager_step_on_cuda(tmp_path, capsys):
+    common = ("train.device=cuda", "train.mixed_precision=bf16", "train.compile=false", "train.steps=8",
+              "train.deterministic=true")
     eager = _run(tmp_path / "eager", "train.cuda_graph=eager", *common)
     graphed = _run(tmp_path / "graphed", "train.cuda_graph=true", *common)
-    _assert_same(eager, graphed, rtol=1e-4)
+    assert "could not be captured" not in capsys.readouterr().err  # the graph really ran
+    _assert_same(eager, graphed, rtol=2e-3)
