@@ -58,7 +58,7 @@ class TrajectoryGraphs:
         torch.cuda.current_stream(inputs[0].device).wait_stream(side)
         mid = [(c.calls, c.evaluations) for c in self.counters]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_out = fn(*static_in)
         cost = [(c.calls - m[0], c.evaluations - m[1]) for c, m in zip(self.counters, mid)]
         for c, (calls, evaluations) in zip(self.counters, before):

@@ -157,7 +157,7 @@ class TrainStep:
         if hasattr(graph, "register_generator_state"):
             graph.register_generator_state(self.gen)
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._body(step)
         except Exception as exc:  # noqa: BLE001 - any capture failure: the same step, uncaptured
             say(f"note: the training step could not be captured in a CUDA graph ({type(exc).__name__}: "
