@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from guidediff.nets.unet import UNet
-from guidediff.sampling import generate
+from guidediff.generation import generate
 from train_helpers import tiny_config
 
 

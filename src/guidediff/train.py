@@ -41,7 +41,7 @@ from guidediff.checkpoint import (
 from guidediff.config import Config
 from guidediff.ema import EMA
 from guidediff.errors import UsageError, require
-from guidediff.sampling import derive_seed
+from guidediff.runtime import derive_seed
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
@@ -116,7 +116,7 @@ def cfg_loss(config: Config) -> LossFn:
 
 def cfg_sample_fn(config: Config, max_classes: int = 10) -> SampleFn:
     """Sample grids from the EMA model during training: a few classes × sample.w, PNG per w."""
-    from guidediff.sampling import generate, save_grids
+    from guidediff.generation import generate, save_grids
 
     s = config.sample
 

@@ -66,7 +66,7 @@ class TrainStep:
     ``loss_sum.zero_()``) and ``grad_norm`` (the last step's, before clipping) stay on the device."""
 
     def __init__(self, parts: StepParts, mode: str):
-        from guidediff.sampling import derive_seed
+        from guidediff.runtime import derive_seed
 
         assert mode in MODES, mode
         p = self.p = parts
@@ -95,7 +95,7 @@ class TrainStep:
         return StepContext(step, self.gen, self.p.rank, self.p.world_size, self.p.global_batch)
 
     def _seat_generators(self, step: int) -> None:
-        from guidediff.sampling import derive_seed
+        from guidediff.runtime import derive_seed
 
         if self.cuda and self.mode != "classic":
             self.gen.manual_seed(self._seeds[0])
