@@ -216,17 +216,7 @@ def generate(
         return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False,
                                **_with_guidance_options(options, guided, spec, sampler_spec))
 
-    graphs = None
-    if cuda_graph:
-        from guidediff import cuda_graphs
-
-        why = cuda_graphs.why_not_graphable(device, sampler=sampler, eta=options.get("eta", 0.0),
-                                            classifier_guidance=spec.needs == "classifier",
-                                            distilled=spec.name == "distilled")
-        if why:
-            cuda_graphs.note(why)
-        else:
-            graphs = cuda_graphs.TrajectoryGraphs([counter, guide])
+    graphs = _trajectory_graphs(device, sampler, options, spec, [counter, guide]) if cuda_graph else None
     # classifier guidance differentiates the classifier inside the loop: no_grad, not inference_mode
     with torch.no_grad() if spec.needs == "classifier" else torch.inference_mode():
         if compile or graphs is not None:
@@ -280,6 +270,19 @@ def _guide(spec, options, denoiser, chunk_ws: list[float], num_classes: int, con
         values = set(chunk_ws)
         w = values.pop() if len(values) == 1 else torch.tensor(chunk_ws, device=device)
     return spec.build(denoiser, w, num_classes, context, **options)
+
+
+def _trajectory_graphs(device, sampler: str, options: dict, spec, counters):
+    """``cuda_graphs.TrajectoryGraphs`` when this sampling can be captured, else None (with a note why)."""
+    from guidediff import cuda_graphs
+
+    why = cuda_graphs.why_not_graphable(device, sampler=sampler, eta=options.get("eta", 0.0),
+                                        classifier_guidance=spec.needs == "classifier",
+                                        distilled=spec.name == "distilled")
+    if why:
+        cuda_graphs.note(why)
+        return None
+    return cuda_graphs.TrajectoryGraphs(counters)
 
 
 def _graphed_batch(graphs, spec, method_options, counter, chunk, z, c, lams, options, sampler_spec, num_classes,
