@@ -1,0 +1,182 @@
+"""Two claims of the VDM paper (Kingma et al. 2021) measured on a trained model, without training.
+
+Parts (--parts):
+  T         the discrete-time bound L_T at T = --Ts (10 100 1000) against the continuous-time one
+            (VDM §4: more steps give a better bound, L_T → L_∞ as T → ∞), bits/dim with 95%
+            intervals on the first --n test images. Every T uses the same u, ε, ε_0 per image
+            (common random numbers), so the paired differences L_T − L_∞ have tight intervals.
+  variance  the variance of the per-example bound estimate (VDM §5: the learned schedule lowers it,
+            6.35 → 0.53 on CIFAR-10): --k independent estimates of each of --n-var test images,
+            per-example variance in (bits/dim)², for three schedule shapes on the SAME network and
+            the same endpoints (in continuous time the shape changes only the variance, not the
+            expected bound): the model's own schedule, λ linear in u, and the variance-optimal
+            shape p*(λ) ∝ √E[(½‖ε − ε̂‖²)²] estimated from --pilot training images
+            (guidediff.vdm.variance) — the target that VDM's learned schedule descends towards.
+
+--model: a VDM run directory, an exported model, or a shipped name (default fmnist-cfg, a CFG
+ε-model evaluated under its fixed schedule, as `guidediff bpd fmnist-cfg` does). Results merge
+into <out>/vdm_claims.json (out: --out, else $BENCH_OUT, else benchmarks/results), one key per
+model and part, written after every part.
+
+    # CPU here (one core, about 2 + 3 minutes):
+    python benchmarks/vdm_claims.py --device cpu --threads 1
+    # GPU, a trained VDM run (seconds):
+    python benchmarks/vdm_claims.py --model RUN_DIR --n 10000 --n-var 1000 --k 32 --out $OUT
+    # smoke test
+    python benchmarks/vdm_claims.py --tiny --out /tmp/vdm_claims
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from guidediff.data.images import load_dataset, to_tensor_dataset  # noqa: E402
+from guidediff.vdm.bound import LN2  # noqa: E402
+from guidediff.vdm.bpd import evaluate_bpd, mean_ci95  # noqa: E402
+from guidediff.vdm.loading import load_vdm  # noqa: E402
+from guidediff.vdm.variance import (  # noqa: E402
+    PiecewiseLinearSchedule,
+    bound_draws,
+    estimator_variance,
+    second_moment_by_bin,
+    variance_optimal_schedule,
+)
+
+PARTS = ("T", "variance")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def images(model, config, split: str, start: int, n: int, device, data_dir):
+    d = config.data
+    data = load_dataset(d.name, split, data_dir=data_dir or d.data_dir, resolution=d.resolution, channels=d.channels)
+    if start + n > len(data.images):
+        raise SystemExit(f"error: {split} split has {len(data.images)} images, asked for {start}…{start + n}; lower --n")
+    x, c = to_tensor_dataset(data.images[start:start + n], data.labels[start:start + n], device=device)
+    if model.num_classes == 0:
+        c = torch.zeros_like(c)
+    return x, c
+
+
+def part_T(model, x, c, args) -> dict:
+    """bits/dim at each T and in continuous time, same noise per image; paired differences."""
+    results, per_image = {}, {}
+    for T in [*args.Ts, 0]:
+        t0 = time.perf_counter()
+        r = evaluate_bpd(model, x, c, batch_size=args.batch_size, seed=args.seed, T=T, bf16=False)
+        per_image[T] = r.per_image
+        results[T] = {"T": T, "bpd": r.bpd, "bpd_ci95": r.bpd_ci95, "terms": r.terms,
+                      "seconds": round(time.perf_counter() - t0, 1)}
+        log(f"  T = {T or '∞'}: {r.bpd:.4f} ± {r.bpd_ci95:.4f} bits/dim  (diffusion {r.terms['diffusion']['bpd']:.4f})"
+            f"  {results[T]['seconds']} s")
+    for T in args.Ts:
+        m, h, _ = mean_ci95(per_image[T] - per_image[0])
+        results[T]["minus_continuous"] = {"bpd": m, "ci95": h}
+        log(f"  L_{T} − L_∞ = {m:+.4f} ± {h:.4f} bits/dim (paired)")
+    rows = [results[T] for T in [*args.Ts, 0]]
+    ordered = all(rows[i]["bpd"] > rows[i + 1]["bpd"] for i in range(len(rows) - 1))
+    return {"n": x.shape[0], "seed": args.seed, "rows": rows, "bound_improves_with_T": ordered,
+            "how": "evaluate_bpd at each T with the same seed: one u, ε, ε_0 per image shared by every T "
+                   "(common random numbers); T = 0 is continuous time; intervals are 1.96·std/√n over images"}
+
+
+def part_variance(model, x, c, x_pilot, c_pilot, args) -> dict:
+    """Per-example variance of the continuous-time bound estimate under three schedule shapes."""
+    dims = int(x[0].numel())
+    lam_max, lam_min = model.schedule.lam_max, model.schedule.lam_min
+    to_bpd = 1.0 / (dims * LN2)
+    t0 = time.perf_counter()
+    edges = torch.linspace(lam_max, lam_min, args.bins + 1, dtype=torch.float64)
+    m = second_moment_by_bin(model.denoiser, x_pilot, c_pilot, edges, seed=args.seed + 1, batch_size=args.batch_size)
+    pilot_s = round(time.perf_counter() - t0, 1)
+    shapes = {
+        "model": model.schedule,
+        "lam-linear": PiecewiseLinearSchedule(torch.tensor([0.0, 1.0]), torch.tensor([lam_max, lam_min])),
+        "variance-optimal": variance_optimal_schedule(edges, m),
+    }
+    rows = {}
+    for name, schedule in shapes.items():
+        t0 = time.perf_counter()
+        draws = bound_draws(model.denoiser, x, c, schedule, args.k, seed=args.seed, batch_size=args.batch_size)
+        v = estimator_variance(draws * to_bpd)
+        rows[name] = {**v.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+        log(f"  {name:<17s} bound {v.mean:.4f} bits/dim, per-example variance {v.per_example_var:.4g} ± "
+            f"{v.per_example_var_ci95:.2g} (bits/dim)², all draws {v.total_var:.4g}  {rows[name]['seconds']} s")
+    base = rows["model"]["per_example_var"]
+    for name in rows:
+        rows[name]["ratio_to_model"] = rows[name]["per_example_var"] / base
+    return {"n": x.shape[0], "k": args.k, "pilot_images": x_pilot.shape[0], "bins": args.bins,
+            "pilot_seconds": pilot_s, "lam_min": lam_min, "lam_max": lam_max, "schedule": model.vdm.schedule,
+            "shapes": rows, "units": "(bits/dim)^2 of the total bound estimate (prior + reconstruction + diffusion)",
+            "how": f"{args.k} independent (u, ε, ε_0) per test image, continuous time; per-example variance with "
+                   f"k − 1, mean over images, 95% interval over images; the same network and endpoints for every "
+                   f"shape; the variance-optimal shape from {x_pilot.shape[0]} training images × {args.bins} λ bins "
+                   "(p ∝ √E[(½e)²] mixed with 1% uniform)"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="fmnist-cfg")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--Ts", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--n", type=int, default=500, help="test images for the T part")
+    p.add_argument("--n-var", type=int, default=32, help="test images for the variance part")
+    p.add_argument("--k", type=int, default=32, help="estimates per image for the variance part")
+    p.add_argument("--pilot", type=int, default=16, help="training images for the variance-optimal shape")
+    p.add_argument("--bins", type=int, default=32, help="λ bins of the variance-optimal shape")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default="", help="how the device was shared, for the JSON")
+    p.add_argument("--out", default=None)
+    p.add_argument("--tiny", action="store_true", help="smoke test: a handful of images")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tiny:
+        args.n, args.n_var, args.k, args.pilot, args.bins, args.Ts = 8, 4, 3, 2, 4, [2, 10]
+
+    out = Path(args.out or os.environ.get("BENCH_OUT") or common.RESULTS)
+    target = out / "vdm_claims.json"
+    results = json.loads(target.read_text()) if target.is_file() else {}
+    for key in ("device", "torch", "commit", "cuda"):
+        results.pop(key, None)
+    model, config = load_vdm(args.model, device=args.device)
+    key = str(args.model)
+    entry = results.setdefault("models", {}).setdefault(key, {})
+    start = time.perf_counter()
+
+    def save(part: str, value: dict) -> None:
+        env = common.environment()
+        entry[part] = {**value, "device": env["device"], "torch": env["torch"], "commit": env["commit"],
+                       "threads": torch.get_num_threads(), "note": args.note}
+        common.write_result("vdm_claims", {**results, "wall_seconds": round(time.perf_counter() - start, 1)}, str(out))
+
+    if "T" in args.parts:
+        log(f"== {key}: discrete-time bound against T (n = {args.n})")
+        x, c = images(model, config, "test", 0, args.n, args.device, args.data_dir)
+        save("bound_vs_T", part_T(model, x, c, args))
+    if "variance" in args.parts:
+        log(f"== {key}: variance of the per-example bound estimate (n = {args.n_var}, k = {args.k})")
+        x, c = images(model, config, "test", 0, args.n_var, args.device, args.data_dir)
+        xp, cp = images(model, config, "train", 0, args.pilot, args.device, args.data_dir)
+        save("estimator_variance", part_variance(model, x, c, xp, cp, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
