@@ -134,6 +134,23 @@ def variance_optimal_schedule(lam_edges: Tensor, second_moment: Tensor, floor: f
     return PiecewiseLinearSchedule(u, edges)
 
 
+def optimal_step_probs(schedule, T: int, lam_edges: Tensor, second_moment: Tensor, floor: float = 0.01) -> Tensor:
+    """Step probabilities q_i ∝ w_i·√m(λ_t(i)) for the discrete-time loss L_T, w_i = expm1(λ_s − λ_t):
+    the importance distribution over steps that minimises the variance of ½·w_i·e/q_i (the same
+    argument as variance_optimal_schedule), m read from the pilot bin holding λ_t(i); `floor`
+    mixes in that share of the uniform distribution over steps."""
+    require(T >= 1 and 0 < floor < 1, f"need T >= 1 and floor in (0, 1), got {T} and {floor}")
+    u = torch.arange(T + 1, dtype=torch.float64) / T
+    lam = schedule.lam(u).double()
+    lam_s, lam_t = lam[:-1], lam[1:]
+    edges = lam_edges.double()
+    # bins are ordered by decreasing λ: bin j holds edges[j] ≥ λ > edges[j+1]
+    j = (torch.searchsorted(-edges, -lam_t.contiguous(), right=False) - 1).clamp(0, len(edges) - 2)
+    score = torch.expm1(lam_s - lam_t) * second_moment.double()[j].sqrt()
+    require(float(score.sum()) > 0, "the pilot second moments are all zero; use more pilot images")
+    return (1 - floor) * score / score.sum() + floor / T
+
+
 @torch.no_grad()
 def second_moment_by_bin(denoiser, x: Tensor, c: Tensor, lam_edges: Tensor, *, seed: int = 0,
                          batch_size: int = 256) -> Tensor:
@@ -158,4 +175,4 @@ def second_moment_by_bin(denoiser, x: Tensor, c: Tensor, lam_edges: Tensor, *, s
 
 
 __all__ = ["EstimatorVariance", "PiecewiseLinearSchedule", "bound_draws", "estimator_variance",
-           "second_moment_by_bin", "variance_optimal_schedule"]
+           "optimal_step_probs", "second_moment_by_bin", "variance_optimal_schedule"]
