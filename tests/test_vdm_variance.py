@@ -16,6 +16,7 @@ from guidediff.vdm.variance import (
     bound_draws,
     estimator_variance,
     second_moment_by_bin,
+    second_moment_of_shape,
     variance_optimal_schedule,
 )
 
@@ -94,6 +95,9 @@ def test_optimal_shape_removes_the_variance_of_a_deterministic_integrand():
         se = float(loss.std()) / math.sqrt(n)
         assert abs(float(loss.mean()) - exact) < 4 * se + 1e-3 * exact, name
         var[name] = float(loss.var())
+        # the quadrature on the pilot's m predicts the sampled second moment
+        predicted, sq = second_moment_of_shape(schedule, edges, m), loss.pow(2)
+        assert abs(predicted - float(sq.mean())) < 4 * float(sq.std()) / math.sqrt(n) + 0.02 * predicted, name
     assert var["optimal"] < 1e-3 * var["linear"] and var["linear"] < var["cfg"]
 
 
