@@ -58,13 +58,14 @@ class Snapshots:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         clock = time.perf_counter() - self.t0
-        minute = self.pending.pop(0)
-        path = self.folder / f"ema_{minute:g}min.safetensors"
-        save_model(ema_model.state_dict(), self.config, path, dtype="float32", step=step, clock_s=clock)
-        self.record["snapshots"].append({"minute": minute, "clock_s": clock, "step": step, "model": str(path),
-                                         "points": []})
-        self.save()
-        print(f"snapshot at {clock / 60:.2f} min, step {step}", flush=True)
+        while self.pending and clock >= self.pending[0] * 60:
+            minute = self.pending.pop(0)
+            path = self.folder / f"ema_{minute:g}min.safetensors"
+            save_model(ema_model.state_dict(), self.config, path, dtype="float32", step=step, clock_s=clock)
+            self.record["snapshots"].append({"minute": minute, "clock_s": clock, "step": step, "model": str(path),
+                                             "points": []})
+            self.save()
+            print(f"snapshot at {clock / 60:.2f} min, step {step}", flush=True)
         if not self.pending:
             raise _Done
 
@@ -97,19 +98,18 @@ def train_diffusers(args, record: dict, save) -> None:
     pending = sorted(args.eval_at)
 
     def on_step(step, seconds, unet, ema) -> None:
-        if not pending or seconds < pending[0] * 60:
-            return
-        minute = pending.pop(0)
-        folder = run / f"ema_{minute:g}min"
-        ema.store(unet.parameters())
-        ema.copy_to(unet.parameters())
-        unet.save_pretrained(folder / "unet")
-        ema.restore(unet.parameters())
-        qvd.ddim_scheduler().save_pretrained(folder / "scheduler")
-        record["snapshots"].append({"minute": minute, "clock_s": seconds, "step": step, "model": str(folder),
-                                    "points": []})
-        save()
-        print(f"snapshot at {seconds / 60:.2f} min, step {step}", flush=True)
+        while pending and seconds >= pending[0] * 60:
+            minute = pending.pop(0)
+            folder = run / f"ema_{minute:g}min"
+            ema.store(unet.parameters())
+            ema.copy_to(unet.parameters())
+            unet.save_pretrained(folder / "unet")
+            ema.restore(unet.parameters())
+            qvd.ddim_scheduler().save_pretrained(folder / "scheduler")
+            record["snapshots"].append({"minute": minute, "clock_s": seconds, "step": step, "model": str(folder),
+                                        "points": []})
+            save()
+            print(f"snapshot at {seconds / 60:.2f} min, step {step}", flush=True)
 
     unet, steps, minutes, info = qvd.diffusers_train(max(args.eval_at) + 1 / 60, args.device, args.params, on_step)
     record.update(info)
@@ -174,10 +174,12 @@ def merge(args) -> None:
         raise SystemExit(f"no time_to_quality_<side>.json in {folder}; pass the --out folder of the sides")
     first = next(iter(sides.values()))
     results = Path(args.results)
-    payload = {"task": first["task"], "layout": args.layout, "sides": sides,
+    # the sides' own device, torch and commit win over the merging machine's
+    env = {k: first[k] for k in ("device", "torch", "commit", "cuda") if k in first}
+    payload = {**env, "task": first["task"], "layout": args.layout, "sides": sides,
                "note": "each side trained for the wall-clock minutes given; our sides' clock excludes the "
                        "startup (data loading, torch.compile) reported as startup_s"}
-    common.write_result("time_to_quality", {k: v for k, v in payload.items()}, out_dir=str(results))
+    common.write_result("time_to_quality", payload, out_dir=str(results))
     plot(sides, results / "time_to_quality.png")
     if "new" in sides and "diffusers" in sides:
         import quality_vs_diffusers as qvd
@@ -189,7 +191,7 @@ def merge(args) -> None:
         ours = {**final(sides["new"]), "params": sides["new"].get("params"), "config": CONFIGS["new"]}
         theirs = {**final(sides["diffusers"]), **{k: sides["diffusers"][k] for k in ("block_out_channels", "params")
                                                   if k in sides["diffusers"]}}
-        result = qvd.compare({"task": {"minutes": sides["new"]["minutes"], **first["task"]}, "sides_run": args.layout,
+        result = qvd.compare({**env, "task": {"minutes": sides["new"]["minutes"], **first["task"]}, "sides_run": args.layout,
                               "source": "benchmarks/time_to_quality.py (final snapshots)", "ours": ours,
                               "diffusers": theirs})
         common.write_result("quality_vs_diffusers", result, out_dir=str(results))
