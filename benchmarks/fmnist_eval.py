@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from guidediff.metrics.evaluate import evaluate_samples
-from guidediff.sampling import generate
+from guidediff.generation import generate
 from guidediff.sweep import flatten_metrics
 
 KEYS = ("fid", "fid_floor", "is", "cas", "precision", "recall", "n")

@@ -155,7 +155,7 @@ def test_power_ema_gamma_and_profile():
 
 
 def test_old_config_without_the_options_loads_and_samples_identically(tmp_path):
-    from guidediff.sampling import generate
+    from guidediff.generation import generate
 
     config = tiny_config()
     old = config.to_dict()
@@ -181,9 +181,9 @@ def test_old_config_without_the_options_loads_and_samples_identically(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    ("diffusion.precondition=\"edm\"", "diffusion.loss_weight=\"edm\"", "diffusion.lam_sampling=\"lognormal\""),
-    ("diffusion.loss_weight=\"min_snr\"", "train.lr_schedule=\"cosine\"", "train.ema=\"power\""),
-    ("diffusion.schedule_shift=2.0", "diffusion.loss_weight=\"v\""),
+    ("diffusion.precondition=\"edm\"", "diffusion.loss_weight=\"edm\"", "diffusion.lam_sampling=\"lognormal\"",
+     "train.lr_schedule=\"cosine\"", "train.ema=\"power\""),
+    ("diffusion.loss_weight=\"min_snr\"", "diffusion.schedule_shift=2.0", "train.lr_schedule=\"linear\""),
 ])
 def test_levers_train_and_resume(tmp_path, overrides):
     from guidediff.train import train
