@@ -205,3 +205,18 @@ def test_bad_lever_values_are_one_line_errors():
             tiny_config(item)
     with pytest.raises(UsageError):
         tiny_config("diffusion.schedule=\"cosine\"", "diffusion.schedule_shift=2.0")
+
+
+def test_power_ema_same_in_the_graph_ready_step(tmp_path):
+    """The device-side EMA of the graph-ready step follows the power profile like EMA.update."""
+    from guidediff.checkpoint import load_model
+    from guidediff.train import train
+
+    weights = []
+    for mode in ("false", "\"eager\""):
+        config = tiny_config('train.ema="power"', "train.ema_sigma_rel=0.1", f"train.cuda_graph={mode}",
+                             "train.steps=4", "train.checkpoint_every=4")
+        train(config, tmp_path / mode.strip('"'), dataset=tiny_arrays(), progress=False)
+        weights.append(load_model(tmp_path / mode.strip('"'), "cpu")[0].state_dict())
+    for k, v in weights[0].items():
+        assert torch.allclose(v.float(), weights[1][k].float(), atol=1e-6), k

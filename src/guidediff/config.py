@@ -80,7 +80,7 @@ class TrainConfig:
     lr_schedule "cosine"/"linear" decays the rate after warm-up to lr_final·lr at train.steps
     ("constant": no decay). ema "power" is EDM2's power-function EMA whose length is the fraction
     ema_sigma_rel of training so far (ema_decay/ema_warmup then unused).
-    "auto" for mixed_precision/compile/channels_last means: on for CUDA, off on CPU."""
+    "auto" for mixed_precision/compile/channels_last/cuda_graph means: on for CUDA, off on CPU."""
 
     batch_size: int = 128
     lr: float = 2e-4
@@ -104,6 +104,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_last: int = 3
     compile: bool | str = "auto"
+    # the whole step (data, loss, backward, clipping, AdamW, EMA) as one CUDA graph: "auto" = on for
+    # one CUDA process with the default loss; "eager" = the same step without the capture (debugging)
+    cuda_graph: bool | str = "auto"
     channels_last: bool | str = "auto"
     deterministic: bool = False
     tensorboard: bool = True
@@ -200,6 +203,8 @@ class Config:
             value = getattr(t, name)
             require(isinstance(value, bool) or value == "auto",
                     f"train.{name} must be true, false or \"auto\", got {value!r}")
+        require(isinstance(t.cuda_graph, bool) or t.cuda_graph in ("auto", "eager"),
+                f"train.cuda_graph must be true, false, \"auto\" or \"eager\", got {t.cuda_graph!r}")
         require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
         from guidediff.samplers import SAMPLERS
 
