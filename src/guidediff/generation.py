@@ -76,20 +76,24 @@ def plan_guidance(net, config, ws, guidance: str, options: dict[str, Any], *, cl
     return spec, options
 
 
-def _network(module, device, *, bf16: bool, channels_last: bool, compile: bool):
-    """The module as a counted denoiser on ``device`` (bf16 autocast, channels-last, compiled when asked)."""
+def _network(module, device, *, bf16: bool, channels_last: bool, compile: bool, diffusion=None):
+    """The module as a counted denoiser on ``device`` (bf16 autocast, channels-last, compiled when asked),
+    wrapped by the preconditioning ``diffusion`` (a DiffusionConfig) names, if any."""
     from guidediff.guidance import CountingDenoiser
+    from guidediff.precondition import wrap_for_config
 
     module = module.to(device).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     forward = torch.compile(module, dynamic=False) if compile else module
+    # EDM preconditioning lives outside the net (a distilled student's extra inputs bypass it)
+    plain = wrap_for_config(forward, diffusion) if diffusion is not None else forward
 
     def network(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         if channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return forward(z, lam, c, *extra).float()
+            return (forward(z, lam, c, *extra) if extra else plain(z, lam, c)).float()
 
     return CountingDenoiser(network)
 
@@ -193,7 +197,7 @@ def generate(
     bf16 = cuda if bf16 is None else bf16
     channels_last = cuda if channels_last is None else channels_last
     runtime = dict(bf16=bf16, channels_last=channels_last, compile=compile)
-    counter = _network(net, device, **runtime)
+    counter = _network(net, device, **runtime, diffusion=config.diffusion)
     guide = _network(guide_net, device, **runtime) if guide_net is not None else None
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
@@ -245,10 +249,9 @@ def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: 
 
 def model_lam_grid(config, steps: int, device) -> torch.Tensor:
     """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk."""
-    from guidediff.schedules import lam_grid, make_schedule
+    from guidediff.schedules import lam_grid, schedule_from_config
 
-    d = config.diffusion
-    return lam_grid(make_schedule(d.schedule, d.lam_min, d.lam_max), steps, device=device)
+    return lam_grid(schedule_from_config(config.diffusion), steps, device=device)
 
 
 def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:

@@ -44,24 +44,37 @@ class CFGSchedule:
 
     b = arctan(exp(−λ_max/2)) and a = arctan(exp(−λ_min/2)) − b, so λ(0) = λ_max and λ(1) = λ_min.
     It is the cosine schedule truncated to [λ_min, λ_max].
+
+    ``shift`` s ≠ 1 is the shifted cosine of "simple diffusion" (Hoogeboom et al. 2023, §3.1):
+    λ(u) = −2·log tan(a·u + b) + 2·log s, still truncated to [λ_min, λ_max] (s > 1 spends more
+    of the u-interval at high SNR, as suits images smaller than 64×64; s = 64/d for side d).
     """
 
     lam_min: float = -20.0
     lam_max: float = 20.0
     name: str = "cfg"
+    shift: float = 1.0
 
     def __post_init__(self) -> None:
         _check_range(self.lam_min, self.lam_max)
+        require(math.isfinite(self.shift) and self.shift > 0,
+                f"schedule shift must be a positive number (1 = no shift), got {self.shift}")
+
+    @property
+    def _offset(self) -> float:
+        return 2.0 * math.log(self.shift)
 
     @property
     def _ab(self) -> tuple[float, float]:
-        b = math.atan(math.exp(-self.lam_max / 2))
-        a = math.atan(math.exp(-self.lam_min / 2)) - b
+        b = math.atan(math.exp(-(self.lam_max - self._offset) / 2))
+        a = math.atan(math.exp(-(self.lam_min - self._offset) / 2)) - b
         return a, b
 
     def lam(self, u: Tensor) -> Tensor:
         a, b = self._ab
-        return -2.0 * torch.log(torch.tan(a * u + b))
+        lam = -2.0 * torch.log(torch.tan(a * u + b))
+        # s = 1 must stay bit-identical to the unshifted schedule (old checkpoints sample the same)
+        return lam + self._offset if self.shift != 1.0 else lam
 
     def dlam_du(self, u: Tensor) -> Tensor:
         a, b = self._ab
@@ -70,7 +83,7 @@ class CFGSchedule:
 
     def u_of_lam(self, lam: Tensor) -> Tensor:
         a, b = self._ab
-        return (torch.atan(torch.exp(-lam / 2)) - b) / a
+        return (torch.atan(torch.exp(-(lam - self._offset) / 2)) - b) / a
 
 
 @dataclass(frozen=True)
@@ -188,16 +201,27 @@ Schedule = CFGSchedule | CosineSchedule | LinearSchedule
 SCHEDULES = {"cfg": CFGSchedule, "cosine": CosineSchedule, "linear": LinearSchedule}
 
 
-def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None = None) -> Schedule:
-    """Build a schedule by name ('cfg', 'cosine', 'linear'); None keeps the schedule's default range."""
+def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None = None,
+                  shift: float = 1.0) -> Schedule:
+    """Build a schedule by name ('cfg', 'cosine', 'linear'); None keeps the schedule's default range.
+    ``shift`` ≠ 1 (the shifted cosine, see CFGSchedule) exists for 'cfg' only."""
     if name not in SCHEDULES:
         raise UsageError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    kwargs = {}
+    kwargs: dict = {}
+    if shift != 1.0:
+        require(name == "cfg", f"schedule shift {shift} needs schedule 'cfg' (the shifted cosine), not {name!r}; "
+                               "set diffusion.schedule = \"cfg\" or schedule_shift = 1")
+        kwargs["shift"] = float(shift)
     if lam_min is not None:
         kwargs["lam_min"] = float(lam_min)
     if lam_max is not None:
         kwargs["lam_max"] = float(lam_max)
     return SCHEDULES[name](**kwargs)
+
+
+def schedule_from_config(d) -> Schedule:
+    """The schedule a DiffusionConfig names (its range and shift); one place for training and sampling."""
+    return make_schedule(d.schedule, d.lam_min, d.lam_max, getattr(d, "schedule_shift", 1.0))
 
 
 def lam_grid(schedule: Schedule, steps: int, *, dtype=torch.float32, device=None) -> Tensor:
