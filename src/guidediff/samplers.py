@@ -26,17 +26,47 @@ def _check(lams: Tensor) -> None:
     require(bool((lams[1:] > lams[:-1]).all()), "lams must increase (from noisy λ_min to clean λ_max)")
 
 
-def _predict(denoiser: Denoiser, z: Tensor, lam_t: Tensor, c: Tensor, clip_x: float | None) -> tuple[Tensor, Tensor]:
+def dynamic_threshold(x: Tensor, p: float) -> Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3): per sample s = max(1, the p-quantile
+    of |x̂|), then x̂ ← clamp(x̂, −s, s)/s."""
+    flat = x.reshape(x.shape[0], -1).abs()
+    s = torch.quantile(flat.float(), p, dim=1).to(x.dtype).clamp_min(1.0)
+    s = per_sample(s, x)
+    return torch.maximum(torch.minimum(x, s), -s) / s
+
+
+def _check_x_options(clip_x: float | None, threshold: float | None) -> None:
+    require(clip_x is None or clip_x > 0, f"clip_x must be > 0 (or None for no clipping), got {clip_x}")
+    require(threshold is None or 0.0 < threshold < 1.0,
+            f"threshold is the percentile p of dynamic thresholding and must lie in (0, 1) (Imagen: 0.995), got {threshold}")
+
+
+def _predict(denoiser: Denoiser, z: Tensor, lam_t: Tensor, c: Tensor, clip_x: float | None,
+             threshold: float | None = None) -> tuple[Tensor, Tensor]:
     """(x̂, ε̂) at λ_t. With ``clip_x``, x̂ is clamped to [−clip_x, clip_x] and ε̂ recomputed from it,
     so the update stays consistent (ADM's clip_denoised). At λ_min = −20, x̂ = (z − σ·ε̂)/α
     multiplies the network's ε-error by 1/α ≈ e^10; clipping to the data range stops that error
-    from reaching the samples."""
+    from reaching the samples. ``threshold`` (a percentile p) applies Imagen's dynamic thresholding
+    first; it keeps x̂ in [−1, 1] like clipping but rescales instead of saturating."""
     eps = denoiser(z, lam_t.expand(z.shape[0]), c)
     x = eps_to_x(z, eps, lam_t)
+    if threshold is not None:
+        x = dynamic_threshold(x, threshold)
     if clip_x is not None:
         x = x.clamp(-clip_x, clip_x)
+    if threshold is not None or clip_x is not None:
         eps = x_to_eps(z, x, lam_t)
     return x, eps
+
+
+def data_step(z: Tensor, x: Tensor, lam_t: Tensor, lam_s: Tensor) -> Tensor:
+    """First-order step in data prediction from λ_t to λ_s (DPM-Solver++, Lu et al. 2022, eq. 9):
+    z_s = (σ_s/σ_t)·z_t + α_s·(1 − e^{−h})·x, with h = (λ_s − λ_t)/2 in DPM-Solver's half log-SNR.
+    With x = x̂ it is exactly DDIM (η = 0); multistep solvers pass a corrected x."""
+    alpha_s, sigma_s = alpha_sigma(lam_s)
+    _, sigma_t = alpha_sigma(lam_t)
+    h = 0.5 * (lam_s - lam_t)
+    return (sigma_s / sigma_t) * z - alpha_s * torch.expm1(-h) * x
 
 
 def _noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -59,6 +89,7 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     clip_x: float | None = None,
+    threshold: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
@@ -68,10 +99,11 @@ def sample_ddim(
     z_s = α_s·x̂ + sqrt(σ_s² − σ_η²)·ε̂ + σ_η·ξ, with σ_η² = η²·(1 − e^{λ_t−λ_s})·σ_s².
     """
     _check(lams)
+    _check_x_options(clip_x, threshold)
     require(eta >= 0.0, f"eta must be >= 0, got {eta}")
     for i in _progress(len(lams) - 1, progress):
         lam_t, lam_s = lams[i], lams[i + 1]
-        x, eps = _predict(denoiser, z, lam_t, c, clip_x)
+        x, eps = _predict(denoiser, z, lam_t, c, clip_x, threshold)
         alpha_s, sigma_s = alpha_sigma(lam_s)
         if eta == 0.0:
             z = alpha_s * x + sigma_s * eps
@@ -121,6 +153,11 @@ def sample_ancestral(
 
 SAMPLERS = {"ddim": sample_ddim, "ancestral": sample_ancestral}
 
+# the fast ODE solvers use the helpers above, so they are registered after them
+from guidediff.fast_samplers import dpmpp_2m, heun, unipc  # noqa: E402
+
+SAMPLERS.update({"dpmpp-2m": dpmpp_2m.sample_dpmpp_2m, "heun": heun.sample_heun, "unipc": unipc.sample_unipc})
+
 
 def sample(
     denoiser: Denoiser,
@@ -133,6 +170,6 @@ def sample(
     progress: bool = False,
     **options,
 ) -> Tensor:
-    """Dispatch to a sampler by name ('ddim', 'ancestral')."""
+    """Dispatch to a sampler by name (a key of SAMPLERS)."""
     require(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[sampler](denoiser, z, lams, c, generator=generator, progress=progress, **options)
