@@ -180,3 +180,45 @@ def test_fast_sampler_input_errors(gmm3):
             samplers.sample(gmm3, z, lams, c, sampler=sampler, threshold=1.5)
     with pytest.raises(UsageError, match="s_churn"):
         samplers.sample(gmm3, z, lams, c, sampler="heun", s_churn=-1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_unets():
+    from guidediff.nets.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    config = UNetConfig(image_size=8, in_channels=1, num_classes=3, base_channels=16, channel_mult=(1, 2),
+                        num_res_blocks=1, attention_resolutions=(), dropout=0.0, head_channels=16)
+    nets = []
+    for _ in range(2):
+        net = UNet(config)
+        for p in net.parameters():  # ADM zero-inits the output: give the net a non-trivial ε
+            torch.nn.init.normal_(p, std=0.05)
+        nets.append(net.eval())
+    return nets
+
+
+VARIANTS = [None, {"name": "interval", "lam_lo": -5.0, "lam_hi": 5.0}, {"name": "rescale", "phi": 0.7},
+            {"name": "apg", "eta": 0.0, "momentum": -0.5, "norm_threshold": 2.0}, {"name": "autoguidance"},
+            {"name": "classifier"}]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral", *FAST])
+def test_every_sampler_runs_every_guidance_on_images(tiny_unets, sampler):
+    from guidediff.sampling import CFG_VARIANTS, guided_cfg
+
+    assert {v["name"] for v in VARIANTS if v and v["name"] != "classifier"} == set(CFG_VARIANTS)
+    net, guide = tiny_unets
+    c = torch.tensor([0, 1, 2, 0])
+    lams = schedules.lam_grid(schedules.make_schedule("cfg"), 3, kind="karras")
+    for variant in VARIANTS:
+        for w in (0.0, 1.0, 3.0) if variant is None else (3.0,):
+            if variant is not None and variant["name"] == "classifier":
+                den = guidance.classifier_guidance(net, lambda z, lam, c: -0.1 * z, w + 1.0)
+            else:
+                den = guided_cfg(net, w, 3, variant, guide)
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                x = samplers.sample(den, torch.randn(4, 1, 8, 8, generator=gen), lams, c, sampler=sampler,
+                                    generator=gen, clip_x=1.0)
+            assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all()), (variant, w)
