@@ -80,6 +80,7 @@ def generate(
     *,
     sampler: str = "ddim",
     steps: int = 50,
+    grid: str = "u",
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int = 256,
@@ -109,6 +110,8 @@ def generate(
     ``guided_cfg``): {"name": "interval", "lam_lo", "lam_hi"}, {"name": "rescale", "phi"} or
     {"name": "apg", "eta", "momentum", "norm_threshold"}, or {"name": "autoguidance"} with the
     guide network ``guide_net`` (same image shape and label set as ``net``).
+
+    ``grid`` picks the step grid (``schedules.lam_grid``: u, lambda or karras) for any sampler.
 
     ``compile`` runs the networks through ``torch.compile`` (on CUDA about 3x faster for the
     Fashion-MNIST UNet; the first batch of each shape pays the compilation).
@@ -203,12 +206,12 @@ def generate(
             classifier_rows[0] += z.shape[0]
             return clf_grad(z, lam, c)
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
-    lams = lam_grid(schedule, steps, device=device)
+    lams = lam_grid(schedule, steps, kind=grid, device=device)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     null = num_classes  # the null token; an unconditional net ignores c
     # images live in [-1, 1]: clip x̂ there (see samplers._predict for why it matters at λ_min)
-    options = {"eta": eta} if sampler == "ddim" else {"v": v}
+    options = {"ddim": {"eta": eta}, "ancestral": {"v": v}}.get(sampler, {})
     options["clip_x"] = clip_x
     # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
     kinds: dict[float | None, list[int]] = {}

@@ -55,6 +55,7 @@ class ToyConfig:
     n: int | None = None
     steps: int = 100
     sampler: str = "ddim"
+    grid: str = "u"
     seed: int = 0
     guidance: str = "cfg"
     base: str = "uncond"
@@ -91,6 +92,7 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     require(config.guidance in GUIDANCES, f"unknown guidance {config.guidance!r}; choose one of {', '.join(GUIDANCES)}")
     require(config.base in BASES, f"unknown base {config.base!r}; choose one of {', '.join(BASES)}")
     require(config.sampler in samplers.SAMPLERS, f"unknown sampler {config.sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
+    require(config.grid in schedules.GRIDS, f"unknown grid {config.grid!r}; choose one of {', '.join(schedules.GRIDS)}")
     require(len(config.w) > 0, "give at least one guidance weight, e.g. --w=0,3")
     for value in config.w:
         require(isinstance(value, (int, float)) and math.isfinite(value), f"guidance weights must be finite numbers, got {value!r}")
@@ -278,6 +280,7 @@ def sample_toy(
     n: int,
     steps: int,
     sampler: str = "ddim",
+    grid: str = "u",
     schedule=None,
     seed: int = 0,
     dim: int = 2,
@@ -292,7 +295,7 @@ def sample_toy(
     w = torch.tensor(weights, dtype=dtype).repeat_interleave(n * len(classes))
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(y), dim, generator=gen, dtype=dtype)
-    lams = schedules.lam_grid(schedule, steps, dtype=dtype)
+    lams = schedules.lam_grid(schedule, steps, kind=grid, dtype=dtype)
     with torch.no_grad():
         x = samplers.sample(denoiser(w), z, lams, y, sampler=sampler, generator=gen, progress=progress)
     return x, y, w
@@ -431,7 +434,7 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         )
 
     common = dict(classes=config.classes, weights=config.w, n=config.n, steps=config.steps,
-                  sampler=config.sampler, schedule=schedule, seed=config.seed, dim=mixture.dim,
+                  sampler=config.sampler, grid=config.grid, schedule=schedule, seed=config.seed, dim=mixture.dim,
                   progress=config.progress)
     model_samples = None
     if not config.oracle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
+from guidediff.commands._sampler_args import add_sampler_arguments
 
 
 def add_parser(subparsers) -> None:
@@ -16,8 +17,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classes", default="all", help="classes to sample: all, 0-9, 0,3,5 (default: all)")
     p.add_argument("--w", default=None, help="comma list of guidance weights (default: the model config's sample.w)")
     p.add_argument("--n", type=int, default=8, help="images per (class, w) (default 8)")
-    p.add_argument("--sampler", choices=["ddim", "ancestral"], default=None,
-                   help="default: the model config's sample.sampler")
+    add_sampler_arguments(p, default=None)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model config's sample.steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--v", type=float, default=None, help="ancestral variance exponent v in [0, 1] (CFG paper: 0.3)")
@@ -93,7 +93,7 @@ def run(args) -> int:
     guide_net = load_model(guide, device)[0] if guide is not None else None
     sampler = args.sampler or s.sampler
     steps = args.steps or s.steps
-    result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed, device=device,
+    result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, grid=args.grid, seed=args.seed, device=device,
                       batch_size=args.batch_size, eta=s.eta if args.eta is None else args.eta,
                       v=s.v if args.v is None else args.v, bf16=False if args.no_bf16 else None,
                       guidance=args.guidance, classifier=classifier, base=args.base, cg_form=args.cg_form,
@@ -101,7 +101,7 @@ def run(args) -> int:
     written = save_samples(args.out, result, max_cols=args.grid_cols)
     total = len(result["x"])
     knob = "w" if args.guidance == "cfg" else f"scale ({args.base} base, {args.cg_form} form)"
-    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps "
+    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps ({args.grid} grid) "
           f"on {device}")
     if variant is not None:
         print("guidance: " + ", ".join(f"{k} {v}" for k, v in variant.items() if k != "name") + f" ({variant['name']})"

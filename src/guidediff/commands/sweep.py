@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
+from guidediff.commands._sampler_args import add_sampler_arguments
 
 
 def add_parser(subparsers) -> None:
@@ -12,7 +13,7 @@ def add_parser(subparsers) -> None:
                                             "default 0,0.1,0.3,0.5,1,2,3,4")
     p.add_argument("--n", type=int, default=10000, help="images per w, split evenly over the classes")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral"])
+    add_sampler_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="auto")
@@ -63,7 +64,7 @@ def run(args) -> int:
         variant, guide = cfg_variant_from_args(args, load_weights(args.model)[1].sample)
     run_sweep(
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
-        sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
+        sampler=args.sampler, grid=args.grid, seed=args.seed, device=args.device, batch_size=args.batch_size,
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
         noisy_classifier=args.noisy_classifier, base=args.base, cg_form=args.cg_form,
         cfg_variant=variant, guide_model=guide, compile=args.compile,
