@@ -23,6 +23,7 @@ from guidediff import guidance, samplers, schedules
 from guidediff.data.toy2d import load_toy
 from guidediff.errors import UsageError
 from guidediff.guidance import CountingDenoiser
+from guidediff.samplers.common import dynamic_threshold
 
 FAST = ["dpmpp-2m", "heun", "unipc"]
 
@@ -148,7 +149,7 @@ def test_heun_churn_is_stochastic_and_seeded(gmm3):
 
 def test_dynamic_threshold():
     x = torch.tensor([[0.5, -0.2, 0.9], [3.0, -1.5, 0.0]])
-    out = samplers.dynamic_threshold(x, 0.99)
+    out = dynamic_threshold(x, 0.99)
     torch.testing.assert_close(out[0], x[0])  # s = max(1, ·) leaves a sample inside [−1, 1] alone
     s = float(torch.quantile(x[1].abs(), 0.99))
     torch.testing.assert_close(out[1], x[1].clamp(-s, s) / s)
@@ -187,8 +188,8 @@ def tiny_unets():
     from guidediff.nets.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
-    config = UNetConfig(image_size=8, in_channels=1, num_classes=3, base_channels=16, channel_mult=(1, 2),
-                        num_res_blocks=1, attention_resolutions=(), dropout=0.0, head_channels=16)
+    config = UNetConfig(image_size=8, in_channels=1, num_classes=3, base_channels=8, channel_mult=(1,),
+                        num_res_blocks=1, attention_resolutions=(), dropout=0.0, head_channels=8)
     nets = []
     for _ in range(2):
         net = UNet(config)
@@ -203,14 +204,14 @@ VARIANTS = [None, {"name": "interval", "lam_lo": -5.0, "lam_hi": 5.0}, {"name": 
             {"name": "classifier"}]
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ancestral", *FAST])
+@pytest.mark.parametrize("sampler", list(samplers.SAMPLERS))
 def test_every_sampler_runs_every_guidance_on_images(tiny_unets, sampler):
     from guidediff.sampling import CFG_VARIANTS, guided_cfg
 
     assert {v["name"] for v in VARIANTS if v and v["name"] != "classifier"} == set(CFG_VARIANTS)
     net, guide = tiny_unets
     c = torch.tensor([0, 1, 2, 0])
-    lams = schedules.lam_grid(schedules.make_schedule("cfg"), 3, kind="karras")
+    lams = schedules.lam_grid(schedules.make_schedule("cfg"), 2, kind="karras")
     for variant in VARIANTS:
         for w in (0.0, 1.0, 3.0) if variant is None else (3.0,):
             if variant is not None and variant["name"] == "classifier":

@@ -166,9 +166,9 @@ class Config:
             require(isinstance(value, bool) or value == "auto",
                     f"train.{name} must be true, false or \"auto\", got {value!r}")
         require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
-        from guidediff.commands._sampler_args import SAMPLER_NAMES
+        from guidediff.samplers import SAMPLERS
 
-        require(s.sampler in SAMPLER_NAMES, f"sample.sampler {s.sampler!r} is unknown; choose one of {', '.join(SAMPLER_NAMES)}")
+        require(s.sampler in SAMPLERS, f"sample.sampler {s.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
         require(s.steps >= 1 and s.n >= 1, f"sample.steps and sample.n must be >= 1, got {s.steps} and {s.n}")
         require(all(math.isfinite(w) for w in s.w), f"sample.w must hold finite numbers, got {s.w}")
         variants = ("plain", "interval", "rescale", "apg", "autoguidance")

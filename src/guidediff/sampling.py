@@ -97,6 +97,7 @@ def generate(
     cfg_variant: dict[str, Any] | None = None,
     guide_net: torch.nn.Module | None = None,
     compile: bool = False,
+    sampler_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """n samples for every (w, class), in that order.
 
@@ -122,10 +123,10 @@ def generate(
     """
     from guidediff.data.images import to_uint8
     from guidediff.guidance import CountingDenoiser, classifier_guidance, classifier_mean_shift, unconditional
-    from guidediff.samplers import SAMPLERS, sample
+    from guidediff.samplers import get_sampler, sample
     from guidediff.schedules import lam_grid, make_schedule
 
-    require(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    spec = get_sampler(sampler)
     require(isinstance(n, int) and n >= 1, f"n must be a positive integer, got {n!r}")
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(batch_size >= 1, f"batch size must be >= 1, got {batch_size}")
@@ -146,7 +147,7 @@ def generate(
                 f"{mc.in_channels}x{mc.image_size}x{mc.image_size}; train the classifier on the model's dataset")
         require(base in ("uncond", "cond"), f"unknown base {base!r}; choose uncond or cond")
         require(cg_form in ("score", "mean"), f"unknown classifier-guidance form {cg_form!r}; choose score or mean")
-        require(cg_form == "score" or sampler == "ancestral",
+        require(cg_form == "score" or spec.option("mean_shift") is not None,
                 "the mean form of classifier guidance shifts the ancestral sampler's mean; use --sampler ancestral "
                 "or --cg-form score")
     if num_classes == 0:
@@ -210,9 +211,10 @@ def generate(
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     null = num_classes  # the null token; an unconditional net ignores c
-    # images live in [-1, 1]: clip x̂ there (see samplers._predict for why it matters at λ_min)
-    options = {"ddim": {"eta": eta}, "ancestral": {"v": v}}.get(sampler, {})
-    options["clip_x"] = clip_x
+    # images live in [-1, 1]: clip x̂ there (see samplers.predict for why it matters at λ_min); the
+    # eta / v / clip_x keywords reach the samplers that declare them
+    options = {k: value for k, value in {"eta": eta, "v": v, "clip_x": clip_x}.items() if spec.option(k)}
+    options = spec.resolve({**options, **(sampler_options or {})})
     # w = 0 and w = −1 need one forward per step, any other w two: never batch the kinds together
     kinds: dict[float | None, list[int]] = {}
     plain = not cg and cfg_variant is None and not distilled

@@ -1,16 +1,18 @@
-"""The sampler and step-grid flags shared by `sample`, `sweep` and `toy` (names only: no torch import)."""
+"""Sampler choices for the commands, read from the sampler registry."""
 
 from __future__ import annotations
 
-SAMPLER_NAMES = ("ddim", "ancestral", "dpmpp-2m", "heun", "unipc")
-GRID_NAMES = ("u", "lambda", "karras")
+
+def sampler_names() -> list[str]:
+    from guidediff.samplers import SAMPLERS
+
+    return list(SAMPLERS)
 
 
-def add_sampler_arguments(p, *, default: str | None = "ddim") -> None:
-    where = "the model config's sample.sampler" if default is None else default
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default=default,
-                   help=f"ddim, ancestral (CFG paper), dpmpp-2m (DPM-Solver++ 2M), heun (EDM, 2 evaluations per "
-                        f"step but the last), unipc (UniPC-bh2); default {where}")
+GRID_NAMES = ("u", "lambda", "karras")  # schedules.GRIDS, without importing torch
+
+
+def add_grid_argument(p) -> None:
     p.add_argument("--grid", choices=GRID_NAMES, default="u",
                    help="step grid: u (the schedule's own, default), lambda (uniform in log-SNR), "
                         "karras (EDM's rho=7 grid in sigma/alpha)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
-from guidediff.commands._sampler_args import add_sampler_arguments
+from guidediff.commands._sampler_args import add_grid_argument, sampler_names
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +17,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classes", default="all", help="classes to sample: all, 0-9, 0,3,5 (default: all)")
     p.add_argument("--w", default=None, help="comma list of guidance weights (default: the model config's sample.w)")
     p.add_argument("--n", type=int, default=8, help="images per (class, w) (default 8)")
-    add_sampler_arguments(p, default=None)
+    p.add_argument("--sampler", choices=sampler_names(), default=None,
+                   help="default: the model config's sample.sampler")
+    add_grid_argument(p)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model config's sample.steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--v", type=float, default=None, help="ancestral variance exponent v in [0, 1] (CFG paper: 0.3)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
-from guidediff.commands._sampler_args import add_sampler_arguments
+from guidediff.commands._sampler_args import add_grid_argument, sampler_names
 
 
 def add_parser(subparsers) -> None:
@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
                                             "default 0,0.1,0.3,0.5,1,2,3,4")
     p.add_argument("--n", type=int, default=10000, help="images per w, split evenly over the classes")
     p.add_argument("--steps", type=int, default=50)
-    add_sampler_arguments(p)
+    p.add_argument("--sampler", default="ddim", choices=sampler_names())
+    add_grid_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="auto")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guidediff.commands._sampler_args import add_sampler_arguments
+from guidediff.commands._sampler_args import add_grid_argument, sampler_names
 from guidediff.errors import UsageError
 
 
@@ -52,7 +52,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classes", default=None, help="classes to sample, comma-separated (default: all)")
     p.add_argument("--n", type=int, default=None, help="samples per (class, weight); default 20000 with --oracle, else 2000")
     p.add_argument("--steps", type=int, default=100, help="sampling steps")
-    add_sampler_arguments(p)
+    p.add_argument("--sampler", default="ddim", help="one of " + ", ".join(sampler_names()))
+    add_grid_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lam-min", type=float, default=-20.0, help="log-SNR at u = 1 (CFG schedule)")
     p.add_argument("--lam-max", type=float, default=20.0, help="log-SNR at u = 0 (CFG schedule)")

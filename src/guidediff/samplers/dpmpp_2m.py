@@ -8,9 +8,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guidediff import samplers as common
+from guidediff.samplers import common
+from guidediff.samplers.registry import register_sampler
 
 
+@register_sampler("dpmpp-2m", help="DPM-Solver++(2M): second-order multistep ODE solver, one evaluation per step",
+                  options=(common.LOWER_ORDER_FINAL, common.CLIP_X, common.THRESHOLD))
 def sample_dpmpp_2m(
     denoiser: common.Denoiser,
     z: Tensor,
@@ -30,13 +33,12 @@ def sample_dpmpp_2m(
     last, which on a short grid spans most of λ (diffusers' default below 15 steps). One network
     evaluation per step. Guidance acts on the ε the denoiser returns, so x̂ = (z − σ·ε̃)/α;
     ``clip_x`` / ``threshold`` act on x̂ as in DDIM. ``generator`` is unused (deterministic)."""
-    common._check(lams)
-    common._check_x_options(clip_x, threshold)
+    common.check_grid(lams)
     steps = len(lams) - 1
     x_prev = None
-    for i in common._progress(steps, progress):
+    for i in common.steps_range(steps, progress):
         lam_t, lam_s = lams[i], lams[i + 1]
-        x, _ = common._predict(denoiser, z, lam_t, c, clip_x, threshold)
+        x, _ = common.predict(denoiser, z, lam_t, c, clip_x, threshold)
         if x_prev is None or (lower_order_final and i == steps - 1):
             d = x
         else:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guidediff import samplers as common
+from guidediff.samplers import common
+from guidediff.samplers.registry import register_sampler
+from guidediff.schedules import alpha_sigma
 
 
 def unic_weights(h: Tensor, r: Tensor) -> Tensor:
@@ -23,6 +25,8 @@ def unic_weights(h: Tensor, r: Tensor) -> Tensor:
     return torch.linalg.solve(R, torch.stack([b0, b1]))
 
 
+@register_sampler("unipc", help="UniPC-bh2: order-2 predictor with its free corrector, one evaluation per step",
+                  options=(common.LOWER_ORDER_FINAL, common.CLIP_X, common.THRESHOLD))
 def sample_unipc(
     denoiser: common.Denoiser,
     z: Tensor,
@@ -42,18 +46,17 @@ def sample_unipc(
     corrector costs no evaluation (one per step, N in all). The first step (and, with
     ``lower_order_final``, the last) predicts at order 1; a first-order predictor is corrected with
     ρ = ½. No corrector after the last step: that would need an evaluation at the clean end."""
-    common._check(lams)
-    common._check_x_options(clip_x, threshold)
+    common.check_grid(lams)
     steps = len(lams) - 1
     x_prev = None
     pending = None  # the last predictor's (z_t, x̂_t, λ_t, λ_s, r, D_1) for the corrector
-    for i in common._progress(steps, progress):
+    for i in common.steps_range(steps, progress):
         lam_t, lam_s = lams[i], lams[i + 1]
-        x, _ = common._predict(denoiser, z, lam_t, c, clip_x, threshold)
+        x, _ = common.predict(denoiser, z, lam_t, c, clip_x, threshold)
         if pending is not None:
             z_t, x_t, lam_a, lam_b, r, d1 = pending
             h = 0.5 * (lam_b - lam_a)
-            alpha, _ = common.alpha_sigma(lam_b)
+            alpha, _ = alpha_sigma(lam_b)
             if d1 is None:
                 corr = 0.5 * (x - x_t)
             else:
@@ -66,7 +69,7 @@ def sample_unipc(
         if order2:
             r = (lams[i - 1] - lam_t) / (lam_s - lam_t)
             d1 = (x_prev - x) / r
-            alpha_s, _ = common.alpha_sigma(lam_s)
+            alpha_s, _ = alpha_sigma(lam_s)
             z_next = z_next - alpha_s * torch.expm1(-0.5 * (lam_s - lam_t)) * 0.5 * d1
         pending = (z, x, lam_t, lam_s, r, d1)
         x_prev, z = x, z_next

@@ -12,11 +12,23 @@ import math
 import torch
 from torch import Tensor
 
-from guidediff import samplers as common
 from guidediff.errors import require
+from guidediff.samplers import common
+from guidediff.samplers.registry import Option, register_sampler
 from guidediff.schedules import alpha_sigma
 
 
+def _at_least_zero(value) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value}"
+
+
+@register_sampler("heun", help="EDM's Heun: second order, 2 evaluations per step but the last", options=(
+    Option("s_churn", float, 0.0, "EDM's S_churn: stochasticity per step (0: deterministic)", check=_at_least_zero),
+    Option("s_tmin", float, 0.0, "churn only where sigma/alpha >= s_tmin", check=_at_least_zero),
+    Option("s_tmax", float, math.inf, "churn only where sigma/alpha <= s_tmax", check=_at_least_zero),
+    Option("s_noise", float, 1.0, "EDM's S_noise: scale of the churn noise", check=_at_least_zero),
+    common.CLIP_X, common.THRESHOLD,
+))
 def sample_heun(
     denoiser: common.Denoiser,
     z: Tensor,
@@ -38,26 +50,23 @@ def sample_heun(
     to σ̂ = (1 + γ)σ_i, γ = min(S_churn/N, √2 − 1), adding sqrt(σ̂² − σ_i²)·S_noise·ξ. The last step
     is a plain Euler step: a second evaluation at the grid's clean end would change x by O(σ_min),
     so it is not paid for. Network evaluations: 2N − 1 for N steps."""
-    common._check(lams)
-    common._check_x_options(clip_x, threshold)
-    require(s_churn >= 0.0, f"s_churn must be >= 0, got {s_churn}")
-    require(s_noise >= 0.0, f"s_noise must be >= 0, got {s_noise}")
-    require(0.0 <= s_tmin <= s_tmax, f"need 0 <= s_tmin <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
+    common.check_grid(lams)
+    require(0.0 <= s_tmin <= s_tmax, f"heun needs 0 <= s_tmin <= s_tmax, got s_tmin={s_tmin}, s_tmax={s_tmax}")
     steps = len(lams) - 1
     sigmas = torch.exp(-0.5 * lams)
     gamma_churn = min(s_churn / steps, math.sqrt(2.0) - 1.0)
 
     def slope(x: Tensor, lam: Tensor) -> Tensor:
         alpha, _ = alpha_sigma(lam)
-        _, eps = common._predict(denoiser, alpha * x, lam, c, clip_x, threshold)
+        _, eps = common.predict(denoiser, alpha * x, lam, c, clip_x, threshold)
         return eps
 
     x = z / alpha_sigma(lams[0])[0]
-    for i in common._progress(steps, progress):
+    for i in common.steps_range(steps, progress):
         sigma, lam = sigmas[i], lams[i]
         if gamma_churn > 0 and s_tmin <= float(sigma) <= s_tmax:
             sigma_hat = sigma * (1.0 + gamma_churn)
-            x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * common._noise(x, generator)
+            x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * common.noise(x, generator)
             sigma, lam = sigma_hat, -2.0 * torch.log(sigma_hat)
         d = slope(x, lam)
         dt = sigmas[i + 1] - sigma

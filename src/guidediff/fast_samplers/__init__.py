@@ -1,1 +1,0 @@
-"""Fast ODE solvers over the samplers' contract: DPM-Solver++(2M), EDM's Heun and UniPC (bh2)."""
