@@ -102,7 +102,7 @@ def main() -> None:
     if args.resume and json_path.exists():
         points = json.loads(json_path.read_text())["points"]
     done = {(p["config"], p["steps"], p["w"]) for p in points}
-    shared = "alone on its GPU" if device.type == "cuda" else "CPU shared with other jobs"
+    shared = "one GPU (sharing with other jobs not checked)" if device.type == "cuda" else "CPU shared with other jobs"
     payload = {
         "model": args.model, "configs": configs, "n_per_point": per_class * num_classes, "steps": steps_list,
         "ws": ws, "batch_size": args.batch_size, "compiled": args.compile, "clip_x": 1.0,
