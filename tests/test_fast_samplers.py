@@ -199,27 +199,31 @@ def tiny_unets():
     return nets
 
 
-VARIANTS = [None, {"name": "interval", "lam_lo": -5.0, "lam_hi": 5.0}, {"name": "rescale", "phi": 0.7},
-            {"name": "apg", "eta": 0.0, "momentum": -0.5, "norm_threshold": 2.0}, {"name": "autoguidance"},
-            {"name": "classifier"}]
+def _guided(method: str, net, guide, w: float):
+    """The registry's method around ``net`` (defaults, plus a guidance interval that bites)."""
+    from guidediff.guidance.registry import GuidanceContext, get_guidance
+
+    spec = get_guidance(method)
+    options = spec.resolve({"lam_lo": -5.0, "lam_hi": 5.0} if method == "interval" else {})
+    context = GuidanceContext(guide=guide, grad_log_prob=lambda z, lam, c: -0.1 * z)
+    if method == "distilled":  # a student takes w as an input: stand one in from the plain net
+        return spec.build(lambda z, lam, c, weights: net(z, lam, c), w, 3, context, **options)
+    return spec.build(net, w, 3, context, **options)
 
 
 @pytest.mark.parametrize("sampler", list(samplers.SAMPLERS))
 def test_every_sampler_runs_every_guidance_on_images(tiny_unets, sampler):
-    from guidediff.sampling import CFG_VARIANTS, guided_cfg
+    from guidediff.guidance.registry import GUIDANCE
 
-    assert {v["name"] for v in VARIANTS if v and v["name"] != "classifier"} == set(CFG_VARIANTS)
     net, guide = tiny_unets
     c = torch.tensor([0, 1, 2, 0])
     lams = schedules.lam_grid(schedules.make_schedule("cfg"), 2, kind="karras")
-    for variant in VARIANTS:
-        for w in (0.0, 1.0, 3.0) if variant is None else (3.0,):
-            if variant is not None and variant["name"] == "classifier":
-                den = guidance.classifier_guidance(net, lambda z, lam, c: -0.1 * z, w + 1.0)
-            else:
-                den = guided_cfg(net, w, 3, variant, guide)
-            gen = torch.Generator().manual_seed(0)
-            with torch.no_grad():
-                x = samplers.sample(den, torch.randn(4, 1, 8, 8, generator=gen), lams, c, sampler=sampler,
-                                    generator=gen, clip_x=1.0)
-            assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all()), (variant, w)
+    runs = [("cfg", w) for w in (0.0, 1.0, 3.0)] + [(m, 3.0) for m in GUIDANCE if m != "cfg"]
+    for method, w in runs:
+        den = _guided(method, net, guide, w)
+        options = {"clip_x": 1.0, **getattr(den, "sampler_options", {})}
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            x = samplers.sample(den, torch.randn(4, 1, 8, 8, generator=gen), lams, c, sampler=sampler,
+                                generator=gen, **options)
+        assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all()), (method, w)

@@ -12,31 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from guidediff.errors import UsageError
+from guidediff.options import PLAIN_TYPES, Option, resolve_options
 
-# the value types an option can have on the command line and in a config file
-PLAIN_TYPES = (int, float, str, bool)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One knob of a sampler (or guidance method). ``check(value)`` returns an error message for a
-    bad value, or None. Options whose ``type`` is not a plain value (a callable hook, say) are for
-    library callers only: they get no command-line flag."""
-
-    name: str
-    type: Any
-    default: Any
-    help: str
-    check: Callable[[Any], str | None] | None = None
-
-    @property
-    def is_flag(self) -> bool:
-        return self.type in PLAIN_TYPES
-
-    def validate(self, value: Any, owner: str) -> None:
-        message = self.check(value) if self.check is not None and value is not None else None
-        if message:
-            raise UsageError(f"{owner} option {self.name}: {message}")
+__all__ = ["PLAIN_TYPES", "SAMPLERS", "Option", "SamplerSpec", "get_sampler", "register_sampler"]
 
 
 @dataclass(frozen=True)
@@ -51,16 +29,7 @@ class SamplerSpec:
 
     def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
         """The options this sampler takes, checked, defaults filled in; an unknown key is an error."""
-        known = {o.name for o in self.options}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise UsageError(f"sampler {self.name} has no option {', '.join(unknown)}; its options are "
-                             f"{', '.join(sorted(known)) or 'none'}")
-        out = {}
-        for o in self.options:
-            out[o.name] = options.get(o.name, o.default)
-            o.validate(out[o.name], f"sampler {self.name}")
-        return out
+        return resolve_options(f"sampler {self.name}", self.options, options)
 
 
 SAMPLERS: dict[str, SamplerSpec] = {}

@@ -20,9 +20,8 @@ def unic_weights(h: Tensor, r: Tensor) -> Tensor:
     phi = torch.expm1(hh) / hh - 1.0
     b0 = phi / torch.expm1(hh)
     b1 = 2.0 * (phi / hh - 0.5) / torch.expm1(hh)
-    one = torch.ones_like(r)
-    R = torch.stack([torch.stack([one, one]), torch.stack([r, one])])
-    return torch.linalg.solve(R, torch.stack([b0, b1]))
+    # the 2x2 system in closed form (r < 0, so 1 − r > 0): no linear-algebra call that syncs the GPU
+    return torch.stack([(b0 - b1) / (1.0 - r), (b1 - r * b0) / (1.0 - r)])
 
 
 @register_sampler("unipc", help="UniPC-bh2: order-2 predictor with its free corrector, one evaluation per step",
