@@ -84,7 +84,8 @@ def main() -> None:
 
     from guidediff.checkpoint import load_model
     from guidediff.metrics.evaluate import evaluate_samples
-    from guidediff.sampling import generate, resolve_device
+    from guidediff.generation import generate
+    from guidediff.runtime import resolve_device
     from guidediff.sweep import flatten_metrics
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
