@@ -132,6 +132,7 @@ def generate(
     *,
     sampler: str = "ddim",
     steps: int = 50,
+    grid: str = "u",
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int = 256,
@@ -165,6 +166,8 @@ def generate(
     ``sampler`` names a sampler of ``samplers.SAMPLERS`` and ``sampler_options`` its options;
     ``eta``, ``v`` and ``clip_x`` reach the samplers that declare them (images live in [−1, 1]:
     clip_x = 1 clips x̂ there, see ``samplers.predict``).
+
+    ``grid`` picks the step grid (``schedules.lam_grid``: u, lambda or karras) for any sampler.
 
     ``compile`` runs the networks through ``torch.compile`` (on CUDA about 3x faster for the
     Fashion-MNIST UNet; the first batch of each shape pays the compilation, before the clock).
@@ -201,7 +204,7 @@ def generate(
     guide = _network(guide_net, device, **runtime) if guide_net is not None else None
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
-    lams = model_lam_grid(config, steps, device)
+    lams = model_lam_grid(config, steps, device, kind=grid)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     batches = _batches(items, spec, batch_size)
@@ -247,11 +250,12 @@ def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: 
     return sampler_spec.resolve({**options, **(sampler_options or {})})
 
 
-def model_lam_grid(config, steps: int, device) -> torch.Tensor:
-    """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk."""
+def model_lam_grid(config, steps: int, device, kind: str = "u") -> torch.Tensor:
+    """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk, on the
+    grid ``kind`` (``schedules.lam_grid``)."""
     from guidediff.schedules import lam_grid, schedule_from_config
 
-    return lam_grid(schedule_from_config(config.diffusion), steps, device=device)
+    return lam_grid(schedule_from_config(config.diffusion), steps, kind=kind, device=device)
 
 
 def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:

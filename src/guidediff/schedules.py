@@ -224,8 +224,35 @@ def schedule_from_config(d) -> Schedule:
     return make_schedule(d.schedule, d.lam_min, d.lam_max, getattr(d, "schedule_shift", 1.0))
 
 
-def lam_grid(schedule: Schedule, steps: int, *, dtype=torch.float32, device=None) -> Tensor:
-    """The sampling grid: steps + 1 values of λ at u = 1, 1 − 1/steps, …, 0 (increasing λ)."""
+GRIDS = ("u", "lambda", "karras")
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:
+    """EDM's step grid (Karras et al. 2022, eq. 5): σ_i = (σ_max^{1/ρ} + i/N·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ,
+    i = 0…N, decreasing, in float64."""
+    ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def lam_grid(schedule: Schedule, steps: int, *, kind: str = "u", rho: float = 7.0, dtype=torch.float32,
+             device=None) -> Tensor:
+    """The sampling grid: steps + 1 increasing values of λ between the schedule's ends.
+
+    ``kind="u"``: the schedule's own grid, λ(u) at u = 1, 1 − 1/steps, …, 0. ``"lambda"``: uniform in λ
+    (DPM-Solver's choice). ``"karras"``: EDM's ρ-grid (eq. 5) in σ_edm = σ/α = e^{−λ/2}, mapped back
+    by λ = −2·log σ_edm; it crowds the steps at low noise."""
     require(isinstance(steps, int) and steps >= 1, f"steps must be an integer >= 1, got {steps!r}")
+    require(kind in GRIDS, f"unknown grid {kind!r}; choose one of {', '.join(GRIDS)}")
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    return schedule.lam(u).to(dtype=dtype, device=device)
+    if kind == "u":
+        return schedule.lam(u).to(dtype=dtype, device=device)
+    require(rho > 0, f"rho must be > 0, got {rho}")
+    ends = schedule.lam(torch.tensor([1.0, 0.0], dtype=torch.float64)).detach()
+    lam_min, lam_max = float(ends[0]), float(ends[1])
+    if kind == "lambda":
+        lams = torch.linspace(lam_min, lam_max, steps + 1, dtype=torch.float64)
+    else:
+        lams = -2.0 * torch.log(karras_sigmas(math.exp(-lam_max / 2), math.exp(-lam_min / 2), steps, rho))
+        lams[0], lams[-1] = lam_min, lam_max  # exact ends, whatever the rounding of exp/log
+    return lams.to(dtype=dtype, device=device)

@@ -54,6 +54,7 @@ class ToyConfig:
     n: int | None = None
     steps: int = 100
     sampler: str = "ddim"
+    grid: str = "u"
     seed: int = 0
     guidance: str = "cfg"  # any method of the guidance registry that needs no guide model
     base: str = "uncond"
@@ -95,6 +96,7 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     guidance_options(config)  # checks the method's options
     samplers.get_sampler(config.sampler).resolve(config.sampler_options)
     require(config.base in BASES, f"unknown base {config.base!r}; choose one of {', '.join(BASES)}")
+    require(config.grid in schedules.GRIDS, f"unknown grid {config.grid!r}; choose one of {', '.join(schedules.GRIDS)}")
     require(config.sampler in samplers.SAMPLERS, f"unknown sampler {config.sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     require(len(config.w) > 0, "w needs at least one guidance weight, e.g. (0, 3)")
     for value in config.w:
@@ -296,6 +298,7 @@ def sample_toy(
     steps: int,
     sampler: str = "ddim",
     sampler_options: dict | None = None,
+    grid: str = "u",
     schedule=None,
     seed: int = 0,
     dim: int = 2,
@@ -310,7 +313,7 @@ def sample_toy(
     w = torch.tensor(weights, dtype=dtype).repeat_interleave(n * len(classes))
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(y), dim, generator=gen, dtype=dtype)
-    lams = schedules.lam_grid(schedule, steps, dtype=dtype)
+    lams = schedules.lam_grid(schedule, steps, kind=grid, dtype=dtype)
     with torch.no_grad():
         guided_denoiser = denoiser(w)
         options = {**(sampler_options or {}), **getattr(guided_denoiser, "sampler_options", {})}
@@ -451,7 +454,7 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         )
 
     common = dict(classes=config.classes, weights=config.w, n=config.n, steps=config.steps,
-                  sampler=config.sampler, sampler_options=config.sampler_options, schedule=schedule,
+                  sampler=config.sampler, sampler_options=config.sampler_options, grid=config.grid, schedule=schedule,
                   seed=config.seed, dim=mixture.dim,
                   progress=config.progress)
     model_samples = None
