@@ -368,28 +368,41 @@ def test_non_finite_samples_stop_with_the_model_named(world):
         generate(net, config, [0], [1.0], 1, steps=1, device="cpu", progress=False)
 
 
-def test_sweep_resume_keeps_finished_points_and_refuses_other_settings(world, tmp_path, capsys):
+def test_sweep_resume_keeps_finished_points_and_refuses_other_settings(world, tmp_path, capsys, monkeypatch):
     import json
 
+    from guidediff import generation
+    from guidediff.metrics import evaluate
     from guidediff.sweep import run_sweep
 
+    sampled = []
+
+    def fake_generate(net, config, classes, ws, n, **_):  # the sweep's bookkeeping is under test, not sampling
+        sampled.extend(ws)
+        y = np.repeat(np.asarray(classes), n)
+        return {"x": np.zeros((len(y), 28, 28, 1), np.uint8), "y": y, "w": np.full(len(y), ws[0], np.float32),
+                "seconds": 1.0, "nfe_per_image": 2.0}
+
+    def fake_evaluate(images, labels, **_):
+        return {"n": len(images), "fid": 10.0 + len(sampled), "fid_floor": 3.0, "kid": {"mean": 0.0, "std": 0.0},
+                "is": 1.0, "cas": {"overall": 0.1, "per_class": {}}, "precision": 0.5, "recall": 0.5}
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    monkeypatch.setattr(evaluate, "evaluate_samples", fake_evaluate)
     out = tmp_path / "sweep"
-    out.mkdir()
-    earlier = {"model": str(world["model"]), "n_per_w": 10, "steps": 2, "sampler": "ddim", "seed": 0,
-               "guidance": "cfg", "knob": "w", "cfg_variant": None, "guide_model": None, "noisy_classifier": None,
-               "fid_floor": 3.0, "points": [{"w": 0.0, "fid": 11.0, "fid_floor": 3.0, "is": 1.0, "cas": 0.1,
-                                             "precision": 0.5, "recall": 0.5, "kid": 0.0},
-                                            {"w": 1.0, "fid": 12.0, "fid_floor": 3.0, "is": 1.0, "cas": 0.1,
-                                             "precision": 0.5, "recall": 0.5, "kid": 0.0}]}
-    (out / "sweep.json").write_text(json.dumps(earlier))
+    common = dict(n=10, steps=2, out_dir=out, device="cpu")
+    run_sweep(str(world["model"]), [0.0], **common)  # a sweep that stopped after its first w
+    assert sampled == [0.0]
     code, err = run_case(["sweep", str(world["model"]), "--w", "0,1", "--n", "10", "--steps", "2", "--out", str(out),
                           *M], capsys)
-    assert code == 2 and "--resume" in err
-    summary = run_sweep(str(world["model"]), [0.0, 1.0], n=10, steps=2, out_dir=out, device="cpu", resume=True)
-    assert [p["fid"] for p in summary["points"]] == [11.0, 12.0]  # both kept, nothing sampled again
-    assert [p["fid"] for p in json.loads((out / "sweep.json").read_text())["points"]] == [11.0, 12.0]
+    assert code == 2 and "--resume" in err and sampled == [0.0]
+    summary = run_sweep(str(world["model"]), [0.0, 1.0], resume=True, **common)
+    assert sampled == [0.0, 1.0]  # only the missing w was sampled
+    assert [(p["w"], p["fid"]) for p in summary["points"]] == [(0.0, 11.0), (1.0, 12.0)]
+    assert json.loads((out / "sweep.json").read_text())["points"] == summary["points"]
+    assert (out / "grid_across_w.png").is_file()
     with pytest.raises(UsageError, match="steps 2 -> 3"):
-        run_sweep(str(world["model"]), [0.0, 1.0], n=10, steps=3, out_dir=out, device="cpu", resume=True)
+        run_sweep(str(world["model"]), [0.0, 1.0], resume=True, **{**common, "steps": 3})
 
 
 def test_killed_export_leaves_no_half_written_file_for_good(world, tmp_path):

@@ -24,9 +24,9 @@ def flatten_metrics(metrics: dict) -> dict:
 
 
 GRID_FILE = "grid_samples.npz"  # the few images per point behind grid_across_w.png
-# what a resumed sweep must share with the one it continues
-RESUME_KEYS = ("model", "n_per_w", "steps", "sampler", "seed", "guidance", "knob", "base", "cg_form", "cfg_variant",
-               "guide_model", "noisy_classifier")
+# what may differ between a sweep and its --resume: the machine and the results; every other entry
+# of sweep.json is a setting the resumed sweep must share
+NOT_SETTINGS = ("device", "torch", "commit", "compiled", "fid_floor", "points")
 
 
 def _previous_points(out: Path, summary: dict) -> tuple[dict[float, dict], dict[float, tuple]]:
@@ -42,7 +42,8 @@ def _previous_points(out: Path, summary: dict) -> tuple[dict[float, dict], dict[
                          "again") from None
     require(isinstance(old, dict) and isinstance(old.get("points"), list),
             f"{path} is not a guidediff sweep; pass --overwrite to start again")
-    changed = [f"{k} {old.get(k)!r} -> {summary.get(k)!r}" for k in RESUME_KEYS if old.get(k) != summary.get(k)]
+    keys = (set(old) | set(summary)) - set(NOT_SETTINGS)
+    changed = [f"{k} {old.get(k)!r} -> {summary.get(k)!r}" for k in sorted(keys) if old.get(k) != summary.get(k)]
     require(not changed, f"--resume: the sweep in {out} used other settings ({'; '.join(changed)}); rerun with its "
                          "settings, or pass --overwrite to start again")
     knob = summary["knob"]
@@ -67,6 +68,7 @@ def run_sweep(
     steps: int,
     out_dir: str | Path,
     sampler: str = "ddim",
+    grid: str = "u",
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 1000,
@@ -74,33 +76,37 @@ def run_sweep(
     bf16: bool = True,
     guidance: str = "cfg",
     noisy_classifier: str | None = None,
-    base: str = "uncond",
-    cg_form: str = "score",
+    base: str | None = None,
+    cg_form: str | None = None,
     cfg_variant: dict | None = None,
     guide_model: str | None = None,
     compile: bool = False,
     resume: bool = False,
+    guidance_options: dict | None = None,
+    sampler_options: dict | None = None,
 ) -> dict:
     """Sample ``n`` images per w (split evenly over the classes), evaluate FID-FMNIST, IS-FMNIST,
     CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``.
 
     ``classifier`` is the evaluation classifier. With ``guidance="classifier"`` the knob values in
     ``ws`` are classifier-guidance scales s for the noisy classifier ``noisy_classifier`` (see
-    ``sampling.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
+    ``generation.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
     for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w.
-    ``resume`` keeps the points an earlier sweep with the same settings wrote into ``out_dir``
-    and samples only the missing weights."""
+    ``guidance`` may name any method of the guidance registry, with ``guidance_options``;
+    ``sampler_options`` go to the sampler. ``resume`` keeps the points an earlier sweep with the
+    same settings wrote into ``out_dir`` and samples only the missing weights."""
     import torch
 
     from guidediff import plots
     from guidediff.checkpoint import git_commit, load_model
     from guidediff.metrics.evaluate import evaluate_samples
     from guidediff.nets.fmnist_classifier import load_eval_classifier
-    from guidediff.sampling import generate, resolve_device
+    from guidediff.generation import generate
+    from guidediff.runtime import resolve_device
 
-    require(n >= 10, f"--n must be at least 10 (one image per class), got {n}")
-    require(steps >= 1, f"--steps must be >= 1, got {steps}")
-    require(batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
+    require(n >= 10, f"n must be at least 10 (one image per class), got {n}")
+    require(steps >= 1, f"steps must be >= 1, got {steps}")
+    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -110,10 +116,16 @@ def run_sweep(
     per_class = n // num_classes
     eval_net = load_eval_classifier(classifier, device=device)
     guide = load_model(guide_model, device)[0] if guide_model is not None else None
-    cg = guidance == "classifier"
-    knob = "scale" if cg else "w"
+    from guidediff.guidance import get_guidance
+
+    spec = get_guidance(guidance)
+    cg = spec.needs == "classifier"
+    knob = spec.weight
+    options = dict(guidance_options or {})
+    options.update({k: v for k, v in (("base", base), ("cg_form", cg_form)) if v is not None})
+    shown = spec.resolve(options)
     guide_net = None
-    require(not cg or noisy_classifier is not None, "classifier guidance needs a noisy classifier; pass --noisy-classifier")
+    require(not cg or noisy_classifier is not None, f"guidance {spec.name} needs a noisy classifier (noisy_classifier)")
     if noisy_classifier is not None:
         # with CFG the noisy classifier only measures (guide_accuracy): the control for CG's
         from guidediff.classifier_guidance import check_label_set, load_noisy_classifier
@@ -128,13 +140,14 @@ def run_sweep(
         "n_per_w": per_class * num_classes,
         "steps": steps,
         "sampler": sampler,
+        "grid": grid,
         "seed": seed,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "commit": git_commit(),
         "guidance": guidance,
         "knob": knob,
-        **({"base": base, "cg_form": cg_form} if cg else {}),
+        **shown,
         "cfg_variant": cfg_variant,
         "guide_model": None if guide_model is None else str(guide_model),
         "compiled": compile,
@@ -154,9 +167,9 @@ def run_sweep(
             continue
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
-            steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
-            guidance=guidance, classifier=guide_net if cg else None, base=base, cg_form=cg_form,
-            cfg_variant=cfg_variant, guide_net=guide, compile=compile,
+            steps=steps, grid=grid, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
+            guidance=guidance, guidance_options=options, classifier=guide_net if cg else None,
+            cfg_variant=cfg_variant, guide_net=guide, compile=compile, sampler_options=sampler_options,
         )
         seconds = result["seconds"]
         images, labels = result["x"], result["y"]
@@ -189,7 +202,8 @@ def run_sweep(
     (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     fid_floor = summary["fid_floor"]
-    label = f"CG ({base}, {cg_form})" if cg else "CFG" if cfg_variant is None else f"CFG {cfg_variant['name']}"
+    label = (f"CG ({shown['base']}, {shown['cg_form']})" if spec.name == "classifier" else
+             f"CFG {cfg_variant['name']}" if cfg_variant is not None else "CFG" if spec.name == "cfg" else spec.name)
     plots.fid_vs_is({label: points}, out / "fid_vs_is.png", knob=knob, fid_floor=fid_floor)
     plots.metrics_vs_knob(points, out / "metrics_vs_w.png", knob=knob, fid_floor=fid_floor)
     if grids:
