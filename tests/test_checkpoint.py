@@ -213,3 +213,22 @@ def test_shipped_model_names(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="not a shipped model name"):
         ck.load_model("no-such-model")
     assert models.available() == {}
+
+
+def test_checkpoint_state_with_a_device_learning_rate_is_saved_as_numbers(tmp_path):
+    # a graph-ready run keeps lr as a tensor; the scheduler's state then holds tensors (_last_lr)
+    import json
+
+    from guidediff.checkpoint import save_checkpoint
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=torch.tensor(1e-3), foreach=False)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: 0.5)
+    net(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    sched.step()
+    assert any(torch.is_tensor(v) for v in sched.state_dict()["_last_lr"])
+    path = save_checkpoint(tmp_path, 1, model=net.state_dict(), ema=net.state_dict(), optimizer=opt.state_dict(),
+                           state={"scheduler": sched.state_dict()})
+    saved = json.loads((path / "state.json").read_text())
+    assert saved["scheduler"]["_last_lr"] == [pytest.approx(5e-4)]

@@ -297,6 +297,18 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def _jsonable(value: Any) -> Any:
+    """``value`` with every tensor replaced by the number (or list) it holds: a graph-ready run keeps
+    its learning rate on the device, so the scheduler's state (``_last_lr``) holds tensors."""
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def save_checkpoint(
     ckpt_root: Path,
     step: int,
@@ -317,8 +329,8 @@ def save_checkpoint(
     final = ckpt_root / checkpoint_name(step)
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
-    state = {"format": CHECKPOINT_FORMAT, **state, "step": int(step),
-             "optimizer": {**state.get("optimizer", {}), **opt_meta}}
+    state = _jsonable({"format": CHECKPOINT_FORMAT, **state, "step": int(step),
+                       "optimizer": {**state.get("optimizer", {}), **opt_meta}})
     try:
         tmp.mkdir()
         _save_tensors(model, tmp / TENSOR_FILES["model"])
