@@ -159,7 +159,12 @@ def diffusers_side(batch: int, steps: int, repeats: int, bf16: bool, target_para
             "peak_memory_mib": common.peak_memory_mib(), "flops_per_image": flops, **info}, (lambda: run(PROFILE_STEPS))
 
 
+SKIP: set[str] = set()  # variants left out with --skip
+
+
 def _attempt(rows: dict, runs: dict, name: str, fn, *args, **kw) -> None:
+    if name in SKIP:
+        return
     """One variant; a failure is recorded in its row, and the others still run."""
     print(f"-- {name}", flush=True)
     try:
@@ -177,7 +182,9 @@ def main() -> None:
     parser.add_argument("--skip-diffusers", action="store_true")
     parser.add_argument("--max-autotune", action="store_true",
                         help="also the max-autotune-no-cudagraphs compiled graphed step (minutes of autotuning)")
+    parser.add_argument("--skip", default="", help="comma list of variants to leave out (e.g. ours_bf16_reduce_overhead)")
     args = parser.parse_args()
+    SKIP.update(filter(None, args.skip.split(",")))
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
@@ -201,7 +208,7 @@ def main() -> None:
         if args.max_autotune:
             _attempt(rows, runs, "ours_bf16_maxautotune_graphed", ours, b, n, r, mode="graphed", bf16=True,
                      compile_mode="max-autotune-no-cudagraphs")
-    params = rows["ours_fp32_eager"].get("params") or count_parameters(UNet(load_config(ROOT / "configs" / "fmnist_cfg.toml").model))
+    params = rows.get("ours_fp32_eager", {}).get("params") or count_parameters(UNet(load_config(ROOT / "configs" / "fmnist_cfg.toml").model))
     if not args.skip_diffusers:
         _attempt(rows, runs, "diffusers_fp32", diffusers_side, b, n, r, False, params)
         if on_gpu:
