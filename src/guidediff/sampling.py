@@ -120,7 +120,7 @@ def generate(
     from guidediff.data.images import to_uint8
     from guidediff.guidance import CountingDenoiser, classifier_guidance, classifier_mean_shift, unconditional
     from guidediff.samplers import SAMPLERS, sample
-    from guidediff.schedules import lam_grid, make_schedule
+    from guidediff.schedules import lam_grid, schedule_of
 
     require(sampler in SAMPLERS, f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     require(isinstance(n, int) and n >= 1, f"n must be a positive integer, got {n!r}")
@@ -202,7 +202,7 @@ def generate(
         def grad_log_prob(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             classifier_rows[0] += z.shape[0]
             return clf_grad(z, lam, c)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
+    schedule = schedule_of(config)
     lams = lam_grid(schedule, steps, device=device)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]

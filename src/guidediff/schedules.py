@@ -188,6 +188,16 @@ Schedule = CFGSchedule | CosineSchedule | LinearSchedule
 SCHEDULES = {"cfg": CFGSchedule, "cosine": CosineSchedule, "linear": LinearSchedule}
 
 
+def schedule_of(config) -> Schedule:
+    """The schedule a model's Config describes: the object it carries (an external model's, see
+    guidediff.external), else the one its [diffusion] section names."""
+    own = getattr(config, "schedule", None)
+    if own is not None:
+        return own
+    d = config.diffusion
+    return make_schedule(d.schedule, d.lam_min, d.lam_max)
+
+
 def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None = None) -> Schedule:
     """Build a schedule by name ('cfg', 'cosine', 'linear'); None keeps the schedule's default range."""
     if name not in SCHEDULES:
@@ -201,7 +211,11 @@ def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None
 
 
 def lam_grid(schedule: Schedule, steps: int, *, dtype=torch.float32, device=None) -> Tensor:
-    """The sampling grid: steps + 1 values of λ at u = 1, 1 − 1/steps, …, 0 (increasing λ)."""
+    """The sampling grid: steps + 1 values of λ at u = 1, 1 − 1/steps, …, 0 (increasing λ).
+    A schedule with its own ``lam_grid`` (a discrete one, e.g. a diffusers scheduler's timesteps)
+    chooses its grid itself."""
+    if hasattr(schedule, "lam_grid"):
+        return schedule.lam_grid(steps, dtype=dtype, device=device)
     require(isinstance(steps, int) and steps >= 1, f"steps must be an integer >= 1, got {steps!r}")
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     return schedule.lam(u).to(dtype=dtype, device=device)

@@ -43,6 +43,7 @@ def run_sweep(
     cfg_variant: dict | None = None,
     guide_model: str | None = None,
     compile: bool = False,
+    null_class: int | None = None,
 ) -> dict:
     """Sample ``n`` images per w (split evenly over the classes), evaluate FID-FMNIST, IS-FMNIST,
     CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``.
@@ -50,7 +51,8 @@ def run_sweep(
     ``classifier`` is the evaluation classifier. With ``guidance="classifier"`` the knob values in
     ``ws`` are classifier-guidance scales s for the noisy classifier ``noisy_classifier`` (see
     ``sampling.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
-    for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w."""
+    for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w.
+    ``model`` may be a diffusers UNet2DModel directory; ``null_class`` is then its null label."""
     import torch
 
     from guidediff import plots
@@ -63,7 +65,7 @@ def run_sweep(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    net, config = load_model(model, device)
+    net, config = load_model(model, device, null_class=null_class)
     num_classes = config.model.num_classes
     require(num_classes > 0, "the sweep needs a class-conditional model (num_classes > 0)")
     per_class = n // num_classes
@@ -76,11 +78,11 @@ def run_sweep(
     if noisy_classifier is not None:
         # with CFG the noisy classifier only measures (guide_accuracy): the control for CG's
         from guidediff.classifier_guidance import check_label_set, load_noisy_classifier
-        from guidediff.noisy_classifier_training import lam_range
+        from guidediff.schedules import schedule_of
 
         guide_net, _ = load_noisy_classifier(noisy_classifier, device)
         check_label_set(guide_net.num_classes, num_classes, str(noisy_classifier))
-        lam_clean = lam_range(config.diffusion)[1]
+        lam_clean = float(schedule_of(config).lam(torch.zeros(1, dtype=torch.float64)))
 
     summary = {
         "model": model,

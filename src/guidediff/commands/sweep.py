@@ -7,7 +7,10 @@ from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_var
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="sample at several guidance weights and evaluate each (FID/IS/CAS/P/R)")
-    p.add_argument("model", help="checkpoint directory, exported model file, or shipped model name (fmnist-cfg)")
+    p.add_argument("model", help="checkpoint directory, exported model file, shipped model name (fmnist-cfg), or "
+                                 "a diffusers UNet2DModel directory (save_pretrained)")
+    p.add_argument("--null-class", type=int, default=None,
+                   help="diffusers models: the label index of the null (unconditional) class (default: the last)")
     p.add_argument("--w", default=None, help="comma list of CFG weights w (diffusers' scale = 1 + w); "
                                             "default 0,0.1,0.3,0.5,1,2,3,4")
     p.add_argument("--n", type=int, default=10000, help="images per w, split evenly over the classes")
@@ -57,15 +60,15 @@ def run(args) -> int:
         require(resolve_device(args.device).type == "cuda", "--compile is for sampling on a GPU; leave it out on the CPU")
     variant, guide = None, None
     if args.guidance == "cfg":
-        from guidediff.checkpoint import load_weights
+        from guidediff.checkpoint import model_config
 
         # the model config's [sample] section may choose the guidance method
-        variant, guide = cfg_variant_from_args(args, load_weights(args.model)[1].sample)
+        variant, guide = cfg_variant_from_args(args, model_config(args.model).sample)
     run_sweep(
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
         sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
         noisy_classifier=args.noisy_classifier, base=args.base, cg_form=args.cg_form,
-        cfg_variant=variant, guide_model=guide, compile=args.compile,
+        cfg_variant=variant, guide_model=guide, compile=args.compile, null_class=args.null_class,
     )
     return 0
