@@ -51,7 +51,9 @@ def extract(images: np.ndarray, classifier: torch.nn.Module, batch_size: int = 1
     channels = getattr(classifier, "in_channels", images.shape[-1])
     if images.shape[-1] != channels:
         raise UsageError(f"the evaluation classifier takes {channels}-channel images but these have "
-                         f"{images.shape[-1]}; pass the classifier trained on this kind of image (--classifier)")
+                         f"{images.shape[-1]}; pass a classifier trained on such images (`guidediff "
+                         "train-classifier --data FOLDER`, then --classifier) or use the Inception path "
+                         "(--inception-weights PATH)")
     device = resolve_device(device)
     was_training = classifier.training
     classifier.eval()
