@@ -38,7 +38,7 @@ import common  # noqa: E402
 
 from guidediff.data.images import load_dataset, to_tensor_dataset  # noqa: E402
 from guidediff.nets.unet import count_parameters  # noqa: E402
-from guidediff.sampling import derive_seed  # noqa: E402
+from guidediff.runtime import derive_seed  # noqa: E402
 from guidediff.train import resolve_model_config, train  # noqa: E402
 from guidediff.vdm import VDMModel, evaluate_bpd, load_vdm_run_config, vdm_loss, vdm_unet_config  # noqa: E402
 from guidediff.vdm.loading import load_vdm  # noqa: E402

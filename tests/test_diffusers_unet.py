@@ -94,20 +94,30 @@ def test_null_label_elsewhere_is_renumbered(tmp_path):
 
 
 def test_generate_sample_and_every_guidance_method(model_dir, tmp_path):
-    """The CLI's sample on a diffusers directory, each sampler and CFG variant through generate."""
+    """Every sampler and guidance method of the registries through generate, then the CLI's sample."""
     import subprocess
     import sys
 
-    from guidediff.sampling import generate
+    from guidediff.generation import generate
+    from guidediff.guidance import GUIDANCE
+    from guidediff.nets.noisy_classifier import NoisyClassifier
+    from guidediff.nets.unet import UNetConfig
+    from guidediff.samplers import SAMPLERS
 
     net, config = load_model(model_dir)
-    for sampler, variant in [("ddim", None), ("ancestral", None), ("ddim", {"name": "interval", "lam_lo": -4, "lam_hi": 4}),
-                             ("ddim", {"name": "rescale", "phi": 0.7}), ("ddim", {"name": "apg", "eta": 0.0,
-                                                                                   "momentum": 0.0, "norm_threshold": None}),
-                             ("ddim", {"name": "autoguidance"})]:
+    torch.manual_seed(0)
+    noisy = NoisyClassifier(UNetConfig(image_size=8, in_channels=3, base_channels=8, channel_mult=(1, 2),
+                                       num_res_blocks=1, attention_resolutions=(4,), head_channels=8,
+                                       num_classes=NUM_CLASSES)).eval()
+    extra = {"autoguidance": {"guide_net": net}, "classifier": {"classifier": noisy},
+             "interval": {"guidance_options": {"lam_lo": -4.0, "lam_hi": 4.0}}}
+    methods = [m for m in GUIDANCE if m != "distilled"]  # distilled: a student of guidediff's own UNet
+    assert {"cfg", "interval", "rescale", "apg", "autoguidance", "classifier"} <= set(methods)
+    runs = [("ddim", m) for m in methods] + [(s, "cfg") for s in SAMPLERS if s != "ddim"]
+    for sampler, method in runs:
         out = generate(net, config, [0, 2], [0.0, 2.0], 1, sampler=sampler, steps=3, progress=False,
-                       cfg_variant=variant, guide_net=net if variant == {"name": "autoguidance"} else None)
-        assert out["x"].shape == (4, 8, 8, 3) and out["x"].dtype == np.uint8
+                       guidance=method, **extra.get(method, {}))
+        assert out["x"].shape == (4, 8, 8, 3) and out["x"].dtype == np.uint8, (sampler, method)
     run = subprocess.run([sys.executable, "-m", "guidediff", "sample", str(model_dir), "--n", "1", "--steps", "2",
                           "--w", "0,1", "--device", "cpu", "--out", str(tmp_path / "s")],
                          capture_output=True, text=True)

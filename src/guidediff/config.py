@@ -102,7 +102,7 @@ class SampleConfig:
     v: float = 0.3
     n: int = 8
     # the guidance method `guidediff sample` and `sweep` use unless their --cfg-variant says otherwise
-    cfg_variant: str = "plain"  # plain | interval | rescale | apg | autoguidance
+    cfg_variant: str = "plain"  # plain, or a method of guidance.registry.cfg_variants()
     interval: list[float] = field(default_factory=list)  # interval: [lam_lo, lam_hi]
     phi: float = 0.7  # rescale
     apg_eta: float = 0.0
@@ -166,10 +166,14 @@ class Config:
             require(isinstance(value, bool) or value == "auto",
                     f"train.{name} must be true, false or \"auto\", got {value!r}")
         require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
-        require(s.sampler in ("ddim", "ancestral"), f"sample.sampler {s.sampler!r} is unknown; choose ddim or ancestral")
+        from guidediff.samplers import SAMPLERS
+
+        require(s.sampler in SAMPLERS, f"sample.sampler {s.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
         require(s.steps >= 1 and s.n >= 1, f"sample.steps and sample.n must be >= 1, got {s.steps} and {s.n}")
         require(all(math.isfinite(w) for w in s.w), f"sample.w must hold finite numbers, got {s.w}")
-        variants = ("plain", "interval", "rescale", "apg", "autoguidance")
+        from guidediff.guidance.registry import cfg_variants
+
+        variants = cfg_variants()
         require(s.cfg_variant in variants, f"sample.cfg_variant {s.cfg_variant!r} is unknown; choose one of "
                                            f"{', '.join(variants)}")
         self.model.validate()

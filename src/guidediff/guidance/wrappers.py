@@ -33,10 +33,10 @@ class CountingDenoiser:
         self.calls = 0
         self.evaluations = 0
 
-    def __call__(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+    def __call__(self, z: Tensor, lam: Tensor, c: Tensor, *extra: Tensor) -> Tensor:
         self.calls += 1
         self.evaluations += z.shape[0]
-        return self.net(z, lam, c)
+        return self.net(z, lam, c, *extra)
 
     def nfe_per_image(self, images: int) -> float:
         return self.evaluations / max(images, 1)
