@@ -86,7 +86,8 @@ def test_lambda_maps_to_the_scheduler_timesteps(model_dir):
 
 def test_null_label_elsewhere_is_renumbered(tmp_path):
     tiny_unet().save_pretrained(tmp_path)
-    net, config = load_model(tmp_path, null_class=0)
+    with pytest.warns(UserWarning, match="no scheduler_config.json"):
+        net, config = load_model(tmp_path, null_class=0)
     assert config.model.num_classes == NUM_CLASSES
     assert net.labels(torch.tensor([0, 1, 2, 3])).tolist() == [1, 2, 3, 0]
     with pytest.raises(Exception, match="null class"):

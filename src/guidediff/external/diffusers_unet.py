@@ -77,6 +77,9 @@ def scheduler_config(folder: Path) -> tuple[dict, str]:
             require(data is not None, f"{candidate} is not a JSON object; restore it or delete it to use "
                                       "DDPMScheduler's defaults")
             return data, str(candidate)
+    # a wrong schedule still samples, only badly: say so rather than guess quietly
+    warnings.warn(f"no scheduler_config.json beside {folder}; using DDPMScheduler's defaults (linear betas). "
+                  "Save the training scheduler there with scheduler.save_pretrained(DIR)", stacklevel=3)
     return {}, "DDPMScheduler defaults (no scheduler_config.json beside the model)"
 
 
