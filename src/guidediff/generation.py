@@ -146,6 +146,7 @@ def generate(
     base: str | None = None,
     cg_form: str | None = None,
     cfg_variant: dict[str, Any] | None = None,
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     """n samples for every (w, class), in that order.
 
@@ -164,6 +165,9 @@ def generate(
     ``compile`` runs the networks through ``torch.compile`` (on CUDA about 3x faster for the
     Fashion-MNIST UNet; the first batch of each shape pays the compilation, before the clock).
 
+    ``cuda_graph`` captures each batch's whole DDIM trajectory (η = 0) in one CUDA graph and replays
+    it (``cuda_graphs``); elsewhere it falls back to the plain loop with a note.
+
     Returns x uint8 [N, H, W, C], y int64 (the asked class, −1 when unconditional), w float32,
     plus the cost: nfe_per_image (network evaluations per image; a guided step costs 2),
     classifier_evals_per_image (classifier guidance) and seconds. ``bf16``/``channels_last``
@@ -172,14 +176,12 @@ def generate(
     from guidediff.data.images import to_uint8
     from guidediff.guidance import GuidanceContext
     from guidediff.samplers import get_sampler
-    from guidediff.schedules import lam_grid, schedule_of
 
     require(isinstance(n, int) and n >= 1, f"n must be a positive integer, got {n!r}")
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     sampler_spec = get_sampler(sampler)
-    options = {k: value for k, value in {"eta": eta, "v": v, "clip_x": clip_x}.items() if sampler_spec.option(k)}
-    options = sampler_spec.resolve({**options, **(sampler_options or {})})
+    options = _sampler_options(sampler_spec, {"eta": eta, "v": v, "clip_x": clip_x}, sampler_options)
     spec, method_options = plan_guidance(net, config, ws, *_legacy_guidance(guidance, guidance_options, cfg_variant,
                                                                               base, cg_form),
                                          classifier=classifier, guide_net=guide_net)
@@ -195,8 +197,7 @@ def generate(
     guide = _network(guide_net, device, **runtime) if guide_net is not None else None
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
-    schedule = schedule_of(config)
-    lams = lam_grid(schedule, steps, device=device)
+    lams = model_lam_grid(config, steps, device)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     batches = _batches(items, spec, batch_size)
@@ -207,17 +208,18 @@ def generate(
         c = torch.tensor([max(c, 0) for _, c, _ in chunk], dtype=torch.long, device=device)
         if b == 0 and hasattr(net, "check_inputs"):
             net.check_inputs(z, lams[0].expand(len(chunk)), c)
+        if graphs is not None:
+            return _graphed_batch(graphs, spec, method_options, counter, chunk, z, c, lams, options, sampler_spec,
+                                  mc.num_classes, context, device)
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
         guided = _guide(spec, method_options, counter, [w for w, _, _ in chunk], mc.num_classes, context, device)
-        step_options = {**options, **getattr(guided, "sampler_options", {})}
-        unknown = sorted(set(step_options) - {o.name for o in sampler_spec.options})
-        require(not unknown, f"guidance {spec.name} with these options needs a sampler that takes {', '.join(unknown)} "
-                             f"(e.g. sampler='ancestral'); sampler {sampler!r} does not")
-        return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False, **step_options)
+        return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False,
+                               **_with_guidance_options(options, guided, spec, sampler_spec))
 
+    graphs = _trajectory_graphs(device, sampler, options, spec, [counter, guide]) if cuda_graph else None
     # classifier guidance differentiates the classifier inside the loop: no_grad, not inference_mode
     with torch.no_grad() if spec.needs == "classifier" else torch.inference_mode():
-        if compile:
+        if compile or graphs is not None:
             _warm_up(run_batch, batches, items, spec, (counter, guide, grad), device)
         out, seconds = _timed(run_batch, batches, items, (mc.image_size, mc.image_size, mc.in_channels), device,
                               progress, to_uint8)
@@ -234,14 +236,71 @@ def generate(
     }
 
 
-def _guide(spec, options, denoiser, chunk_ws: list[float], num_classes: int, context, device):
+def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: dict[str, Any] | None) -> dict:
+    """The sampler's options, checked: ``sampler_options``, plus generate's ``eta`` / ``v`` /
+    ``clip_x`` shorthands where the sampler declares an option of that name."""
+    options = {k: value for k, value in shorthands.items() if sampler_spec.option(k)}
+    return sampler_spec.resolve({**options, **(sampler_options or {})})
+
+
+def model_lam_grid(config, steps: int, device) -> torch.Tensor:
+    """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk (an
+    external model's own schedule object where its config carries one: a diffusers scheduler's
+    timesteps)."""
+    from guidediff.schedules import lam_grid, schedule_of
+
+    return lam_grid(schedule_of(config), steps, device=device)
+
+
+def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:
+    """The sampler options plus those the guided denoiser asks for (``guidance.Guided``), which the
+    sampler must declare."""
+    extra = getattr(guided, "sampler_options", {})
+    unknown = sorted(set(extra) - {o.name for o in sampler_spec.options})
+    require(not unknown, f"guidance {spec.name} with these options needs a sampler that takes {', '.join(unknown)} "
+                         f"(e.g. sampler='ancestral'); sampler {sampler_spec.name!r} does not")
+    return {**options, **extra}
+
+
+def _guide(spec, options, denoiser, chunk_ws: list[float], num_classes: int, context, device, w=None):
     """The guided denoiser for one batch; a plain number for w when the batch shares one (so CFG can
     skip the uncond forward at w = 0 or the cond one at w = −1), else one weight per row."""
     if num_classes == 0 and spec.name == "cfg":
         return denoiser
-    values = set(chunk_ws)
-    w = values.pop() if len(values) == 1 else torch.tensor(chunk_ws, device=device)
+    if w is None:
+        values = set(chunk_ws)
+        w = values.pop() if len(values) == 1 else torch.tensor(chunk_ws, device=device)
     return spec.build(denoiser, w, num_classes, context, **options)
+
+
+def _trajectory_graphs(device, sampler: str, options: dict, spec, counters):
+    """``cuda_graphs.TrajectoryGraphs`` when this sampling can be captured, else None (with a note why)."""
+    from guidediff import cuda_graphs
+
+    why = cuda_graphs.why_not_graphable(device, sampler=sampler, eta=options.get("eta", 0.0),
+                                        classifier_guidance=spec.needs == "classifier",
+                                        distilled=spec.name == "distilled")
+    if why:
+        cuda_graphs.note(why)
+        return None
+    return cuda_graphs.TrajectoryGraphs(counters)
+
+
+def _graphed_batch(graphs, spec, method_options, counter, chunk, z, c, lams, options, sampler_spec, num_classes,
+                   context, device) -> torch.Tensor:
+    """One batch through a captured trajectory: w enters as a device tensor (a graph input), except
+    the weights at which the method needs one forward (those batches get a graph of their own)."""
+    chunk_ws = [w for w, _, _ in chunk]
+    cheap = chunk_ws[0] if len(set(chunk_ws)) == 1 and chunk_ws[0] in spec.cheap_at else None
+    wt = torch.tensor(chunk_ws, dtype=torch.float32, device=device)
+
+    def trajectory(z: torch.Tensor, c: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        guided = _guide(spec, method_options, counter, chunk_ws, num_classes, context, device,
+                        w=cheap if cheap is not None else wt)
+        return sampler_spec.fn(guided, z, lams, c, generator=None, progress=False,
+                               **_with_guidance_options(options, guided, spec, sampler_spec))
+
+    return graphs.run((len(chunk), cheap), trajectory, z, c, wt)
 
 
 def _warm_up(run_batch, batches, items, spec, counters, device) -> None:
@@ -249,8 +308,9 @@ def _warm_up(run_batch, batches, items, spec, counters, device) -> None:
     starts, then forget what the warm-up cost."""
     shapes: dict = {}
     for b, ks in enumerate(batches):
-        one_forward = {items[k][0] for k in ks} <= set(spec.cheap_at)
-        shapes.setdefault((one_forward, len(ks)), b)
+        ws = {items[k][0] for k in ks}
+        one_forward = ws <= set(spec.cheap_at)
+        shapes.setdefault((one_forward, len(ks), frozenset(ws) if one_forward else None), b)
     for b in shapes.values():
         run_batch(b, batches[b])
     for counter in counters:

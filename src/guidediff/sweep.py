@@ -66,7 +66,7 @@ def run_sweep(
     from guidediff.generation import generate
     from guidediff.runtime import resolve_device
 
-    require(n >= 10, f"--n must be at least 10 (one image per class), got {n}")
+    require(n >= 10, f"n must be at least 10 (one image per class), got {n}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)

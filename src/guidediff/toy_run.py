@@ -96,7 +96,7 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     samplers.get_sampler(config.sampler).resolve(config.sampler_options)
     require(config.base in BASES, f"unknown base {config.base!r}; choose one of {', '.join(BASES)}")
     require(config.sampler in samplers.SAMPLERS, f"unknown sampler {config.sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
-    require(len(config.w) > 0, "give at least one guidance weight, e.g. --w=0,3")
+    require(len(config.w) > 0, "w needs at least one guidance weight, e.g. (0, 3)")
     for value in config.w:
         require(isinstance(value, (int, float)) and math.isfinite(value), f"guidance weights must be finite numbers, got {value!r}")
     require(isinstance(config.steps, int) and config.steps >= 1, f"steps must be an integer >= 1, got {config.steps!r}")
@@ -113,7 +113,7 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     if not config.oracle:
         require(config.train_steps >= 1, f"train_steps must be >= 1, got {config.train_steps}")
         require(spec.needs != "classifier" or config.classifier_steps >= 1,
-                f"classifier_steps must be >= 1 (the noisy classifier trains here without --oracle), got {config.classifier_steps}")
+                f"classifier_steps must be >= 1 (the noisy classifier trains here when oracle is off), got {config.classifier_steps}")
         require(0.0 <= config.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {config.p_uncond}")
         require(0.0 <= config.ema < 1.0, f"ema must lie in [0, 1) (0 = off), got {config.ema}")
     require(config.projections >= 1, f"projections must be >= 1, got {config.projections}")

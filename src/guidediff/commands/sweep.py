@@ -47,9 +47,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from guidediff.errors import require
-    from guidediff.parsing import parse_floats
-    from guidediff.sweep import run_sweep
+    from guidediff.errors import UsageError, in_flags, require
 
     from guidediff.guidance import get_guidance
 
@@ -69,6 +67,16 @@ def run(args) -> int:
 
         # the model config's [sample] section may choose the guidance method
         variant, guide = cfg_variant_from_args(args, model_config(args.model).sample)
+    try:
+        _sweep(args, knobs, options, variant, guide)
+    except UsageError as error:
+        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size"}) from None
+    return 0
+
+
+def _sweep(args, knobs, options, variant, guide) -> None:
+    from guidediff.sweep import run_sweep
+
     run_sweep(
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
         sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
@@ -77,4 +85,3 @@ def run(args) -> int:
         cfg_variant=variant, guide_model=guide, compile=args.compile, null_class=args.null_class,
         sampler_options=sampler_options(args, args.sampler),
     )
-    return 0

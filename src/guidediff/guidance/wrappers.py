@@ -43,8 +43,11 @@ class CountingDenoiser:
 
 
 def _weights(w: float | Tensor, batch: int, device, dtype) -> Tensor:
+    from guidediff.cuda_graphs import capturing
+
     w = torch.as_tensor(w, dtype=dtype, device=device)
-    require(bool(torch.isfinite(w).all()), f"guidance weight w must be finite, got {w.tolist()}")
+    # a graph capture cannot read w on the host: its eager warm-up call checked it
+    require(capturing() or bool(torch.isfinite(w).all()), f"guidance weight w must be finite, got {w.tolist()}")
     return w.expand(batch) if w.dim() == 0 else w
 
 

@@ -18,7 +18,10 @@ MeanShift = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 def check_grid(lams: Tensor) -> None:
     require(lams.dim() == 1 and lams.numel() >= 2, "lams must be a 1-D grid of at least 2 log-SNRs (steps >= 1)")
-    require(bool((lams[1:] > lams[:-1]).all()), "lams must increase (from noisy λ_min to clean λ_max)")
+    from guidediff.cuda_graphs import capturing
+
+    # a graph capture cannot read the grid on the host: its eager warm-up call checked it
+    require(capturing() or bool((lams[1:] > lams[:-1]).all()), "lams must increase (from noisy λ_min to clean λ_max)")
 
 
 def predict(denoiser: Denoiser, z: Tensor, lam_t: Tensor, c: Tensor, clip_x: float | None) -> tuple[Tensor, Tensor]:
