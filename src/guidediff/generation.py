@@ -262,10 +262,12 @@ def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: 
 
 def model_lam_grid(config, steps: int, device, kind: str = "u") -> torch.Tensor:
     """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk, on the
-    grid ``kind`` (``schedules.lam_grid``)."""
-    from guidediff.schedules import lam_grid, schedule_from_config
+    grid ``kind`` (``schedules.lam_grid``). The schedule is ``schedules.schedule_of(config)``: an
+    external model's own schedule object where its config carries one (a diffusers scheduler,
+    whose "u" grid is its timesteps), else the (possibly shifted) schedule of [diffusion]."""
+    from guidediff.schedules import lam_grid, schedule_of
 
-    return lam_grid(schedule_from_config(config.diffusion), steps, kind=kind, device=device)
+    return lam_grid(schedule_of(config), steps, kind=kind, device=device)
 
 
 def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:
