@@ -38,6 +38,7 @@ from guidediff.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from guidediff import distributed
 from guidediff.config import Config
 from guidediff.ema import EMA
 from guidediff.errors import UsageError, require
@@ -207,7 +208,7 @@ def _make_accelerator(config: Config):
     if mp == "auto":
         mp = "no" if cpu else "bf16"
     try:
-        return Accelerator(mixed_precision=mp, cpu=cpu)
+        return Accelerator(mixed_precision=mp, cpu=cpu, kwargs_handlers=[distributed.ddp_kwargs()])
     except ValueError as exc:
         raise UsageError(f"cannot set up training with mixed_precision={mp!r} ({exc}); set train.mixed_precision=no") from None
 
@@ -343,7 +344,7 @@ def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resum
             f.writelines(json.dumps(r) + "\n" for r in log_records)
 
     # the scheduler stays outside prepare: accelerate would step it once per process
-    model, aopt = accelerator.prepare(net, optimizer)
+    model, aopt, zero_grad = distributed.prepare(accelerator, net, optimizer)
     if _auto(tc.compile, cuda):
         model = torch.compile(model)
 
@@ -403,7 +404,7 @@ def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resum
             grad_norm = accelerator.clip_grad_norm_(net.parameters(), tc.grad_clip)
         aopt.step()
         scheduler.step()
-        aopt.zero_grad(set_to_none=True)
+        zero_grad()
         if ema is not None:
             ema.update(net)
         step += 1
