@@ -482,11 +482,21 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", weights: 
     """(net in eval mode on `device`, Config) from a checkpoint or run directory, an exported
     .safetensors model, or a shipped model name such as 'fmnist-cfg'. Only the path is needed:
     the config travels inside. A distilled student (``guidediff distill``; its weights include the
-    w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``."""
+    w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``, a VDM (weights with a
+    ``vdm_config`` buffer) as ``vdm.model.VDMSamplingNet``."""
     from guidediff.nets.unet import UNet
     from guidediff.nets.w_conditioned import WConditionedUNet
 
     tensors, config, where = load_weights(source, weights)
+    from guidediff.vdm.model import config_from_tensors
+
+    vdm = config_from_tensors(tensors)
+    if vdm is not None:  # a VDM (`guidediff train` with a [vdm] config): its denoiser on its own schedule
+        from guidediff.vdm.loading import vdm_from_tensors
+        from guidediff.vdm.model import VDMSamplingNet
+
+        net = VDMSamplingNet(vdm_from_tensors(tensors, config, vdm, where))
+        return net.to(device).eval().requires_grad_(False), config
     student = any(k.startswith("w_embed.") for k in tensors)
     net = (WConditionedUNet if student else UNet)(config.model)
     check_state_dict(tensors, net.state_dict(), where)

@@ -202,8 +202,11 @@ def generate(
         def grad_log_prob(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             classifier_rows[0] += z.shape[0]
             return clf_grad(z, lam, c)
-    schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
-    lams = lam_grid(schedule, steps, device=device)
+    # a VDM brings its own (learned) schedule; every other model trained with the config's
+    schedule = getattr(net, "schedule", None)
+    if schedule is None:
+        schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
+    lams = lam_grid(schedule, steps, device=device).detach()
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     null = num_classes  # the null token; an unconditional net ignores c
