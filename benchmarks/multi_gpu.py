@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -188,6 +189,9 @@ def launch(args, processes: int) -> tuple[int, str, float]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines = []
+    # a hung collective must not hold the machine: the whole launch is killed after --launch-timeout
+    watchdog = threading.Timer(args.launch_timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    watchdog.start()
     try:
         for line in proc.stdout:
             if "NCCL INFO" not in line:  # kept for the transport digest, too many to show
@@ -197,6 +201,8 @@ def launch(args, processes: int) -> tuple[int, str, float]:
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         os.killpg(proc.pid, signal.SIGKILL)
         rc = -9
+    finally:
+        watchdog.cancel()
     return rc, "".join(lines), time.time() - t0
 
 
@@ -263,6 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every run, e.g. train.compile=false; repeatable")
     p.add_argument("--launcher", choices=["torchrun", "accelerate"], default="torchrun")
+    p.add_argument("--launch-timeout", type=float, default=420.0, help="seconds before a launch is killed")
     p.add_argument("--work", default=None, help="scratch folder (default runs/multi_gpu[_tiny])")
     p.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help="CPU rehearsal: gloo, 2 processes, tiny model, few steps")
@@ -279,8 +286,9 @@ def main(argv=None) -> int:
     args.folder = Path(args.folder or args.work / f"fmnist_folder{args.folder_size}").resolve()
     if args.worker:
         return worker(args)
-    if args.measure % args.window:
-        raise SystemExit(f"error: --measure {args.measure} must be a multiple of --window {args.window}")
+    if args.measure % args.window or args.warmup % args.window:
+        raise SystemExit(f"error: --warmup {args.warmup} and --measure {args.measure} must be multiples of "
+                         f"--window {args.window}")
 
     import torch
 
