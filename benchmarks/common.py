@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# NVIDIA H200 SXM: 989 TFLOP/s dense bf16 tensor-core peak (1,979 with 2:4 sparsity); MFU is against it
+PEAK_BF16_TFLOPS = 989.0
 
 
 def commit() -> str:
@@ -72,6 +74,101 @@ def forward_flops(module, *args) -> int:
     return counter.get_total_flops()
 
 
+def counted_flops(fn) -> int:
+    """FLOPs of whatever fn() runs (forward and backward alike), counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def mfu(images_per_s: float, flops_per_image: float | None) -> dict | None:
+    """Model FLOP utilisation: counted model FLOPs per image × images/s over the dense bf16 peak."""
+    if not flops_per_image:
+        return None
+    achieved = images_per_s * flops_per_image / 1e12
+    return {"achieved_tflops": achieved, "flops_per_image": flops_per_image,
+            "peak_bf16_dense_tflops": PEAK_BF16_TFLOPS, "mfu_vs_peak": achieved / PEAK_BF16_TFLOPS}
+
+
+def gpu_sharing() -> dict:
+    """Who else is on the GPU: other compute processes (nvidia-smi) and memory not ours."""
+    import subprocess
+
+    if not torch.cuda.is_available():
+        return {"alone": None, "note": "no GPU"}
+    others = []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout
+        others = [line.strip() for line in out.splitlines() if line.strip() and line.split(",")[0].strip() != str(os.getpid())]
+    except Exception as exc:  # noqa: BLE001 - a missing nvidia-smi must not end the benchmark
+        others = [f"nvidia-smi failed: {exc}"]
+    free, total = torch.cuda.mem_get_info()
+    not_ours = (total - free - torch.cuda.memory_reserved()) / 2**20
+    # our CUDA context itself takes ~0.5-1 GiB that memory_reserved does not count
+    alone = not [o for o in others if not o.startswith("nvidia-smi failed")] and not_ours < 2048
+    return {"alone": alone, "other_processes": others, "memory_not_ours_mib": round(not_ours),
+            "note": "GPU to itself" if alone else "GPU SHARED: other processes or memory seen; times may be low"}
+
+
+def profile_summary(fn, top: int = 10) -> dict:
+    """torch.profiler over one call of fn(): the ``top`` kernels by GPU time, GPU busy time (union
+    of kernel/copy intervals) against the wall time, and the idle fraction (launch gaps, host work)."""
+    if not torch.cuda.is_available():
+        return {"note": "no GPU"}
+    try:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            fn()
+            sync()
+            wall_us = (time.perf_counter() - start) * 1e6
+        gpu = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        spans = sorted((e.time_range.start, e.time_range.end) for e in gpu)
+        busy, cur = 0.0, None
+        for a, b in spans:
+            if cur is None or a > cur[1]:
+                if cur is not None:
+                    busy += cur[1] - cur[0]
+                cur = [a, b]
+            else:
+                cur[1] = max(cur[1], b)
+        if cur is not None:
+            busy += cur[1] - cur[0]
+        per_kernel: dict[str, list] = {}
+        for e in gpu:
+            entry = per_kernel.setdefault(e.name, [0.0, 0])
+            entry[0] += e.time_range.end - e.time_range.start
+            entry[1] += 1
+        largest = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]
+        return {
+            "wall_ms": wall_us / 1e3,
+            "gpu_busy_ms": busy / 1e3,
+            "gpu_idle_fraction": max(0.0, 1.0 - busy / wall_us),
+            "kernels": len(gpu),
+            "top_kernels": [{"name": name[:120], "total_ms": t / 1e3, "calls": n,
+                             "share_of_busy": t / busy if busy else None} for name, (t, n) in largest],
+        }
+    except Exception as exc:  # noqa: BLE001 - a profiler problem must not lose the timings
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def print_profile(label: str, summary: dict) -> None:
+    if "top_kernels" not in summary:
+        print(f"profile {label}: {summary}")
+        return
+    print(f"profile {label}: wall {summary['wall_ms']:.1f} ms, GPU busy {summary['gpu_busy_ms']:.1f} ms, "
+          f"idle {100 * summary['gpu_idle_fraction']:.0f}%, {summary['kernels']} kernels")
+    for k in summary["top_kernels"]:
+        print(f"  {k['total_ms']:8.2f} ms  {k['calls']:5d}x  {k['name'][:90]}")
+
+
 def peak_memory_mib() -> float | None:
     if not torch.cuda.is_available():
         return None
@@ -94,37 +191,53 @@ def write_result(name: str, payload: dict, out_dir: str | None = None) -> Path:
     return path
 
 
-def report_against_peer(name: str, task: dict, rows: dict[str, dict], forwards_per_image: float,
-                        forward_gflops: float | None) -> None:
-    """Print the variant table, ours-best / diffusers-best and model FLOP utilisation, and write
-    benchmarks/results/<name>.json. Rows named 'ours_*' and 'diffusers_*' are compared; an image
-    costs ``forwards_per_image`` forward passes of ``forward_gflops`` each."""
-    ours_best = max((v["images_per_s"], k) for k, v in rows.items() if k.startswith("ours"))
-    peer = [(v["images_per_s"], k) for k, v in rows.items() if k.startswith("diffusers")]
+def summarize(rows: dict[str, dict], forwards_per_image: float | None = None,
+              forward_gflops: float | None = None) -> dict:
+    """Print the variant table; ours best / diffusers best, and the model FLOP utilisation of each
+    variant that carries ``flops_per_image`` (counted) — else forwards × forward GFLOPs."""
+    for row in rows.values():
+        if "error" not in row and row.get("flops_per_image"):
+            row["mfu"] = mfu(row["images_per_s"], row["flops_per_image"])
+    ok = {k: v for k, v in rows.items() if "error" not in v}
+    ours_best = max((v["images_per_s"], k) for k, v in ok.items() if k.startswith("ours"))
+    peer = [(v["images_per_s"], k) for k, v in ok.items() if k.startswith("diffusers")]
     peer_best = max(peer) if peer else None
     ratio = ours_best[0] / peer_best[0] if peer_best else None
-    peak = matmul_tflops()
-    mfu = None
-    if peak and forward_gflops:
-        achieved = ours_best[0] * forwards_per_image * forward_gflops * 1e9 / 1e12
-        mfu = {"achieved_tflops": achieved, "measured_bf16_matmul_tflops": peak, "mfu_vs_measured_matmul": achieved / peak}
+    best_mfu = ok[ours_best[1]].get("mfu")
+    if best_mfu is None and forward_gflops and forwards_per_image:
+        best_mfu = mfu(ours_best[0], forwards_per_image * forward_gflops * 1e9)
     width = max(len(k) for k in rows) + 2
-    print(f"{'variant':{width}s} {'images/s':>10s} {'peak MiB':>10s}")
+    print(f"{'variant':{width}s} {'images/s':>10s} {'peak MiB':>10s} {'MFU':>7s}")
     for variant, row in rows.items():
+        if "error" in row:
+            print(f"{variant:{width}s} failed: {row['error'][:100]}")
+            continue
         mem = row["peak_memory_mib"]
-        print(f"{variant:{width}s} {row['images_per_s']:10.1f} {'-' if mem is None else str(round(mem)):>10}")
+        util = row.get("mfu")
+        util_text = "-" if util is None else f"{100 * util['mfu_vs_peak']:.1f}%"
+        print(f"{variant:{width}s} {row['images_per_s']:10.1f} {'-' if mem is None else str(round(mem)):>10} "
+              f"{util_text:>7}")
     if ratio:
         print(f"ours best ({ours_best[1]}) / diffusers best ({peer_best[1]}): {ratio:.2f}x")
-    if mfu:
-        print(f"model FLOP utilisation: {mfu['achieved_tflops']:.1f} TFLOP/s = "
-              f"{100 * mfu['mfu_vs_measured_matmul']:.1f}% of measured bf16 matmul")
-    write_result(name, {
-        "task": task,
+    if best_mfu:
+        print(f"model FLOP utilisation of ours best: {best_mfu['achieved_tflops']:.1f} TFLOP/s = "
+              f"{100 * best_mfu['mfu_vs_peak']:.1f}% of the {PEAK_BF16_TFLOPS:g} TFLOP/s dense bf16 peak")
+    return {
         "variants": rows,
         "ours_images_per_s": ours_best[0],
         "ours_best_variant": ours_best[1],
         "diffusers_images_per_s": peer_best[0] if peer_best else None,
         "diffusers_best_variant": peer_best[1] if peer_best else None,
         "ratio_vs_diffusers": ratio,
-        "mfu": mfu,
-    })
+        "mfu": best_mfu,
+    }
+
+
+def report_against_peer(name: str, task: dict, rows: dict[str, dict], forwards_per_image: float | None = None,
+                        forward_gflops: float | None = None, extra: dict | None = None) -> None:
+    """summarize(rows) and write benchmarks/results/<name>.json with ``task`` and ``extra``.
+    Rows named 'ours_*' and 'diffusers_*' are compared."""
+    summary = summarize(rows, forwards_per_image, forward_gflops)
+    summary["mfu_peak_used"] = f"{PEAK_BF16_TFLOPS:g} TFLOP/s dense bf16 (H200 SXM datasheet)"
+    summary["measured_bf16_matmul_tflops"] = matmul_tflops()
+    write_result(name, {"task": task, **summary, **(extra or {})})

@@ -214,7 +214,7 @@ def part_diffusion(args, classifier) -> Iterator[dict]:
         log("  diffusion: skipped (pass --cfg-model PATH or a shipped name such as fmnist-cfg)")
         return
     from guidediff.checkpoint import load_model
-    from guidediff.sampling import generate as cfg_generate
+    from guidediff.generation import generate as cfg_generate
 
     try:
         net, cfg_config = load_model(args.cfg_model, args.device)

@@ -26,7 +26,7 @@ from guidediff.diffusion import q_sample  # noqa: E402
 from guidediff.distill import distill_model, guided_teacher  # noqa: E402
 from guidediff.metrics.evaluate import evaluate_samples  # noqa: E402
 from guidediff.nets.w_conditioned import WConditionedUNet  # noqa: E402
-from guidediff.sampling import generate  # noqa: E402
+from guidediff.generation import generate  # noqa: E402
 from guidediff.schedules import make_schedule  # noqa: E402
 from guidediff.sweep import flatten_metrics  # noqa: E402
 

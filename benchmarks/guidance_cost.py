@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from guidediff.checkpoint import load_model  # noqa: E402
-from guidediff.sampling import generate  # noqa: E402
+from guidediff.generation import generate  # noqa: E402
 
 
 def methods(w: float, scale_uncond: float, scale_cond: float) -> dict[str, dict]:

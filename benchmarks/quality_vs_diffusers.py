@@ -28,7 +28,7 @@ from guidediff.config import load_config  # noqa: E402
 from guidediff.data.fmnist import load_fmnist  # noqa: E402
 from guidediff.metrics.evaluate import evaluate_samples  # noqa: E402
 from guidediff.nets.unet import count_parameters  # noqa: E402
-from guidediff.sampling import generate, initial_noise  # noqa: E402
+from guidediff.generation import generate, initial_noise  # noqa: E402
 from guidediff.sweep import flatten_metrics  # noqa: E402
 from guidediff.train import train  # noqa: E402
 

@@ -219,7 +219,7 @@ def test_cli_sample_classifier_guidance(runs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--scale", "2", "--cg-form", "mean"], "use --sampler ancestral"),
+    (["--scale", "2", "--cg-form", "mean"], "sampler='ancestral'"),
     (["--scale", "2", "--w", "1"], "give the scales as --scale"),
     ([], "needs --scale"),
 ])

@@ -61,7 +61,8 @@ def run(accelerator, fixed):
     net = Net().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
     if fixed:
-        model, opt, zero_grad = distributed.prepare(accelerator, net, optimizer)
+        model, opt = distributed.prepare(accelerator, net, optimizer)
+        zero_grad = lambda: distributed.zero_grad(opt, accelerator.num_processes)
     else:
         model, opt = accelerator.prepare(net, optimizer)
         zero_grad = lambda: opt.zero_grad(set_to_none=True)

@@ -1,4 +1,4 @@
-"""`guidediff sample` and sampling.generate on a tiny trained checkpoint."""
+"""`guidediff sample` and generation.generate on a tiny trained checkpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from guidediff.checkpoint import load_model
 from guidediff.nets.w_conditioned import WConditionedUNet
 from guidediff.cli import main
-from guidediff.sampling import generate, initial_noise
+from guidediff.generation import generate, initial_noise
 from guidediff.train import train
 from train_helpers import tiny_arrays, tiny_config
 
@@ -74,7 +74,9 @@ def test_ancestral_runs_and_repeats(run_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--classes", "5"], "class 5 is out of range: the model has 3 classes (0-2)"),
     (["--w", "nan"], "not finite"),
-    (["--n", "0"], "--n must be >= 1"),
+    (["--n", "0"], "--n must be a positive integer"),
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
 ])
 def test_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys, args, message):
     code = main(["sample", str(run_dir), "--out", str(tmp_path), "--device", "cpu", *args])

@@ -64,7 +64,7 @@ class TrainConfig:
     """batch_size is the GLOBAL batch (split evenly over processes). lr warms up linearly over
     warmup_steps, then stays constant. EMA decay d_n = min(ema_decay, (1+n)/(10+n)) when
     ema_warmup, so a short run averages over about n/9 steps instead of 1/(1−ema_decay).
-    "auto" for mixed_precision/compile/channels_last means: on for CUDA, off on CPU."""
+    "auto" for mixed_precision/compile/channels_last/cuda_graph means: on for CUDA, off on CPU."""
 
     batch_size: int = 128
     lr: float = 2e-4
@@ -84,6 +84,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_last: int = 3
     compile: bool | str = "auto"
+    # the whole step (data, loss, backward, clipping, AdamW, EMA) as one CUDA graph: "auto" = on for
+    # one CUDA process with the default loss; "eager" = the same step without the capture (debugging)
+    cuda_graph: bool | str = "auto"
     channels_last: bool | str = "auto"
     deterministic: bool = False
     tensorboard: bool = True
@@ -102,7 +105,7 @@ class SampleConfig:
     v: float = 0.3
     n: int = 8
     # the guidance method `guidediff sample` and `sweep` use unless their --cfg-variant says otherwise
-    cfg_variant: str = "plain"  # plain | interval | rescale | apg | autoguidance
+    cfg_variant: str = "plain"  # plain, or a method of guidance.registry.cfg_variants()
     interval: list[float] = field(default_factory=list)  # interval: [lam_lo, lam_hi]
     phi: float = 0.7  # rescale
     apg_eta: float = 0.0
@@ -165,11 +168,17 @@ class Config:
             value = getattr(t, name)
             require(isinstance(value, bool) or value == "auto",
                     f"train.{name} must be true, false or \"auto\", got {value!r}")
+        require(isinstance(t.cuda_graph, bool) or t.cuda_graph in ("auto", "eager"),
+                f"train.cuda_graph must be true, false, \"auto\" or \"eager\", got {t.cuda_graph!r}")
         require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
-        require(s.sampler in ("ddim", "ancestral"), f"sample.sampler {s.sampler!r} is unknown; choose ddim or ancestral")
+        from guidediff.samplers import SAMPLERS
+
+        require(s.sampler in SAMPLERS, f"sample.sampler {s.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
         require(s.steps >= 1 and s.n >= 1, f"sample.steps and sample.n must be >= 1, got {s.steps} and {s.n}")
         require(all(math.isfinite(w) for w in s.w), f"sample.w must hold finite numbers, got {s.w}")
-        variants = ("plain", "interval", "rescale", "apg", "autoguidance")
+        from guidediff.guidance.registry import cfg_variants
+
+        variants = cfg_variants()
         require(s.cfg_variant in variants, f"sample.cfg_variant {s.cfg_variant!r} is unknown; choose one of "
                                            f"{', '.join(variants)}")
         self.model.validate()

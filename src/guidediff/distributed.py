@@ -16,8 +16,6 @@ into the bucket: nothing is copied and no layout is left to mismatch.
 from __future__ import annotations
 
 import atexit
-from typing import Callable
-
 import torch
 from torch import nn
 
@@ -48,24 +46,26 @@ def shutdown() -> None:
 
 
 def prepare(accelerator, net: nn.Module, optimizer: torch.optim.Optimizer):
-    """(model, optimizer, zero_grad) for the training loop: ``accelerator.prepare`` of net and
-    optimizer, plus the function that clears the gradients after each step.
+    """``accelerator.prepare(net, optimizer)``, ready for DDP's gradient buckets.
 
-    With one process nothing changes (gradients are set to None). With several (the accelerator
-    built with ``kwargs_handlers=[ddp_kwargs()]``), net — already on its device, in its final
-    memory format — gets zero gradients before DDP wraps it, which DDP makes its bucket views,
-    and ``zero_grad`` zeroes them in place (see the module docstring); the process group is
-    destroyed when the interpreter exits."""
+    With one process this is plain ``accelerator.prepare``. With several (the accelerator built
+    with ``kwargs_handlers=[ddp_kwargs()]``), net — already on its device, in its final memory
+    format — first gets zero gradients, which DDP makes its bucket views (see the module
+    docstring; clear them with ``zero_grad``), and the process group is destroyed when the
+    interpreter exits."""
     global _exit_hook_registered
 
-    distributed = accelerator.num_processes > 1
-    if distributed:
+    if accelerator.num_processes > 1:
         for p in net.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)  # zeros_like keeps p's strides: the bucket view's layout
         if not _exit_hook_registered:
             atexit.register(shutdown)
             _exit_hook_registered = True
-    model, prepared = accelerator.prepare(net, optimizer)
-    zero_grad: Callable[[], None] = lambda: prepared.zero_grad(set_to_none=not distributed)  # noqa: E731
-    return model, prepared, zero_grad
+    return accelerator.prepare(net, optimizer)
+
+
+def zero_grad(optimizer, world_size: int) -> None:
+    """Clear the gradients after a step: set to None with one process (saves memory), zeroed in
+    place under DDP, where they are its bucket views and must stay so."""
+    optimizer.zero_grad(set_to_none=world_size == 1)

@@ -38,26 +38,31 @@ def run_sweep(
     bf16: bool = True,
     guidance: str = "cfg",
     noisy_classifier: str | None = None,
-    base: str = "uncond",
-    cg_form: str = "score",
+    base: str | None = None,
+    cg_form: str | None = None,
     cfg_variant: dict | None = None,
     guide_model: str | None = None,
     compile: bool = False,
+    guidance_options: dict | None = None,
+    sampler_options: dict | None = None,
 ) -> dict:
     """Sample ``n`` images per w (split evenly over the classes), evaluate FID-FMNIST, IS-FMNIST,
     CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``.
 
     ``classifier`` is the evaluation classifier. With ``guidance="classifier"`` the knob values in
     ``ws`` are classifier-guidance scales s for the noisy classifier ``noisy_classifier`` (see
-    ``sampling.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
-    for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w."""
+    ``generation.generate``); the points then carry ``scale`` instead of ``w``. ``cfg_variant`` (and
+    for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w.
+    ``guidance`` may name any method of the guidance registry, with ``guidance_options``;
+    ``sampler_options`` go to the sampler."""
     import torch
 
     from guidediff import plots
     from guidediff.checkpoint import git_commit, load_model
     from guidediff.metrics.evaluate import evaluate_samples
     from guidediff.nets.fmnist_classifier import load_eval_classifier
-    from guidediff.sampling import generate, resolve_device
+    from guidediff.generation import generate
+    from guidediff.runtime import resolve_device
 
     require(n >= 10, f"--n must be at least 10 (one image per class), got {n}")
     out = Path(out_dir)
@@ -69,10 +74,16 @@ def run_sweep(
     per_class = n // num_classes
     eval_net = load_eval_classifier(classifier, device=device)
     guide = load_model(guide_model, device)[0] if guide_model is not None else None
-    cg = guidance == "classifier"
-    knob = "scale" if cg else "w"
+    from guidediff.guidance import get_guidance
+
+    spec = get_guidance(guidance)
+    cg = spec.needs == "classifier"
+    knob = spec.weight
+    options = dict(guidance_options or {})
+    options.update({k: v for k, v in (("base", base), ("cg_form", cg_form)) if v is not None})
+    shown = spec.resolve(options)
     guide_net = None
-    require(not cg or noisy_classifier is not None, "classifier guidance needs a noisy classifier; pass --noisy-classifier")
+    require(not cg or noisy_classifier is not None, f"guidance {spec.name} needs a noisy classifier (noisy_classifier)")
     if noisy_classifier is not None:
         # with CFG the noisy classifier only measures (guide_accuracy): the control for CG's
         from guidediff.classifier_guidance import check_label_set, load_noisy_classifier
@@ -93,7 +104,7 @@ def run_sweep(
         "commit": git_commit(),
         "guidance": guidance,
         "knob": knob,
-        **({"base": base, "cg_form": cg_form} if cg else {}),
+        **shown,
         "cfg_variant": cfg_variant,
         "guide_model": None if guide_model is None else str(guide_model),
         "compiled": compile,
@@ -106,8 +117,8 @@ def run_sweep(
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
             steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
-            guidance=guidance, classifier=guide_net if cg else None, base=base, cg_form=cg_form,
-            cfg_variant=cfg_variant, guide_net=guide, compile=compile,
+            guidance=guidance, guidance_options=options, classifier=guide_net if cg else None,
+            cfg_variant=cfg_variant, guide_net=guide, compile=compile, sampler_options=sampler_options,
         )
         seconds = result["seconds"]
         images, labels = result["x"], result["y"]
@@ -134,7 +145,8 @@ def run_sweep(
         grids.append((images[keep], labels[keep], np.full(len(keep), w, dtype=np.float32)))
 
     fid_floor = summary["fid_floor"]
-    label = f"CG ({base}, {cg_form})" if cg else "CFG" if cfg_variant is None else f"CFG {cfg_variant['name']}"
+    label = (f"CG ({shown['base']}, {shown['cg_form']})" if spec.name == "classifier" else
+             f"CFG {cfg_variant['name']}" if cfg_variant is not None else "CFG" if spec.name == "cfg" else spec.name)
     plots.fid_vs_is({label: points}, out / "fid_vs_is.png", knob=knob, fid_floor=fid_floor)
     plots.metrics_vs_knob(points, out / "metrics_vs_w.png", knob=knob, fid_floor=fid_floor)
     plots.grid_across_knob(

@@ -38,7 +38,6 @@ from guidediff.toy.distances import sliced_wasserstein
 from guidediff.toy.gmm import GaussianMixture
 from guidediff.toy.tilted import data_log_densities, make_grid, sample_tilted, tilted_density
 
-GUIDANCES = ("cfg", "classifier")
 BASES = ("uncond", "cond")
 
 
@@ -56,8 +55,10 @@ class ToyConfig:
     steps: int = 100
     sampler: str = "ddim"
     seed: int = 0
-    guidance: str = "cfg"
+    guidance: str = "cfg"  # any method of the guidance registry that needs no guide model
     base: str = "uncond"
+    guidance_options: dict = field(default_factory=dict)  # the method's options (besides base)
+    sampler_options: dict = field(default_factory=dict)
     schedule: str = "cfg"
     lam_min: float = -20.0
     lam_max: float = 20.0
@@ -88,7 +89,11 @@ class ToyResult:
 # --------------------------------------------------------------------------- validation
 def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     """Check a config against its dataset before any work; fill n and classes. UsageError on bad input."""
-    require(config.guidance in GUIDANCES, f"unknown guidance {config.guidance!r}; choose one of {', '.join(GUIDANCES)}")
+    spec = guidance_lib.get_guidance(config.guidance)
+    require(spec.needs != "guide" and spec.name != "distilled",
+            f"guidance {spec.name} needs a guide model, which the toy does not train; pick another method")
+    guidance_options(config)  # checks the method's options
+    samplers.get_sampler(config.sampler).resolve(config.sampler_options)
     require(config.base in BASES, f"unknown base {config.base!r}; choose one of {', '.join(BASES)}")
     require(config.sampler in samplers.SAMPLERS, f"unknown sampler {config.sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     require(len(config.w) > 0, "give at least one guidance weight, e.g. --w=0,3")
@@ -107,7 +112,7 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     require(isinstance(n, int) and n >= 2, f"n (samples per class and weight) must be an integer >= 2, got {n!r}")
     if not config.oracle:
         require(config.train_steps >= 1, f"train_steps must be >= 1, got {config.train_steps}")
-        require(config.guidance != "classifier" or config.classifier_steps >= 1,
+        require(spec.needs != "classifier" or config.classifier_steps >= 1,
                 f"classifier_steps must be >= 1 (the noisy classifier trains here without --oracle), got {config.classifier_steps}")
         require(0.0 <= config.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {config.p_uncond}")
         require(0.0 <= config.ema < 1.0, f"ema must lie in [0, 1) (0 = off), got {config.ema}")
@@ -247,9 +252,18 @@ def load_toy_model(path: str | Path) -> MLPDenoiser:
 def tilt_exponent(guidance: str, base: str, value: float) -> float:
     """The w of the target p(x|c)·p(c|x)^w: CFG weight w; classifier scale s on the unconditional
     model tilts p(x)·p(c|x)^s ∝ p(x|c)·p(c|x)^{s−1}; on the conditional model p(x|c)·p(c|x)^s."""
-    if guidance == "cfg":
+    if guidance_lib.get_guidance(guidance).weight == "w":
         return value
     return value - 1.0 if base == "uncond" else value
+
+
+def guidance_options(config: ToyConfig) -> dict:
+    """The guidance method's options: ``guidance_options`` plus ``base`` where the method takes it."""
+    spec = guidance_lib.get_guidance(config.guidance)
+    options = dict(config.guidance_options)
+    if any(o.name == "base" for o in spec.options):
+        options.setdefault("base", config.base)
+    return spec.resolve(options)
 
 
 def guided(
@@ -260,14 +274,17 @@ def guided(
     guidance: str = "cfg",
     base: str = "uncond",
     grad_log_prob=None,
+    options: dict | None = None,
 ):
-    """The guided denoiser for per-row weights: CFG (guidance.cfg) or classifier guidance
-    (guidance.classifier_guidance) on the unconditional or conditional base."""
-    if guidance == "cfg":
-        return guidance_lib.cfg(denoiser, weights, null_class)
-    require(grad_log_prob is not None, "classifier guidance needs grad_log_prob (a classifier's ∇ log p(c|z))")
-    start = guidance_lib.unconditional(denoiser, null_class) if base == "uncond" else denoiser
-    return guidance_lib.classifier_guidance(start, grad_log_prob, weights)
+    """The guided denoiser for per-row weights, built by the guidance registry: CFG (guidance.cfg),
+    classifier guidance on the unconditional or conditional base, or any other registered method
+    that needs no guide model."""
+    spec = guidance_lib.get_guidance(guidance)
+    require(spec.needs != "classifier" or grad_log_prob is not None,
+            "classifier guidance needs grad_log_prob (a classifier's ∇ log p(c|z))")
+    resolved = guidance_options(ToyConfig(guidance=guidance, base=base, guidance_options=dict(options or {})))
+    context = guidance_lib.GuidanceContext(grad_log_prob=grad_log_prob)
+    return spec.build(denoiser, weights, null_class, context, **resolved)
 
 
 def sample_toy(
@@ -278,6 +295,7 @@ def sample_toy(
     n: int,
     steps: int,
     sampler: str = "ddim",
+    sampler_options: dict | None = None,
     schedule=None,
     seed: int = 0,
     dim: int = 2,
@@ -294,7 +312,9 @@ def sample_toy(
     z = torch.randn(len(y), dim, generator=gen, dtype=dtype)
     lams = schedules.lam_grid(schedule, steps, dtype=dtype)
     with torch.no_grad():
-        x = samplers.sample(denoiser(w), z, lams, y, sampler=sampler, generator=gen, progress=progress)
+        guided_denoiser = denoiser(w)
+        options = {**(sampler_options or {}), **getattr(guided_denoiser, "sampler_options", {})}
+        x = samplers.sample(guided_denoiser, z, lams, y, sampler=sampler, generator=gen, progress=progress, **options)
     return x, y, w
 
 
@@ -427,11 +447,12 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
     def factory(den, grad_log_prob=mixture.grad_log_prob):
         return lambda weights: guided(
             den, weights, null_class=mixture.null_class, guidance=config.guidance, base=config.base,
-            grad_log_prob=grad_log_prob,
+            grad_log_prob=grad_log_prob, options=config.guidance_options,
         )
 
     common = dict(classes=config.classes, weights=config.w, n=config.n, steps=config.steps,
-                  sampler=config.sampler, schedule=schedule, seed=config.seed, dim=mixture.dim,
+                  sampler=config.sampler, sampler_options=config.sampler_options, schedule=schedule,
+                  seed=config.seed, dim=mixture.dim,
                   progress=config.progress)
     model_samples = None
     if not config.oracle:
@@ -445,7 +466,7 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         timings["train_s"] = time.time() - t0
         paths["model"] = save_toy_model(model, out / "model.safetensors", data=config.data)
         model_grad = mixture.grad_log_prob
-        if config.guidance == "classifier":
+        if guidance_lib.get_guidance(config.guidance).needs == "classifier":
             # the trained model is guided by a trained noisy classifier; the exact run by the Bayes one
             t0 = time.time()
             say(f"training a noisy MLP classifier on {config.data} for {config.classifier_steps} steps ...")

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from guidediff import distributed
 from guidediff.checkpoint import (
     check_state_dict,
     environment,
@@ -38,11 +39,10 @@ from guidediff.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from guidediff import distributed
 from guidediff.config import Config
 from guidediff.ema import EMA
 from guidediff.errors import UsageError, require
-from guidediff.sampling import derive_seed
+from guidediff.runtime import derive_seed
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
@@ -117,7 +117,7 @@ def cfg_loss(config: Config) -> LossFn:
 
 def cfg_sample_fn(config: Config, max_classes: int = 10) -> SampleFn:
     """Sample grids from the EMA model during training: a few classes × sample.w, PNG per w."""
-    from guidediff.sampling import generate, save_grids
+    from guidediff.generation import generate, save_grids
 
     s = config.sample
 
@@ -171,7 +171,11 @@ class _Batches:
         return self._perm[k * self.batch:(k + 1) * self.batch]
 
     def get(self, step: int, ctx: StepContext, hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.indices(step)[ctx.start:ctx.stop]
+        return self.gather(self.indices(step), ctx, hflip)
+
+    def gather(self, idx: torch.Tensor, ctx: StepContext, hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's images and labels of the global batch ``idx`` (indices into the dataset)."""
+        idx = idx[ctx.start:ctx.stop]
         # uint8 NHWC permuted to NCHW is channels_last already; x = v/127.5 − 1.
         x = self.images[idx].permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         if not self.channels_last:
@@ -223,6 +227,69 @@ def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
                     optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state into THIS run's optimizer: the implementation (fused,
+    capturable, a device learning rate) is this run's choice, not the saving run's."""
+    keep = [{k: g[k] for k in (*_IMPLEMENTATION_KEYS, "lr") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, mine in zip(optimizer.param_groups, keep):
+        saved_lr = group["lr"]
+        group.update({k: v for k, v in mine.items() if k != "lr"})
+        if torch.is_tensor(mine.get("lr")):
+            group["lr"] = mine["lr"]
+            group["lr"].fill_(float(saved_lr))
+        on_device = group.get("capturable") or group.get("fused")
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+    _match_state_layout(optimizer)
+
+
+def _make_optimizer(config: Config, net: nn.Module, cuda: bool, capturable: bool):
+    """AdamW with linear warm-up. ``capturable``: fused AdamW whose step count and learning rate
+    live on the device, so a CUDA graph can replay it (the scheduler fills the lr tensor)."""
+    tc = config.train
+    lr = torch.tensor(tc.lr, device=next(net.parameters()).device) if capturable else tc.lr
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
+                                  weight_decay=tc.weight_decay, fused=cuda, capturable=capturable)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = tc.lr  # a number: the scheduler then fills the lr tensor without a host sync
+    warmup = tc.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+    return optimizer, scheduler
+
+
+def _prepare(accelerator, net: nn.Module, optimizer, graphed: bool):
+    """Wrap for data parallelism (Accelerate: DDP over processes, its autocast). The graph-ready
+    step of one process uses the plain module and optimizer: it does its own autocast, and
+    Accelerate's cached-cast forward cannot sit inside a CUDA graph."""
+    if graphed and accelerator.num_processes == 1:
+        return net, optimizer
+    return distributed.prepare(accelerator, net, optimizer)
+
+
+@dataclass
+class RunState:
+    """What changes while a run goes: the step, the bookkeeping a checkpoint carries, and the
+    current log window."""
+
+    step: int = 0
+    prior_time: float = 0.0  # training seconds of earlier invocations (resume)
+    commands: list = dataclasses.field(default_factory=list)
+    metrics: dict = dataclasses.field(default_factory=dict)  # the last log record
+    n_acc: int = 0  # steps in the current log window
+    last_t: float = 0.0
+    last_step: int = 0
+    final_loss: float | None = None
+    saved: Path | None = None
+    stopped_by: str = "steps"
+
+
 def train(
     config: Config,
     run_dir: str | Path,
@@ -239,19 +306,23 @@ def train(
 ) -> TrainResult:
     """Train until ``config.train.steps`` (or ``time_limit_s``), checkpointing into run_dir.
 
-    ``resume=True`` continues from run_dir's latest checkpoint when there is one (else starts).
-    ``net`` defaults to the UNet of config.model; ``loss_fn`` to the CFG ε-loss; ``dataset`` (a
-    DatasetArrays) to the one config.data names; ``sample_fn`` to CFG sample grids.
+    config        the resolved Config (its [train] table drives the loop; model/data from it by default)
+    run_dir       where checkpoints, log.jsonl, config.json, samples and model.safetensors go
+    loss_fn       loss closure ``loss_fn(model, x, c, ctx) -> scalar``; default the CFG ε-loss
+    net           the module to train; default the UNet of config.model
+    dataset       a DatasetArrays; default the one config.data names
+    sample_fn     ``sample_fn(ema_model, step, out_dir)`` every train.sample_every; default CFG grids
+    resume        continue from run_dir's latest checkpoint when there is one (else start)
+    time_limit_s  stop (with a checkpoint) once this many seconds have passed since the call
+    progress      show a tqdm bar
+    command       the command line, recorded in the checkpoint
+    log           where notes go (default print); only the main process speaks
     """
     t0 = time.time()
     run_dir = Path(run_dir)
     tc = config.train
     accelerator = _make_accelerator(config)
-    main = accelerator.is_main_process
-    say = (log or print) if main else (lambda _msg: None)
-    device = accelerator.device
-    cuda = device.type == "cuda"
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world = accelerator.num_processes
     require(tc.batch_size % world == 0,
             f"train.batch_size={tc.batch_size} is not divisible by the {world} processes; pick a multiple of {world}")
 
@@ -260,220 +331,253 @@ def train(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
-        return _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resume, time_limit_s,
-                      progress, command, say, t0, device, cuda, world, rank, main)
+        run = _Run(config, run_dir, accelerator, loss_fn=loss_fn, net=net, dataset=dataset, sample_fn=sample_fn,
+                   resume=resume, command=command, log=log, t0=t0)
+        return run.loop(time_limit_s, progress)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def _train(config, run_dir, accelerator, loss_fn, net, dataset, sample_fn, resume, time_limit_s, progress,
-           command, say, t0, device, cuda, world, rank, main) -> TrainResult:
-    tc = config.train
-    ckpt_root = run_dir / CHECKPOINTS
-    resume_from = latest_checkpoint(ckpt_root) if resume else None
-    if not resume and latest_checkpoint(ckpt_root) is not None:
-        raise UsageError(f"{run_dir} already holds a run (latest {latest_checkpoint(ckpt_root).name}); pass --resume "
-                         "to continue it, or choose another output directory")
+class _Run:
+    """One invocation of the training loop, in phases: restore, step, log, checkpoint, finish."""
 
-    if dataset is None:
-        from guidediff.data.images import load_dataset
+    def __init__(self, config: Config, run_dir: Path, accelerator, *, loss_fn, net, dataset, sample_fn, resume,
+                 command, log, t0: float):
+        self.config, self.run_dir, self.accelerator, self.t0 = config, run_dir, accelerator, t0
+        self.main = accelerator.is_main_process
+        self.say = (log or print) if self.main else (lambda _msg: None)
+        self.device = accelerator.device
+        self.cuda = self.device.type == "cuda"
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.ckpt_root = run_dir / CHECKPOINTS
+        self.state = RunState()
+        self._build(loss_fn, net, dataset, sample_fn)
+        self._restore(resume, command)
+        self._start_step()
 
-        d = config.data
-        dataset = load_dataset(d.name, "train", data_dir=d.data_dir, resolution=d.resolution, channels=d.channels,
-                               skip_bad=d.skip_bad_images)
-    for note in resolve_model_config(config, dataset):
-        say(f"note: {note}")
+    # -- Build the model, data, optimizer. --------------------------------------------------------
+    def _build(self, loss_fn, net, dataset, sample_fn) -> None:
+        from guidediff.train_step import choose_mode
 
-    torch.manual_seed(derive_seed(tc.seed, "init"))
-    if net is None:
-        from guidediff.nets.unet import UNet
+        config, tc = self.config, self.config.train
+        if dataset is None:
+            from guidediff.data.images import load_dataset
 
-        net = UNet(config.model)
-    loss_fn = loss_fn or cfg_loss(config)
-    sample_fn = sample_fn or cfg_sample_fn(config)
-    channels_last = _auto(tc.channels_last, cuda)
-    net = net.to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    if cuda:
-        torch.set_float32_matmul_precision("high")
-    param_names = [name for name, _ in net.named_parameters()]
+            d = config.data
+            dataset = load_dataset(d.name, "train", data_dir=d.data_dir, resolution=d.resolution,
+                                   channels=d.channels, skip_bad=d.skip_bad_images)
+        for note in resolve_model_config(config, dataset):
+            self.say(f"note: {note}")
+        torch.manual_seed(derive_seed(tc.seed, "init"))
+        if net is None:
+            from guidediff.nets.unet import UNet
 
-    optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                  eps=tc.adam_eps, weight_decay=tc.weight_decay, fused=cuda)
-    warmup = tc.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+            net = UNet(config.model)
+        mp = self.accelerator.mixed_precision
+        self.mode = choose_mode(tc.cuda_graph, cuda=self.cuda, world_size=self.world, mixed_precision=mp,
+                                default_loss=loss_fn is None, log=self.say)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
+        self.loss_fn = loss_fn or cfg_loss(config)
+        self.sample_fn = sample_fn or cfg_sample_fn(config)
+        self.channels_last = _auto(tc.channels_last, self.cuda)
+        self.net = net.to(self.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if self.cuda:
+            torch.set_float32_matmul_precision("high")
+        self.param_names = [name for name, _ in self.net.named_parameters()]
+        capturable = self.cuda and self.mode != "classic"
+        self.optimizer, self.scheduler = _make_optimizer(config, self.net, self.cuda, capturable)
+        images = torch.from_numpy(np.array(dataset.images, dtype=np.uint8, copy=True)).to(self.device)
+        labels = torch.from_numpy(np.array(dataset.labels, dtype=np.int64, copy=True)).to(self.device)
+        self.batches = _Batches(images, labels, tc.batch_size, tc.seed, self.channels_last)
 
-    step, prior_time, commands, metrics = 0, 0.0, [], {}
-    ema_state = None
-    if resume_from is not None:
-        ck = load_checkpoint(resume_from, device="cpu")
-        check_state_dict(ck.model, net.state_dict(), str(resume_from / "model.safetensors"))
-        saved_names = ck.state["optimizer"].get("param_names")
-        require(saved_names == param_names, f"{resume_from} was written for other parameters than this model has; "
-                "resume with the config it was trained with")
-        net.load_state_dict(ck.model)
-        optimizer.load_state_dict(ck.optimizer_state())
-        _match_state_layout(optimizer)
-        scheduler.load_state_dict(ck.state["scheduler"])
-        set_rng_state(ck.state["rng"])
-        step = ck.step
-        prior_time = float(ck.state.get("training_time_s", 0.0))
-        commands = list(ck.state.get("commands", []))
-        metrics = ck.state.get("metrics", {})
-        ema_state = (ck.ema, ck.state["ema"])
-        say(f"resuming {run_dir} from {resume_from.name} (step {step})")
-    elif resume:
-        say(f"no checkpoint in {ckpt_root} yet: starting a new run")
-    if command:
-        commands.append(command)
+    # -- Restore: checkpoint, EMA, log, config. --------------------------------------------------
+    def _restore(self, resume: bool, command: str | None) -> None:
+        st, tc, run_dir = self.state, self.config.train, self.run_dir
+        latest = latest_checkpoint(self.ckpt_root)
+        resume_from = latest if resume else None
+        if not resume and latest is not None:
+            raise UsageError(f"{run_dir} already holds a run (latest {latest.name}); pass --resume "
+                             "to continue it, or choose another output directory")
+        ema_state = None
+        if resume_from is not None:
+            ck = load_checkpoint(resume_from, device="cpu")
+            check_state_dict(ck.model, self.net.state_dict(), str(resume_from / "model.safetensors"))
+            require(ck.state["optimizer"].get("param_names") == self.param_names,
+                    f"{resume_from} was written for other parameters than this model has; "
+                    "resume with the config it was trained with")
+            self.net.load_state_dict(ck.model)
+            _load_optimizer(self.optimizer, ck.optimizer_state())
+            self.scheduler.load_state_dict(ck.state["scheduler"])
+            set_rng_state(ck.state["rng"])
+            st.step = ck.step
+            st.prior_time = float(ck.state.get("training_time_s", 0.0))
+            st.commands = list(ck.state.get("commands", []))
+            st.metrics = ck.state.get("metrics", {})
+            ema_state = (ck.ema, ck.state["ema"])
+            self.say(f"resuming {run_dir} from {resume_from.name} (step {st.step})")
+        elif resume:
+            self.say(f"no checkpoint in {self.ckpt_root} yet: starting a new run")
+        if command:
+            st.commands.append(command)
 
-    ema = None
-    if main:
-        # before prepare: accelerate patches forward for autocast, which a deepcopy would carry over
-        ema = EMA(net, tc.ema_decay, tc.ema_warmup)
-        if ema_state is not None:
-            check_state_dict(ema_state[0], ema.state_dict(), str(resume_from / "ema.safetensors"))
-            ema.load_state_dict(ema_state[0])
-            ema.load_meta(ema_state[1])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(config.to_json() + "\n")
-        log_records = _read_log(run_dir / LOG_FILE, step)
-        with open(run_dir / LOG_FILE, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in log_records)
+        self.ema = None
+        if self.main:
+            # before prepare: accelerate patches forward for autocast, which a deepcopy would carry over
+            self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
+            if ema_state is not None:
+                check_state_dict(ema_state[0], self.ema.state_dict(), str(resume_from / "ema.safetensors"))
+                self.ema.load_state_dict(ema_state[0])
+                self.ema.load_meta(ema_state[1])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / CONFIG_FILE).write_text(self.config.to_json() + "\n")
+            log_records = _read_log(run_dir / LOG_FILE, st.step)
+            with open(run_dir / LOG_FILE, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in log_records)
 
-    # the scheduler stays outside prepare: accelerate would step it once per process
-    model, aopt, zero_grad = distributed.prepare(accelerator, net, optimizer)
-    if _auto(tc.compile, cuda):
-        model = torch.compile(model)
+    # -- The step: data parallelism, compilation, the (maybe graphed) step function. ---------------
+    def _start_step(self) -> None:
+        from guidediff.train_step import StepParts, TrainStep
 
-    images = torch.from_numpy(np.array(dataset.images, dtype=np.uint8, copy=True)).to(device)
-    labels = torch.from_numpy(np.array(dataset.labels, dtype=np.int64, copy=True)).to(device)
-    batches = _Batches(images, labels, tc.batch_size, tc.seed, channels_last)
-    step_gen = torch.Generator(device=device)
+        tc = self.config.train
+        # the scheduler stays outside prepare: accelerate would step it once per process
+        model, opt = _prepare(self.accelerator, self.net, self.optimizer, graphed=self.mode != "classic")
+        if _auto(tc.compile, self.cuda):
+            model = torch.compile(model)
+        parts = StepParts(model=model, net=self.net, optimizer=opt, scheduler=self.scheduler, loss_fn=self.loss_fn,
+                          batches=self.batches, ema=self.ema, accelerator=self.accelerator, grad_clip=tc.grad_clip,
+                          amp_dtype=self.amp_dtype, hflip=self.config.data.hflip, seed=tc.seed, rank=self.rank,
+                          world_size=self.world, global_batch=tc.batch_size)
+        self.step_fn = TrainStep(parts, self.mode)
+        if self.mode != "classic":
+            self.say(f"training step: {'one CUDA graph per step' if self.mode == 'graphed' else 'graph-ready, eager'}")
 
-    writer = None
-    if main and tc.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+    # -- Log: mean loss of the window, lr, grad norm, images/s (the only host reads of device values).
+    def _log(self, writer, bar) -> None:
+        st, tc, accelerator = self.state, self.config.train, self.accelerator
+        step_fn = self.step_fn
+        mean_loss = float(accelerator.reduce(step_fn.loss_sum / st.n_acc, "mean").item())
+        now = time.time()
+        ips = (st.step - st.last_step) * tc.batch_size / max(now - st.last_t, 1e-9)
+        record = {"step": st.step, "loss": mean_loss, "lr": float(self.scheduler.get_last_lr()[0]),
+                  "grad_norm": float(step_fn.grad_norm), "images_per_sec": ips,
+                  "elapsed_s": st.prior_time + now - self.t0}
+        st.final_loss, st.metrics = mean_loss, record
+        st.last_t, st.last_step, st.n_acc = now, st.step, 0
+        step_fn.loss_sum.zero_()
+        if not math.isfinite(mean_loss):
+            raise UsageError(f"the loss became {mean_loss} at step {st.step}; lower train.lr (now {tc.lr}) or "
+                             "raise train.warmup_steps, then --resume from the last good checkpoint")
+        if self.main:
+            with open(self.run_dir / LOG_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key in ("loss", "lr", "grad_norm", "images_per_sec"):
+                    writer.add_scalar(f"train/{key}", record[key], st.step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}", refresh=False)
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step)
-    bar = None
-    if main and progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=tc.steps, initial=step, unit="step", dynamic_ncols=True, desc="train")
-
-    def checkpoint(at_step: int, elapsed: float) -> Path | None:
+    # -- Checkpoint: weights, EMA, optimizer, scheduler, RNG, bookkeeping. -------------------------
+    def _checkpoint(self, elapsed: float) -> Path | None:
+        st, tc = self.state, self.config.train
         path = None
-        if main:
+        if self.main:
+            opt_state = self.optimizer.state_dict()
+            for group in opt_state["param_groups"]:  # a device lr is saved as the number it holds
+                for key, value in group.items():
+                    if torch.is_tensor(value):
+                        group[key] = float(value)
             state = {
-                "config": config.to_dict(),
-                "optimizer": {"param_names": param_names},
-                "scheduler": scheduler.state_dict(),
-                "ema": ema.meta(),
+                "config": self.config.to_dict(),
+                "optimizer": {"param_names": self.param_names},
+                "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.meta(),
                 "rng": rng_state(),
                 **environment(),
-                "commands": commands,
-                "training_time_s": prior_time + elapsed,
-                "metrics": metrics,
-                "world_size": world,
-                "images_seen": at_step * tc.batch_size,
+                "commands": st.commands,
+                "training_time_s": st.prior_time + elapsed,
+                "metrics": st.metrics,
+                "world_size": self.world,
+                "images_seen": st.step * tc.batch_size,
             }
-            path = save_checkpoint(ckpt_root, at_step, model=net.state_dict(), ema=ema.state_dict(),
-                                   optimizer=optimizer.state_dict(), state=state, keep_last=tc.keep_last)
-        accelerator.wait_for_everyone()
+            path = save_checkpoint(self.ckpt_root, st.step, model=self.net.state_dict(), ema=self.ema.state_dict(),
+                                   optimizer=opt_state, state=state, keep_last=tc.keep_last)
+        self.accelerator.wait_for_everyone()
         return path
 
-    loss_sum = torch.zeros((), device=device)
-    grad_norm = torch.zeros((), device=device)
-    n_acc = 0
-    last_t, last_step = time.time(), step
-    final_loss, ips, saved = None, None, None
-    stopped_by = "steps"
-    net.train()
-    loop_t0, first_step = time.time(), step
-    while step < tc.steps:
-        ctx = StepContext(step, step_gen.manual_seed(derive_seed(tc.seed, "step", step)), rank, world, tc.batch_size)
-        x, c = batches.get(step, ctx, config.data.hflip)
-        torch.manual_seed(derive_seed(tc.seed, "dropout", step, rank))
-        with accelerator.autocast():
-            loss = loss_fn(model, x, c, ctx)
-        accelerator.backward(loss)
-        if tc.grad_clip > 0:
-            grad_norm = accelerator.clip_grad_norm_(net.parameters(), tc.grad_clip)
-        aopt.step()
-        scheduler.step()
-        zero_grad()
-        if ema is not None:
-            ema.update(net)
-        step += 1
-        loss_sum += loss.detach().float()
-        n_acc += 1
+    def _time_is_up(self, time_limit_s: float | None) -> bool:
+        if time_limit_s is None:
+            return False
+        over = time.time() - self.t0 >= time_limit_s
+        if self.world == 1:
+            return over
+        # every rank must stop at the same step; agree once in a while (a collective)
+        if self.state.step % 10 != 0:
+            return False
+        flag = self.accelerator.reduce(torch.tensor(float(over), device=self.device), "max")
+        return bool(flag.item())
 
-        stop = False
-        if time_limit_s is not None:
-            over = time.time() - t0 >= time_limit_s
-            if world > 1:
-                # every rank must stop at the same step; agree once in a while (a collective)
-                if step % 10 == 0:
-                    flag = accelerator.reduce(torch.tensor(float(over), device=device), "max")
-                    stop = bool(flag.item())
-            else:
-                stop = over
-        last = step == tc.steps or stop
+    def loop(self, time_limit_s: float | None, progress: bool) -> TrainResult:
+        st, tc, main = self.state, self.config.train, self.main
+        writer = bar = None
+        if main and tc.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        if step % tc.log_every == 0 or last:
-            mean_loss = float(accelerator.reduce(loss_sum / n_acc, "mean").item())
-            now = time.time()
-            ips = (step - last_step) * tc.batch_size / max(now - last_t, 1e-9)
-            record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "images_per_sec": ips,
-                      "elapsed_s": prior_time + now - t0}
-            final_loss, metrics = mean_loss, record
-            last_t, last_step, n_acc = now, step, 0
-            loss_sum.zero_()
-            if not math.isfinite(mean_loss):
-                raise UsageError(f"the loss became {mean_loss} at step {step}; lower train.lr (now {tc.lr}) or "
-                                 "raise train.warmup_steps, then --resume from the last good checkpoint")
-            if main:
-                with open(run_dir / LOG_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for key in ("loss", "lr", "grad_norm", "images_per_sec"):
-                        writer.add_scalar(f"train/{key}", record[key], step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.0f}", refresh=False)
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=st.step)
+        if main and progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.steps, initial=st.step, unit="step", dynamic_ncols=True, desc="train")
+        self.net.train()
+        loop_t0, first_step = time.time(), st.step
+        st.last_t, st.last_step = loop_t0, st.step
+        while st.step < tc.steps:
+            # Step.
+            self.step_fn(st.step)
+            st.step += 1
+            st.n_acc += 1
+            stop = self._time_is_up(time_limit_s)
+            last = st.step == tc.steps or stop
+            # Log.
+            if st.step % tc.log_every == 0 or last:
+                self._log(writer, bar)
+            if bar is not None:
+                bar.update(1)
+            if main and (st.step % tc.sample_every == 0 or st.step == tc.steps):
+                self.sample_fn(self.ema.module, st.step, self.run_dir / "samples")
+            # Checkpoint.
+            if st.step % tc.checkpoint_every == 0 or last:
+                st.saved = self._checkpoint(time.time() - self.t0)
+            if stop:
+                st.stopped_by = "time_limit"
+                break
+        loop_s = time.time() - loop_t0
+        # Finish.
         if bar is not None:
-            bar.update(1)
-        if main and (step % tc.sample_every == 0 or step == tc.steps):
-            sample_fn(ema.module, step, run_dir / "samples")
-        if step % tc.checkpoint_every == 0 or last:
-            saved = checkpoint(step, time.time() - t0)
-        if stop:
-            stopped_by = "time_limit"
-            break
-    loop_s = time.time() - loop_t0
-    # the run's rate, not the last log window's (`ips`): that window may hold one step and a sample hook
-    images = (step - first_step) * tc.batch_size
-    run_ips = images / max(loop_s, 1e-9) if images else None
+            bar.close()
+        if writer is not None:
+            writer.close()
+        return self._finish(loop_s, first_step)
 
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    finished = step >= tc.steps
-    model_file = None
-    latest = latest_checkpoint(ckpt_root)
-    if main and latest is not None:
-        from guidediff.checkpoint import export_model
+    # -- Finish: export the EMA weights, report the run's own throughput. ---------------------------
+    def _finish(self, loop_s: float, first_step: int) -> TrainResult:
+        st, tc = self.state, self.config.train
+        # the run's rate, not the last log window's: that window may hold one step and a sample hook
+        images = (st.step - first_step) * tc.batch_size
+        model_file = None
+        latest = latest_checkpoint(self.ckpt_root)
+        if self.main and latest is not None:
+            from guidediff.checkpoint import export_model
 
-        # the EMA weights alone (float16): small enough to copy off a machine when a checkpoint is not
-        model_file = export_model(latest, run_dir / MODEL_FILE)
-    accelerator.wait_for_everyone()
-    return TrainResult(run_dir=run_dir, step=step, finished=finished, stopped_by=stopped_by, final_loss=final_loss,
-                       images_per_sec=run_ips, checkpoint=saved or latest_checkpoint(ckpt_root),
-                       elapsed_s=time.time() - t0, model_file=model_file, images=images, loop_s=loop_s)
+            # the EMA weights alone (float16): small enough to copy off a machine when a checkpoint is not
+            model_file = export_model(latest, self.run_dir / MODEL_FILE)
+        self.accelerator.wait_for_everyone()
+        return TrainResult(run_dir=self.run_dir, step=st.step, finished=st.step >= tc.steps,
+                           stopped_by=st.stopped_by, final_loss=st.final_loss,
+                           images_per_sec=images / max(loop_s, 1e-9) if images else None,
+                           checkpoint=st.saved or latest, elapsed_s=time.time() - self.t0,
+                           model_file=model_file, images=images, loop_s=loop_s)
 
 
 def describe(result: TrainResult) -> str:

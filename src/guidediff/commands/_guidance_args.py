@@ -2,11 +2,73 @@
 
 from __future__ import annotations
 
-VARIANTS = ("plain", "interval", "rescale", "apg", "autoguidance")
+def variant_names() -> list[str]:
+    from guidediff.guidance.registry import cfg_variants
+
+    return cfg_variants()
+
+
+def guidance_names() -> list[str]:
+    """The methods a user can pick (the distilled student's is picked by its model)."""
+    from guidediff.guidance import GUIDANCE
+
+    return [name for name in GUIDANCE if name != "distilled"]
+
+
+def add_registry_arguments(p) -> None:
+    """--guidance (any registered method), --guidance-opt and --sampler-opt NAME=VALUE (any
+    option a registered method or sampler declares; the flags below are shorthands for the built-in ones)."""
+    p.add_argument("--guidance", choices=guidance_names(), default="cfg",
+                   help="guidance method (default cfg; classifier needs --classifier and takes --scale)")
+    p.add_argument("--guidance-opt", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of the guidance method, e.g. --guidance-opt phi=0.5 (repeatable)")
+    p.add_argument("--sampler-opt", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of the sampler, e.g. --sampler-opt clip_x=none (repeatable)")
+
+
+def guidance_weights(args, spec, default_w) -> list[float]:
+    """The knob values: --scale for a method weighted by a scale (classifier guidance), else --w
+    (``default_w``, a list or comma text, when --w is left out)."""
+    from guidediff.errors import require
+    from guidediff.parsing import parse_floats
+
+    if spec.weight == "scale":
+        require(args.w is None, f"--w is the CFG weight; with --guidance {spec.name} give the scales as --scale")
+        require(args.scale is not None, f"--guidance {spec.name} needs --scale, e.g. --scale 1,2,4,10")
+        return list(parse_floats(args.scale, "--scale"))
+    require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
+    if args.w is None and not isinstance(default_w, str):
+        return list(default_w)
+    return list(parse_floats(args.w or default_w, "--w"))
+
+
+def method_options(args, spec) -> dict:
+    """The method's options given on the command line: classifier guidance's own flags (--base,
+    --cg-form) and --guidance-opt NAME=VALUE."""
+    from guidediff.options import parse_assignments
+
+    declared = {o.name: o for o in spec.options}
+    given = {name: getattr(args, name) for name in ("base", "cg_form")
+             if name in declared and getattr(args, name, None) is not None}
+    given.update(parse_assignments(args.guidance_opt, declared, f"guidance {spec.name}"))
+    return given
+
+
+def sampler_options(args, sampler: str, defaults: dict | None = None) -> dict:
+    """The sampler's options: ``defaults`` it declares (e.g. the config's eta, v), its flags
+    (--eta, --v) and --sampler-opt NAME=VALUE."""
+    from guidediff.options import parse_assignments
+    from guidediff.samplers import get_sampler
+
+    declared = {o.name: o for o in get_sampler(sampler).options}
+    out = {k: v for k, v in (defaults or {}).items() if k in declared}
+    out.update({name: getattr(args, name) for name in declared if getattr(args, name, None) is not None})
+    out.update(parse_assignments(args.sampler_opt, declared, f"sampler {sampler}"))
+    return out
 
 
 def add_cfg_variant_arguments(p) -> None:
-    p.add_argument("--cfg-variant", choices=VARIANTS, default=None,
+    p.add_argument("--cfg-variant", choices=variant_names(), default=None,
                    help="CFG as in the paper (plain), or: guidance only for lambda in --interval (interval), "
                         "CFG rescale with --phi (rescale), adaptive projected guidance (apg), or autoguidance "
                         "with --guide-model in place of the unconditional prediction (default: the model config's "
@@ -29,6 +91,7 @@ def cfg_variant_from_args(args, sample_config=None) -> tuple[dict | None, str | 
     options and the built-in defaults."""
     from guidediff.config import SampleConfig
     from guidediff.errors import require
+    from guidediff.guidance import get_guidance
     from guidediff.parsing import parse_floats
 
     from_config = args.cfg_variant is None and sample_config is not None
@@ -56,5 +119,7 @@ def cfg_variant_from_args(args, sample_config=None) -> tuple[dict | None, str | 
     if name == "rescale":
         require(0.0 <= phi <= 1.0, f"--phi must lie in [0, 1], got {phi}")
         return {"name": "rescale", "phi": phi}, None
+    if name != "apg":  # a method registered beside the built-in ones: options by --guidance-opt
+        return {"name": name, **method_options(args, get_guidance(name))}, None
     require(threshold is None or threshold > 0, "--apg-threshold must be positive")
     return {"name": "apg", "eta": apg_eta, "momentum": apg_momentum, "norm_threshold": threshold}, None

@@ -33,7 +33,7 @@ def fmnist_step(out: Path) -> dict[str, Path]:
 
     from guidediff.checkpoint import load_model
     from guidediff.models import shipped_path
-    from guidediff.sampling import generate, save_samples
+    from guidediff.generation import generate, save_samples
 
     # the UNet's convolutions, unlike the 2-D toy's tiny tensors, gain from every core
     torch.set_num_threads(max(torch.get_num_threads(), min(os.cpu_count() or 1, 4)))

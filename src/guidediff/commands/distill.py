@@ -34,7 +34,7 @@ def run(args) -> int:
     from guidediff.distill import distill_model
     from guidediff.errors import require
     from guidediff.nets.w_conditioned import WConditionedUNet
-    from guidediff.sampling import resolve_device
+    from guidediff.runtime import resolve_device
 
     require(args.steps >= 1 and args.batch_size >= 1, "--steps and --batch-size must be >= 1")
     require(args.minutes is None or args.minutes > 0, "--minutes must be positive")

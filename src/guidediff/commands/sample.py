@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
+from guidediff.commands._guidance_args import (
+    add_cfg_variant_arguments,
+    add_registry_arguments,
+    cfg_variant_from_args,
+    guidance_weights,
+    method_options,
+    sampler_options,
+)
+from guidediff.commands._sampler_args import sampler_names
 
 
 def add_parser(subparsers) -> None:
@@ -16,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classes", default="all", help="classes to sample: all, 0-9, 0,3,5 (default: all)")
     p.add_argument("--w", default=None, help="comma list of guidance weights (default: the model config's sample.w)")
     p.add_argument("--n", type=int, default=8, help="images per (class, w) (default 8)")
-    p.add_argument("--sampler", choices=["ddim", "ancestral"], default=None,
+    p.add_argument("--sampler", choices=sampler_names(), default=None,
                    help="default: the model config's sample.sampler")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model config's sample.steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
@@ -29,16 +37,15 @@ def add_parser(subparsers) -> None:
                    help="for a checkpoint: the EMA weights (default) or the raw ones")
     p.add_argument("--no-bf16", action="store_true", help="sample in float32 on the GPU")
     p.add_argument("--grid-cols", type=int, default=16, help="at most this many samples per grid row")
-    p.add_argument("--guidance", choices=["cfg", "classifier"], default="cfg",
-                   help="cfg (default, weights --w) or classifier guidance with a noisy classifier (scales --scale)")
+    add_registry_arguments(p)
     p.add_argument("--classifier", "--noisy-classifier", dest="noisy_classifier", default=None,
                    help="classifier guidance: the noisy classifier (run dir or model.safetensors of "
                         "guidediff train-noisy-classifier)")
     p.add_argument("--scale", default=None, help="classifier guidance: comma list of scales s, e.g. 1,2,4,10 "
                                                  "(s on the uncond base tilts like CFG with w = s - 1)")
-    p.add_argument("--base", choices=["uncond", "cond"], default="uncond",
+    p.add_argument("--base", choices=["uncond", "cond"], default=None,
                    help="classifier guidance on the model's unconditional (null-token, default) or conditional prediction")
-    p.add_argument("--cg-form", choices=["score", "mean"], default="score",
+    p.add_argument("--cg-form", choices=["score", "mean"], default=None,
                    help="classifier guidance as eps - s*sigma*grad (score, any sampler) or the ancestral mean shift "
                         "mu + s*Sigma*grad (mean, needs --sampler ancestral)")
     add_cfg_variant_arguments(p)
@@ -48,67 +55,106 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from guidediff.ddgan.detect import is_ddgan_source
 
-    if is_ddgan_source(args.model):  # a `guidediff train-ddgan` run: T fixed steps, no guidance
-        from guidediff.ddgan.sample import run_sample_command
-
-        return run_sample_command(args)
+    if is_ddgan_source(args.model):
+        return run_ddgan(args)
 
     from guidediff.checkpoint import load_model
-    from guidediff.errors import require
+    from guidediff.errors import UsageError, in_flags, require
     from guidediff.parsing import parse_classes, parse_floats
-    from guidediff.sampling import generate, resolve_device, save_samples
+    from guidediff.generation import generate, save_samples
+    from guidediff.runtime import resolve_device
 
-    require(args.n >= 1, f"--n must be >= 1, got {args.n}")
-    require(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    require(args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}")
+    from guidediff.guidance import get_guidance
+
     device = resolve_device(args.device)
     net, config = load_model(args.model, device, weights=args.weights)
     s = config.sample
     num_classes = config.model.num_classes
+    spec = get_guidance(args.guidance)
     classifier = None
-    if args.guidance == "classifier":
+    ws = guidance_weights(args, spec, list(s.w))
+    if spec.needs == "classifier":
         from guidediff.classifier_guidance import load_noisy_classifier
 
-        require(args.w is None, "--w is the CFG weight; with --guidance classifier give the scales as --scale")
-        require(args.noisy_classifier is not None, "--guidance classifier needs --classifier PATH (a noisy classifier)")
-        require(args.scale is not None, "--guidance classifier needs --scale, e.g. --scale 1,2,4,10")
+        require(args.noisy_classifier is not None, f"--guidance {spec.name} needs --classifier PATH (a noisy classifier)")
         classifier, _ = load_noisy_classifier(args.noisy_classifier, device)
-        ws = parse_floats(args.scale, "--scale")
     else:
-        require(args.scale is None and args.noisy_classifier is None,
-                "--scale and --classifier are for --guidance classifier; with CFG give the weights as --w")
-        ws = parse_floats(args.w, "--w") if args.w is not None else list(s.w)
+        require(args.noisy_classifier is None, "--classifier is for --guidance classifier")
     require(args.guidance == "cfg" or args.cfg_variant in (None, "plain"), "--cfg-variant applies to --guidance cfg only")
-    require(num_classes > 0 or args.guidance == "cfg",
-            "classifier guidance here needs a class-conditional model (its label set and null token); this one "
-            "is unconditional")
     if num_classes == 0:
         require(args.classes in ("all", ""), "the model is unconditional (no classes); leave --classes out")
-        require(all(w == 0 for w in ws), "the model is unconditional, so there is nothing to guide: use --w 0")
         classes = [-1]
     else:
         classes = list(dict.fromkeys(parse_classes(args.classes, num_classes)))
     ws = list(dict.fromkeys(ws))
-    variant, guide = cfg_variant_from_args(args, s) if args.guidance == "cfg" else (None, None)
+    if args.guidance == "cfg":
+        variant, guide = cfg_variant_from_args(args, s)
+        method, options = (variant or {"name": "cfg"}).pop("name"), dict(variant or {})
+        options.update(method_options(args, get_guidance(method)))
+        variant = None if method == "cfg" else {"name": method, **options}
+    else:
+        method, options, guide, variant = spec.name, method_options(args, spec), args.guide_model, None
     guide_net = load_model(guide, device)[0] if guide is not None else None
     sampler = args.sampler or s.sampler
-    steps = args.steps or s.steps
-    result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed, device=device,
-                      batch_size=args.batch_size, eta=s.eta if args.eta is None else args.eta,
-                      v=s.v if args.v is None else args.v, bf16=False if args.no_bf16 else None,
-                      guidance=args.guidance, classifier=classifier, base=args.base, cg_form=args.cg_form,
-                      cfg_variant=variant, guide_net=guide_net)
+    steps = s.steps if args.steps is None else args.steps
+    try:
+        result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed,
+                          device=device, batch_size=args.batch_size, bf16=False if args.no_bf16 else None,
+                          guidance=method, guidance_options=options, classifier=classifier, guide_net=guide_net,
+                          sampler_options=sampler_options(args, sampler, {"eta": s.eta, "v": s.v}))
+    except UsageError as error:
+        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size"}) from None
     written = save_samples(args.out, result, max_cols=args.grid_cols)
     total = len(result["x"])
-    knob = "w" if args.guidance == "cfg" else f"scale ({args.base} base, {args.cg_form} form)"
+    knob = "w" if spec.weight == "w" else f"scale ({spec.name}{''.join(f', {v}' for v in options.values())})"
     print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps "
           f"on {device}")
     if variant is not None:
         print("guidance: " + ", ".join(f"{k} {v}" for k, v in variant.items() if k != "name") + f" ({variant['name']})"
               if len(variant) > 1 else f"guidance: {variant['name']}")
+    elif method not in ("cfg", "classifier"):
+        print(f"guidance: {method}" + "".join(f", {k} {v}" for k, v in options.items()))
     if result.get("classifier_evals_per_image") is not None:
         print(f"classifier gradients per image: {result['classifier_evals_per_image']:.1f} (samples.npz w holds the scale)")
     print(f"NFE per image: {result['nfe_per_image']:.1f}; {result['seconds'] / total * 1e3:.2f} ms per image "
+          f"({result['seconds']:.2f} s)")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+# `guidediff sample` options that DDGAN cannot honour, with the value that means "not given"
+_DIFFUSION_ONLY = (("w", "--w", None), ("guidance", "--guidance", "cfg"), ("cfg_variant", "--cfg-variant", None),
+                   ("sampler", "--sampler", None), ("steps", "--steps", None), ("eta", "--eta", None),
+                   ("v", "--v", None), ("scale", "--scale", None), ("noisy_classifier", "--classifier", None),
+                   ("interval", "--interval", None), ("guide_model", "--guide-model", None),
+                   ("guidance_opt", "--guidance-opt", None), ("sampler_opt", "--sampler-opt", None))
+
+
+def run_ddgan(args) -> int:
+    """The DDGAN branch of `guidediff sample` (a `guidediff train-ddgan` run: T fixed steps, no
+    guidance): refuse the diffusion-only options, sample with ddgan.sample.sample_to_dir, report."""
+    from guidediff.ddgan.sample import sample_to_dir
+    from guidediff.errors import require
+    from guidediff.parsing import parse_floats
+    from guidediff.runtime import resolve_device
+
+    for attr, flag, unset in _DIFFUSION_ONLY:
+        value = getattr(args, attr, unset)
+        if attr == "w" and value is not None and all(w == 0 for w in parse_floats(value, "--w")):
+            continue
+        require(value == unset, f"{flag} does not apply to a DDGAN model: it samples with the T steps fixed at "
+                "training and has no guidance; leave it out")
+    require(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    result, config, written = sample_to_dir(
+        args.model, args.out, args.n, classes=None if args.classes == "all" else args.classes, seed=args.seed,
+        device=args.device, batch_size=args.batch_size, weights=args.weights,
+        bf16=False if args.no_bf16 else None, max_cols=args.grid_cols)
+    total = len(result["x"])
+    rows = f"{len(set(result['y'].tolist()))} classes" if config.data.conditional else "unconditional"
+    print(f"wrote {total} {'images' if result['x'].ndim == 4 else 'points'} ({rows} x {args.n}) with "
+          f"DDGAN T={config.diffusion.T} on {resolve_device(args.device)}")
+    print(f"NFE per image: {result['nfe_per_image']}; {result['seconds'] / total * 1e3:.2f} ms per image "
           f"({result['seconds']:.2f} s)")
     for path in written:
         print(f"  {path}")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from guidediff.commands._guidance_args import add_cfg_variant_arguments, cfg_variant_from_args
+from guidediff.commands._guidance_args import (
+    add_cfg_variant_arguments,
+    add_registry_arguments,
+    cfg_variant_from_args,
+    guidance_weights,
+    method_options,
+    sampler_options,
+)
+from guidediff.commands._sampler_args import sampler_names
 
 
 def add_parser(subparsers) -> None:
@@ -12,22 +20,21 @@ def add_parser(subparsers) -> None:
                                             "default 0,0.1,0.3,0.5,1,2,3,4")
     p.add_argument("--n", type=int, default=10000, help="images per w, split evenly over the classes")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ancestral"])
+    p.add_argument("--sampler", default="ddim", choices=sampler_names())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="auto")
     p.add_argument("--classifier", default=None, help="evaluation classifier weights (default: the shipped one)")
     p.add_argument("--no-bf16", action="store_true", help="sample in float32 on the GPU")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--guidance", choices=["cfg", "classifier"], default="cfg",
-                   help="cfg (knob: --w) or classifier guidance with a noisy classifier (knob: --scale)")
+    add_registry_arguments(p)
     p.add_argument("--noisy-classifier", default=None,
                    help="classifier guidance: the noisy classifier (output of guidediff train-noisy-classifier); "
                         "--classifier stays the evaluation classifier. With CFG it only measures guide_accuracy")
     p.add_argument("--scale", default=None, help="classifier guidance: comma list of scales s, e.g. 1,2,4,10")
-    p.add_argument("--base", choices=["uncond", "cond"], default="uncond",
+    p.add_argument("--base", choices=["uncond", "cond"], default=None,
                    help="classifier guidance on the unconditional (default) or conditional prediction")
-    p.add_argument("--cg-form", choices=["score", "mean"], default="score",
+    p.add_argument("--cg-form", choices=["score", "mean"], default=None,
                    help="score form (any sampler) or ancestral mean shift (needs --sampler ancestral)")
     add_cfg_variant_arguments(p)
     p.add_argument("--compile", action="store_true",
@@ -41,21 +48,19 @@ def run(args) -> int:
     from guidediff.parsing import parse_floats
     from guidediff.sweep import run_sweep
 
-    if args.guidance == "classifier":
-        require(args.w is None, "--w is the CFG weight; with --guidance classifier give the scales as --scale")
-        require(args.noisy_classifier is not None, "--guidance classifier needs --noisy-classifier PATH")
-        require(args.scale is not None, "--guidance classifier needs --scale, e.g. --scale 1,2,4,10")
-        knobs = parse_floats(args.scale, "--scale")
-    else:
-        require(args.scale is None, "--scale is for --guidance classifier; with CFG give the weights as --w")
-        knobs = parse_floats(args.w or "0,0.1,0.3,0.5,1,2,3,4", "--w")
+    from guidediff.guidance import get_guidance
+
+    spec = get_guidance(args.guidance)
+    knobs = guidance_weights(args, spec, "0,0.1,0.3,0.5,1,2,3,4")
+    require(spec.needs != "classifier" or args.noisy_classifier is not None,
+            f"--guidance {spec.name} needs --noisy-classifier PATH")
     require(args.guidance == "cfg" or args.cfg_variant in (None, "plain"), "--cfg-variant applies to --guidance cfg only")
     if args.compile:
-        from guidediff.sampling import resolve_device
+        from guidediff.runtime import resolve_device
 
         # inductor on a CPU needs a C compiler and gains little there; a GPU is what it is for
         require(resolve_device(args.device).type == "cuda", "--compile is for sampling on a GPU; leave it out on the CPU")
-    variant, guide = None, None
+    variant, guide, options = None, args.guide_model, method_options(args, spec)
     if args.guidance == "cfg":
         from guidediff.checkpoint import load_weights
 
@@ -65,7 +70,8 @@ def run(args) -> int:
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
         sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
-        noisy_classifier=args.noisy_classifier, base=args.base, cg_form=args.cg_form,
+        noisy_classifier=args.noisy_classifier, guidance_options=options,
         cfg_variant=variant, guide_model=guide, compile=args.compile,
+        sampler_options=sampler_options(args, args.sampler),
     )
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from guidediff.commands._guidance_args import guidance_names
+from guidediff.commands._sampler_args import sampler_names
 from guidediff.errors import UsageError
 
 
@@ -42,7 +44,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--oracle", action="store_true", help="sample with the exact scores; train nothing")
     p.add_argument("--w", default="-1,0,3", help="CFG weights, comma-separated (write --w=-1,0,3 when the list starts with '-')")
     p.add_argument("--guidance", default="cfg", help="cfg, or classifier: the exact Bayes classifier with --oracle, "
-                                                     "else a noisy MLP classifier trained here (--classifier-steps)")
+                                                     "else a noisy MLP classifier trained here (--classifier-steps); "
+                                                     "or any registered method without a guide model: "
+                                                     + ", ".join(guidance_names()))
+    p.add_argument("--guidance-opt", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of the guidance method (repeatable)")
+    p.add_argument("--sampler-opt", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of the sampler (repeatable)")
     p.add_argument("--base", default="uncond", help="classifier guidance on the uncond(itional) or cond(itional) model")
     p.add_argument(
         "--scale", default=None,
@@ -51,7 +59,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classes", default=None, help="classes to sample, comma-separated (default: all)")
     p.add_argument("--n", type=int, default=None, help="samples per (class, weight); default 20000 with --oracle, else 2000")
     p.add_argument("--steps", type=int, default=100, help="sampling steps")
-    p.add_argument("--sampler", default="ddim", help="ddim or ancestral")
+    p.add_argument("--sampler", default="ddim", help="one of " + ", ".join(sampler_names()))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lam-min", type=float, default=-20.0, help="log-SNR at u = 1 (CFG schedule)")
     p.add_argument("--lam-max", type=float, default=20.0, help="log-SNR at u = 0 (CFG schedule)")
@@ -68,10 +76,15 @@ def add_parser(subparsers) -> None:
 
 def config_from_args(args):
     """The ToyConfig for parsed arguments (UsageError on a bad list)."""
+    from guidediff.commands._guidance_args import sampler_options
+    from guidediff.guidance import get_guidance
+    from guidediff.options import parse_assignments
     from guidediff.toy_run import ToyConfig
 
+    spec = get_guidance(args.guidance)
+    declared = {o.name: o for o in spec.options}
     weights = parse_floats(args.w, "--w")
-    if args.guidance == "classifier":
+    if spec.weight == "scale":
         if args.scale is not None:
             weights = parse_floats(args.scale, "--scale")
         elif args.base == "uncond":
@@ -89,6 +102,8 @@ def config_from_args(args):
         seed=args.seed,
         guidance=args.guidance,
         base=args.base,
+        guidance_options=parse_assignments(args.guidance_opt, declared, f"guidance {spec.name}"),
+        sampler_options=sampler_options(args, args.sampler),
         lam_min=args.lam_min,
         lam_max=args.lam_max,
         train_steps=args.train_steps,

@@ -189,37 +189,3 @@ def sample_to_dir(source: str | Path, out: str | Path, n: int, *, classes: str |
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "samples.npz", x=result["x"], y=result["y"], w=result["w"])
     return result, config, [out / "samples.npz", save_preview(out / "samples.png", result, config)]
-
-
-# `guidediff sample` options that DDGAN cannot honour, with the value that means "not given"
-_DIFFUSION_ONLY = (("w", "--w", None), ("guidance", "--guidance", "cfg"), ("cfg_variant", "--cfg-variant", None),
-                   ("sampler", "--sampler", None), ("steps", "--steps", None), ("eta", "--eta", None),
-                   ("v", "--v", None), ("scale", "--scale", None), ("noisy_classifier", "--classifier", None),
-                   ("interval", "--interval", None), ("guide_model", "--guide-model", None))
-
-
-def run_sample_command(args) -> int:
-    """The DDGAN branch of `guidediff sample` (commands/sample.py routes here when
-    ddgan.detect.is_ddgan_source(args.model)): refuse the diffusion-only options, sample, report."""
-    from guidediff.parsing import parse_floats
-
-    for attr, flag, unset in _DIFFUSION_ONLY:
-        value = getattr(args, attr, unset)
-        if attr == "w" and value is not None and all(w == 0 for w in parse_floats(value, "--w")):
-            continue
-        require(value == unset, f"{flag} does not apply to a DDGAN model: it samples with the T steps fixed at "
-                "training and has no guidance; leave it out")
-    require(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    result, config, written = sample_to_dir(
-        args.model, args.out, args.n, classes=None if args.classes == "all" else args.classes, seed=args.seed,
-        device=args.device, batch_size=args.batch_size, weights=args.weights,
-        bf16=False if args.no_bf16 else None, max_cols=args.grid_cols)
-    total = len(result["x"])
-    rows = f"{len(set(result['y'].tolist()))} classes" if config.data.conditional else "unconditional"
-    print(f"wrote {total} {'images' if result['x'].ndim == 4 else 'points'} ({rows} x {args.n}) with "
-          f"DDGAN T={config.diffusion.T} on {resolve_device(args.device)}")
-    print(f"NFE per image: {result['nfe_per_image']}; {result['seconds'] / total * 1e3:.2f} ms per image "
-          f"({result['seconds']:.2f} s)")
-    for path in written:
-        print(f"  {path}")
-    return 0

@@ -26,7 +26,7 @@ def inception_fid(images: np.ndarray, net: torch.nn.Module, ref: str = "test", d
                   data_dir: str | Path | None = None) -> tuple[float, float]:
     """(FID, floor) on the standard Inception pool3 features (`net` from load_fid_inception),
     against a Fashion-MNIST reference set."""
-    from guidediff.sampling import resolve_device
+    from guidediff.runtime import resolve_device
     from guidediff.metrics.fid import fit_gaussian, frechet_distance
     from guidediff.metrics.inception import inception_features
     from guidediff.metrics.reference import cached_reference, weights_fingerprint
@@ -61,7 +61,7 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
     """
     from guidediff.metrics.class_accuracy import class_accuracy
     from guidediff.metrics.features import check_fmnist_images, extract
-    from guidediff.sampling import resolve_device
+    from guidediff.runtime import resolve_device
     from guidediff.metrics.fid import fit_gaussian, frechet_distance
     from guidediff.metrics.inception_score import inception_score
     from guidediff.metrics.kid import kid

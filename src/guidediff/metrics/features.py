@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from guidediff.errors import UsageError
-from guidediff.sampling import resolve_device
+from guidediff.runtime import resolve_device
 
 
 def check_fmnist_images(images: np.ndarray) -> np.ndarray:

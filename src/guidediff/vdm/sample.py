@@ -37,7 +37,7 @@ def sample_vdm(
     if model.num_classes:
         denoiser = cfg(denoiser, w, model.num_classes)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
-    options.setdefault("clip_x", 1.0)  # see samplers._predict
+    options.setdefault("clip_x", 1.0)  # see samplers.predict
     x = sample(denoiser, z, lams, c.to(device), sampler=sampler, generator=gen, **options)
     # z at λ_max is α_0·x + σ_0·ε: rescale by α_0 to land on the data scale.
     alpha_0 = torch.sigmoid(lams[-1]).sqrt()

@@ -58,7 +58,7 @@ def train_vdm(config, run_dir: str | Path, vdm: VDMConfig, *, dataset=None, samp
     are dropped to ∅ with probability diffusion.p_uncond (so the model can be guided), and the
     sample grids (``sample_fn`` default) use the config's sample.steps and sample.n on the model's
     own schedule. ``train_kwargs`` go to guidediff.train.train (resume, time_limit_s, ...)."""
-    from guidediff.sampling import derive_seed
+    from guidediff.runtime import derive_seed
     from guidediff.train import resolve_model_config, train
     from guidediff.vdm.model import VDMModel, vdm_loss, vdm_unet_config
     from guidediff.vdm.sample import vdm_sample_fn

@@ -33,18 +33,21 @@ class CountingDenoiser:
         self.calls = 0
         self.evaluations = 0
 
-    def __call__(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+    def __call__(self, z: Tensor, lam: Tensor, c: Tensor, *extra: Tensor) -> Tensor:
         self.calls += 1
         self.evaluations += z.shape[0]
-        return self.net(z, lam, c)
+        return self.net(z, lam, c, *extra)
 
     def nfe_per_image(self, images: int) -> float:
         return self.evaluations / max(images, 1)
 
 
 def _weights(w: float | Tensor, batch: int, device, dtype) -> Tensor:
+    from guidediff.cuda_graphs import capturing
+
     w = torch.as_tensor(w, dtype=dtype, device=device)
-    require(bool(torch.isfinite(w).all()), f"guidance weight w must be finite, got {w.tolist()}")
+    # a graph capture cannot read w on the host: its eager warm-up call checked it
+    require(capturing() or bool(torch.isfinite(w).all()), f"guidance weight w must be finite, got {w.tolist()}")
     return w.expand(batch) if w.dim() == 0 else w
 
 

@@ -1,0 +1,221 @@
+"""One training step (data, loss, backward, clipping, AdamW, EMA) as a function of the step number,
+in three modes that compute the same function:
+
+- ``"classic"``: the Accelerate step (any process count, fp16 with its gradient scaler).
+- ``"graph-ready"``: the step written so that nothing in it waits for the host: the batch indices
+  sit in a static buffer, the EMA decay and the learning rate are device tensors, the randomness
+  comes from generators positioned per step before the step runs, and the gradient norm stays on
+  the device. Runs eagerly; this is what is captured.
+- ``"graphed"``: the graph-ready step captured once in a CUDA graph (after two eager warm-up
+  steps, which are real training steps) and replayed: one launch per step instead of hundreds.
+
+Randomness stays a function of (seed, step): on CUDA the step's generator and the dropout
+generator are seeded once and moved to offset ``step * PHILOX_STRIDE`` before each step (a graph
+replay reads the generator's position when it starts), so a resumed run draws what an
+uninterrupted one draws. On the CPU both are reseeded per step, as the classic step does.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from guidediff import distributed
+
+MODES = ("classic", "graph-ready", "graphed")
+# Philox offsets reserved per step: far more than one step consumes (a multiple of 4, as CUDA wants)
+PHILOX_STRIDE = 1 << 24
+WARMUP_STEPS = 2
+
+
+@dataclass
+class StepParts:
+    """What a step touches. ``model`` is what is called (maybe compiled or DDP-wrapped), ``net``
+    the plain module whose parameters the optimizer and the EMA hold."""
+
+    model: Any
+    net: nn.Module
+    optimizer: Any  # torch or Accelerate optimizer
+    scheduler: Any
+    loss_fn: Any
+    batches: Any  # train._Batches
+    ema: Any  # EMA or None (other ranks)
+    accelerator: Any
+    grad_clip: float
+    amp_dtype: torch.dtype | None  # autocast dtype of the graph-ready step (None: off)
+    hflip: bool
+    seed: int
+    rank: int
+    world_size: int
+    global_batch: int
+
+
+def ema_decay_tensor(n: torch.Tensor, decay: float, warmup: bool) -> torch.Tensor:
+    """``ema.ema_decay`` on the device: min(decay, (1 + n)/(10 + n)) for update number n."""
+    return torch.clamp_max((1.0 + n) / (10.0 + n), decay) if warmup else torch.full_like(n, decay)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+class TrainStep:
+    """``step(i)`` runs training step i; ``loss_sum`` (sum of the losses since the last
+    ``loss_sum.zero_()``) and ``grad_norm`` (the last step's, before clipping) stay on the device."""
+
+    def __init__(self, parts: StepParts, mode: str):
+        from guidediff.runtime import derive_seed
+
+        assert mode in MODES, mode
+        p = self.p = parts
+        self.mode = mode
+        self.device = next(p.net.parameters()).device
+        self.cuda = self.device.type == "cuda"
+        self.params = [q for q in p.net.parameters() if q.requires_grad]
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.grad_norm = torch.zeros((), device=self.device)
+        self.gen = torch.Generator(device=self.device)
+        self._seeds = (derive_seed(p.seed, "step"), derive_seed(p.seed, "dropout", p.rank))
+        self._graph = None
+        self._eager_steps = 0
+        if mode != "classic":
+            self.static_idx = torch.zeros(p.global_batch, dtype=torch.long, device=self.device)
+            if p.ema is not None:
+                # the EMA's update count as a device number, so its decay needs no host value
+                self.ema_n = torch.full((), float(p.ema.num_updates), dtype=torch.float64, device=self.device)
+                self.ema_pairs = (list(p.ema.module.parameters()), [q.detach() for q in p.net.parameters()],
+                                  list(p.ema.module.buffers()), list(p.net.buffers()))
+
+    # -- randomness ---------------------------------------------------------------------------
+    def _context(self, step: int):
+        from guidediff.train import StepContext
+
+        return StepContext(step, self.gen, self.p.rank, self.p.world_size, self.p.global_batch)
+
+    def _seat_generators(self, step: int) -> None:
+        from guidediff.runtime import derive_seed
+
+        if self.cuda and self.mode != "classic":
+            self.gen.manual_seed(self._seeds[0])
+            self.gen.set_offset(step * PHILOX_STRIDE)
+            dropout = torch.cuda.default_generators[self.device.index or 0]
+            dropout.manual_seed(self._seeds[1])
+            dropout.set_offset(step * PHILOX_STRIDE)
+        else:
+            self.gen.manual_seed(derive_seed(self.p.seed, "step", step))
+            torch.manual_seed(derive_seed(self.p.seed, "dropout", step, self.p.rank))
+
+    # -- the classic Accelerate step ----------------------------------------------------------
+    def _classic(self, step: int) -> None:
+        p, acc = self.p, self.p.accelerator
+        self._seat_generators(step)
+        ctx = self._context(step)
+        x, c = p.batches.get(step, ctx, p.hflip)
+        with acc.autocast():
+            loss = p.loss_fn(p.model, x, c, ctx)
+        acc.backward(loss)
+        if p.grad_clip > 0:
+            self.grad_norm = acc.clip_grad_norm_(self.params, p.grad_clip)
+        p.optimizer.step()
+        p.scheduler.step()
+        distributed.zero_grad(p.optimizer, p.world_size)  # under DDP the gradients stay its bucket views
+        if p.ema is not None:
+            p.ema.update(p.net)
+        self.loss_sum += loss.detach().float()
+
+    # -- the graph-ready step: nothing inside reads a device value on the host -------------------
+    def _body(self, step: int) -> None:
+        p = self.p
+        ctx = self._context(step)  # a captured step keeps this step number: the default loss never reads it
+        x, c = p.batches.gather(self.static_idx, ctx, p.hflip)
+        # no autocast weight cache: a cached cast would outlive the capture
+        with torch.autocast(self.device.type, dtype=p.amp_dtype or torch.bfloat16, enabled=p.amp_dtype is not None,
+                            cache_enabled=False):
+            loss = p.loss_fn(p.model, x, c, ctx)
+        p.accelerator.backward(loss)
+        if p.grad_clip > 0:
+            self.grad_norm.copy_(torch.nn.utils.clip_grad_norm_(self.params, p.grad_clip, foreach=self.cuda or None))
+        p.optimizer.step()
+        if p.ema is not None:
+            shadow, current, shadow_buffers, buffers = self.ema_pairs
+            d = ema_decay_tensor(self.ema_n, p.ema.decay, p.ema.warmup).float()
+            # θ_ema ← θ_ema + (1 − d)(θ − θ_ema), the EMA class's lerp with a device weight
+            delta = torch._foreach_sub(current, shadow)
+            torch._foreach_mul_(delta, 1.0 - d)
+            torch._foreach_add_(shadow, delta)
+            for mine, theirs in zip(shadow_buffers, buffers):
+                mine.copy_(theirs)
+            self.ema_n += 1
+        self.loss_sum += loss.detach().float()
+
+    def _capture(self, step: int) -> None:
+        p = self.p
+        p.optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates static grads
+        graph = torch.cuda.CUDAGraph()
+        if hasattr(graph, "register_generator_state"):
+            graph.register_generator_state(self.gen)
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._body(step)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: the same step, uncaptured
+            say(f"note: the training step could not be captured in a CUDA graph ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); training without it (train.cuda_graph=eager)")
+            p.optimizer.zero_grad(set_to_none=True)
+            self.mode = "graph-ready"
+            return
+        self._graph = graph
+
+    def __call__(self, step: int) -> None:
+        p = self.p
+        if self.mode == "classic":
+            self._classic(step)
+            return
+        self.static_idx.copy_(p.batches.indices(step))
+        self._seat_generators(step)
+        if self.mode == "graphed" and self._graph is None and self._eager_steps >= WARMUP_STEPS:
+            self._capture(step)
+        if self._graph is not None:
+            self._graph.replay()
+        elif self.mode == "graphed":
+            # warm-up outside the default stream, as capture wants (lazy optimizer state, cuDNN/cuBLAS plans)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._body(step)
+                p.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._eager_steps += 1
+        else:
+            self._body(step)
+            p.optimizer.zero_grad(set_to_none=True)
+        p.scheduler.step()
+        if p.ema is not None:
+            p.ema.num_updates += 1
+
+
+def choose_mode(setting: bool | str, *, cuda: bool, world_size: int, mixed_precision: str, default_loss: bool,
+                log=say) -> str:
+    """train.cuda_graph → a mode. "auto" graphs one CUDA process with the default loss (a custom
+    loss closure might read values on the host); true asks for it; "eager" is the graph-ready
+    step uncaptured; false the classic step. What cannot be graphed falls back with a note."""
+    if setting is False:
+        return "classic"
+    if setting == "auto" and not (cuda and default_loss):
+        return "classic"
+    blockers = [why for bad, why in [(world_size > 1, f"{world_size} processes (DDP)"),
+                                     (mixed_precision == "fp16", "fp16 needs a gradient scaler")] if bad]
+    if blockers:
+        if setting is not True and setting != "eager":
+            return "classic"
+        log(f"note: train.cuda_graph={setting} is not possible with {', '.join(blockers)}; training without it")
+        return "classic"
+    if setting == "eager":
+        return "graph-ready"
+    if not cuda:
+        log("note: train.cuda_graph=true needs a GPU; on the CPU the same step runs without a graph")
+        return "graph-ready"
+    return "graphed"
