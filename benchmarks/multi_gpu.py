@@ -8,18 +8,22 @@ Two launches in all (each process start-up, data load and compilation is paid on
           (or `--launcher accelerate`: `accelerate launch --multi_gpu --num_processes 2`).
 Each worker runs, per config:
   loss check  20 steps at the global batch 2 × per-GPU (1 GPU: 256 on one; 2 GPUs: 128 each),
-              dropout 0 (its masks depend on the layout), eager, a loss logged every step;
+              dropout 0 (its masks depend on the layout), not compiled, a loss logged every step;
   speed       per-GPU batch 128 (global 128 on 1 GPU, 256 on 2), the config's compile/bf16 settings,
               `--warmup` steps (compilation) then `--measure` steps in log windows of `--window`;
               images/s = the windows' images over their seconds (rank 0's clock; every window
               ends in a loss all-reduce, so both GPUs are done with it); peak memory per GPU =
               torch.cuda.max_memory_allocated of that run on each rank.
+One process trains with the CUDA-graphed step by default (train.cuda_graph = auto), several with
+the classic Accelerate step (DDP is not graphed); each run's `step_mode` is recorded, and
+`--classic` runs both layouts with the classic step, for DDP's scaling of one and the same step.
 The 2-GPU log is searched for DDP's "Grad strides do not match bucket view strides" warning and
 NCCL's warning about a process group that was never destroyed. NCCL_NVLS_ENABLE=0 is set for
 every process. Writes benchmarks/results/multi_gpu.json (or $BENCH_OUT/multi_gpu.json) after each
 launch.
 
     PYTHONPATH=src python3 benchmarks/multi_gpu.py            # 2 GPUs, about 3 minutes on 2×H200
+    PYTHONPATH=src python3 benchmarks/multi_gpu.py --classic  # the same, the classic step on both layouts
     PYTHONPATH=src python3 benchmarks/multi_gpu.py --tiny     # CPU rehearsal: gloo, 2 processes, tiny model
 """
 
@@ -72,11 +76,20 @@ def _train_run(run: dict, args_set: list[str], overrides: list[str], run_dir: Pa
 
     config = load_config(run["config"], [*run["set"], *args_set, *overrides])
     rank = int(os.environ.get("RANK", "0"))
-    say = (lambda msg: print(f"[{tag}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
+    messages: list[str] = []
+
+    def say(msg: str) -> None:
+        messages.append(msg)
+        if rank == 0:
+            print(f"[{tag}] {msg}", flush=True)
+
     t0 = time.time()
     result = train(config, run_dir, sample_fn=lambda *a: None, progress=False, log=say)
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()] if rank == 0 else []
-    return result, records, time.time() - t0
+    # train says which step it runs when it is not the classic (Accelerate) one
+    text = " ".join(messages)
+    mode = "graphed" if "one CUDA graph per step" in text else "graph-ready" if "graph-ready" in text else "classic"
+    return result, records, time.time() - t0, mode
 
 
 def worker(args) -> int:
@@ -95,7 +108,7 @@ def worker(args) -> int:
         # loss check: the same global batch on either layout, every step logged
         loss_overrides = [*quiet, f"train.batch_size={2 * args.per_gpu}", "model.dropout=0",
                           f"train.steps={args.loss_steps}", "train.log_every=1", "train.compile=false"]
-        _, loss_log, loss_s = _train_run(run, args.set, loss_overrides, root / "loss", f"{run['name']} loss, {world} proc")
+        _, loss_log, loss_s, _ = _train_run(run, args.set, loss_overrides, root / "loss", f"{run['name']} loss, {world} proc")
 
         gc.collect()  # the loss check's model and data, before the peak is measured
         if cuda:
@@ -104,9 +117,9 @@ def worker(args) -> int:
         steps = args.warmup + args.measure
         speed_overrides = [*quiet, f"train.batch_size={args.per_gpu * world}", f"train.steps={steps}",
                            f"train.log_every={args.window}"]
-        result, speed_log, speed_s = _train_run(run, args.set, speed_overrides, root / "speed",
+        result, speed_log, speed_s, mode = _train_run(run, args.set, speed_overrides, root / "speed",
                                                 f"{run['name']} speed, {world} proc")
-        entry = {"name": run["name"], "loss_s": loss_s, "speed_s": speed_s,
+        entry = {"name": run["name"], "loss_s": loss_s, "speed_s": speed_s, "step_mode": mode,
                  "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                  "peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if cuda else None}
         if rank == 0:
@@ -252,6 +265,7 @@ def summarize(args, launches: dict) -> dict:
             "window_images_per_s_2": r2[0].get("window_images_per_s"),
             "losses_1": r1.get("losses"), "losses_2": r2[0].get("losses"),
             "first_window_s_1": r1.get("first_window_s"), "first_window_s_2": r2[0].get("first_window_s"),
+            "step_mode_1": r1.get("step_mode"), "step_mode_2": r2[0].get("step_mode"),
         })
     return {"runs": rows, "launches": launches}
 
@@ -266,6 +280,9 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=None, help="steps per log window (default 20; --tiny: 2)")
     p.add_argument("--folder-images", type=int, default=None, help="images per class of the folder (default 500)")
     p.add_argument("--folder-size", type=int, default=None, help="folder image size (default 64; --tiny: 16)")
+    p.add_argument("--classic", action="store_true",
+                   help="both layouts run the classic step (train.cuda_graph=false): DDP's scaling of one and "
+                        "the same step, without the CUDA-graphed step that only one process gets")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for every run, e.g. train.compile=false; repeatable")
     p.add_argument("--launcher", choices=["torchrun", "accelerate"], default="torchrun")
@@ -282,6 +299,8 @@ def main(argv=None) -> int:
             setattr(args, key, value)
     if args.tiny and args.loss_steps == 20:
         args.loss_steps = 5
+    if args.classic and "train.cuda_graph=false" not in args.set:
+        args.set.append("train.cuda_graph=false")
     args.work = Path(args.work or ROOT / "runs" / ("multi_gpu_tiny" if args.tiny else "multi_gpu")).resolve()
     args.folder = Path(args.folder or args.work / f"fmnist_folder{args.folder_size}").resolve()
     if args.worker:
@@ -326,9 +345,9 @@ def main(argv=None) -> int:
             "launcher": args.launcher, "folder": f"{args.folder_images} Fashion-MNIST training images per class, "
                                                 f"{args.folder_size}x{args.folder_size} RGB PNG",
             "nccl_nvls_enable": "0", "gpus_visible": torch.cuda.device_count(),
-            "loss_check": "dropout 0, eager, the config's mixed precision, a loss logged every step",
+            "loss_check": "dropout 0, not compiled, the config's mixed precision, a loss logged every step",
             "speed": "the config's compile and mixed-precision settings; images/s over the measured windows",
-            "tiny": args.tiny, "overrides": args.set,
+            "tiny": args.tiny, "overrides": args.set, "classic": args.classic,
         }, note="Each layout ran alone on the machine: the 1-GPU run on GPU 0 while GPU 1 idled, then both GPUs "
                 "for the 2-GPU run. Peak memory is torch.cuda.max_memory_allocated of the speed run on each rank "
                 "(rank 0 also holds the EMA weights).", total_s=time.time() - t_start)
