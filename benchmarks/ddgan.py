@@ -24,6 +24,9 @@ GPU, three calls of under 10 minutes (docs/ddgan.md):
     python benchmarks/ddgan.py --parts fmnist --fmnist-T 1 2 --minutes 3.5 --data-dir .data --out $OUT
     python benchmarks/ddgan.py --parts fmnist --fmnist-T 4 8 --minutes 3.5 --data-dir .data --out $OUT
     python benchmarks/ddgan.py --merge A/ddgan.json B/ddgan.json C/ddgan.json --out benchmarks/results
+Runs longer than one call: keep --work-dir inside the repo's ignored runs/ (it stays on a warm
+machine between calls) and pass --resume; each call trains the part's minutes more, up to its steps:
+    python benchmarks/ddgan.py --parts stacked --stacked-minutes 2.5 --set train.r1_every=4 --data-dir .data --work-dir runs/ddgan_bench --resume --out $OUT
 """
 
 from __future__ import annotations
@@ -60,8 +63,11 @@ def log(msg: str) -> None:
 
 def train_run(data: str, T: int, run_dir: Path, args, overrides: list[str], minutes: float | None,
               steps: int) -> tuple[object, object]:
-    """Train one DDGAN (fresh run directory) and load its EMA generator."""
+    """Train one DDGAN and load its EMA generator: a fresh run directory, or with --resume the
+    continuation of the one there (`minutes` more, up to `steps` in all)."""
     import shutil
+
+    from guidediff.checkpoint import latest_checkpoint
 
     items = [f"diffusion.T={T}", f"train.steps={steps}", f'train.device="{args.device}"'] + overrides
     if minutes:
@@ -73,12 +79,21 @@ def train_run(data: str, T: int, run_dir: Path, args, overrides: list[str], minu
         if args.tiny:
             items += TINY_NETS
     config = load_config(data, None, items + list(args.set if data != "grid25" else []))
-    shutil.rmtree(run_dir, ignore_errors=True)
-    result = train(config, run_dir, progress=False, command="benchmarks/ddgan.py")
-    log(f"  trained {data} T={T}: {result.step} steps in {result.elapsed_s:.0f} s "
-        f"({result.steps_per_sec or 0:.1f} steps/s), stopped by {result.stopped_by}, last {result.last}")
+    resume = args.resume and latest_checkpoint(run_dir / "checkpoints") is not None
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    result = train(config, run_dir, resume=resume, progress=False, command="benchmarks/ddgan.py")
+    result.training_time_s = training_time(result.checkpoint)
+    log(f"  trained {data} T={T}: {'resumed, ' if resume else ''}{result.step} steps in all, this call "
+        f"{result.elapsed_s:.0f} s ({result.steps_per_sec or 0:.1f} steps/s), {result.training_time_s:.0f} s of "
+        f"training in all, stopped by {result.stopped_by}, last {result.last}")
     G, saved = load_generator(result.model_file, device=args.device)
     return result, (G, saved)
+
+
+def training_time(checkpoint: Path) -> float:
+    """Seconds of training over every call that built this checkpoint (its state.json)."""
+    return float(json.loads((Path(checkpoint) / "state.json").read_text()).get("training_time_s", 0.0))
 
 
 def timed_generate(G, config, n: int, args) -> dict:
@@ -179,7 +194,8 @@ def part_stacked(args, work: Path, out: Path, classifier) -> dict | None:
     cov = stacked_coverage(samples["x"], classifier, device=args.device)
     _grid(out / "ddgan_stacked.png", samples["x"])
     log(f"  stacked FMNIST: {cov['modes']}/1000 modes, KL {cov['kl']:.3f} over n={cov['n']}")
-    return {**cov, "T": config.diffusion.T, "steps": result.step, "train_seconds": round(result.elapsed_s, 1)}
+    return {**cov, "T": config.diffusion.T, "steps": result.step, "train_seconds": round(result.training_time_s, 1),
+            "steps_per_sec": result.steps_per_sec, "config": config.to_dict()["train"]}
 
 
 def part_fmnist(args, work: Path, out: Path, classifier) -> Iterator[dict]:
@@ -196,7 +212,7 @@ def part_fmnist(args, work: Path, out: Path, classifier) -> Iterator[dict]:
         entry = {"method": "ddgan", "T": T, "nfe": T, "fid": metrics["fid"], "fid_floor": metrics["fid_floor"],
                  "precision": metrics["precision"], "recall": metrics["recall"], "n": metrics["n"],
                  "sec_per_image": samples["seconds"] / len(samples["x"]), "steps": result.step,
-                 "train_seconds": round(result.elapsed_s, 1)}
+                 "train_seconds": round(result.training_time_s, 1), "steps_per_sec": result.steps_per_sec}
         log(f"  DDGAN T={T}: FID-FMNIST {entry['fid']:.2f} (floor {entry['fid_floor']:.2f}), recall "
             f"{entry['recall']:.3f}, {entry['sec_per_image'] * 1e3:.3f} ms/image")
         yield entry
@@ -279,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None,
                    help="folder of ddgan.json and figures (default $BENCH_OUT or benchmarks/results)")
     p.add_argument("--work-dir", default="/tmp/ddgan_bench", help="run directories (checkpoints) go here")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the runs found in --work-dir (each part trains its minutes more, up to its steps "
+                        "in all), then evaluate; a run not found there starts fresh")
     p.add_argument("--data-dir", default=None,
                    help="folder with the Fashion-MNIST .gz files (default: the usual search)")
     p.add_argument("--classifier", default=None, help="evaluation classifier weights (default: the shipped one)")

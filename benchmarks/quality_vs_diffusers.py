@@ -6,8 +6,8 @@ Writes benchmarks/results/quality_vs_diffusers.json (or $BENCH_OUT).
     python benchmarks/quality_vs_diffusers.py --minutes 6 --n 5000
 
 The two sides can run as two processes (``--side ours`` / ``--side diffusers``, each writing
-quality_vs_diffusers_<side>.json) and be joined with ``--merge OURS.json DIFFUSERS.json``. Run at
-the same time they share the GPU for the same minutes; the JSON records which way it was run.
+quality_vs_diffusers_<side>.json) and be joined with ``--merge OURS.json DIFFUSERS.json --layout
+"..."``; the layout (e.g. each side alone on its own GPU) is recorded as given, so say it truthfully.
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ def ours(minutes: float, ws: list[float], per_class: int, steps: int, runs: Path
             "params": count_parameters(net)}
 
 
-def diffusers_side(minutes: float, ws: list[float], per_class: int, steps: int, device: str, params: int) -> dict:
-    from diffusers import DDIMScheduler, DDPMScheduler
+def diffusers_train(minutes: float, device: str, params: int, on_step=None):
+    """diffusers' default CFG recipe for ``minutes`` of wall clock: DDPM cosine ε-loss, 10% label
+    dropout, AdamW 2e-4, EMAModel (warm-up, power 0.75). ``on_step(step, seconds, unet, ema)`` runs
+    after every step (snapshots). Returns (unet with the EMA weights, steps, minutes)."""
+    from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
     images, labels = load_fmnist("train")
@@ -83,12 +86,27 @@ def diffusers_side(minutes: float, ws: list[float], per_class: int, steps: int, 
         opt.zero_grad(set_to_none=True)
         ema.step(unet.parameters())
         step += 1
+        if on_step is not None:
+            on_step(step, time.perf_counter() - start, unet, ema)
     train_minutes = (time.perf_counter() - start) / 60
     ema.copy_to(unet.parameters())
-    unet.eval()
-    # clip_sample=False: the DDPM-config default (True) clips x0 against the guided ε.
+    return unet.eval(), step, train_minutes, info
+
+
+def ddim_scheduler(steps: int | None = None):
+    """diffusers' DDIM for the trained DDPM schedule. clip_sample=False: the DDPM-config default
+    (True) clips x0 against the guided ε."""
+    from diffusers import DDIMScheduler
+
     ddim = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
-    ddim.set_timesteps(steps)
+    if steps is not None:
+        ddim.set_timesteps(steps)
+    return ddim
+
+
+def diffusers_points(unet, ddim, ws: list[float], per_class: int, device: str) -> list[dict]:
+    """FID-FMNIST, CAS, ... of per_class × 10 samples at each w (guidance_scale = 1 + w)."""
+    cuda = device == "cuda"
     points = []
     for w in ws:
         items = [(c, i) for c in range(10) for i in range(per_class)]
@@ -106,6 +124,12 @@ def diffusers_side(minutes: float, ws: list[float], per_class: int, steps: int, 
         labels = torch.tensor([c for c, _ in items]).numpy()
         points.append({"w": w, **_metrics(images, labels, device),
                        "sec_per_image": (time.perf_counter() - t0) / len(items)})
+    return points
+
+
+def diffusers_side(minutes: float, ws: list[float], per_class: int, steps: int, device: str, params: int) -> dict:
+    unet, step, train_minutes, info = diffusers_train(minutes, device, params)
+    points = diffusers_points(unet, ddim_scheduler(steps), ws, per_class, device)
     return {"steps": step, "train_minutes": train_minutes, "points": points, **info}
 
 
@@ -122,7 +146,7 @@ def compare(result: dict) -> dict:
     return result
 
 
-def merge(paths: list[str]) -> dict:
+def merge(paths: list[str], layout: str) -> dict:
     import json
 
     parts = [json.loads(Path(p).read_text()) for p in paths]
@@ -131,7 +155,7 @@ def merge(paths: list[str]) -> dict:
         raise SystemExit(f"--merge needs one file with 'ours' and one with 'diffusers'; got {sorted(sides)}")
     first = parts[0]
     return compare({**{k: v for k, v in first.items() if k not in ("ours", "diffusers")},
-                    "sides_run": "concurrently on one GPU (two processes)", **sides})
+                    "sides_run": layout, **sides})
 
 
 def main() -> None:
@@ -146,9 +170,14 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=7_992_961,
                         help="with --side diffusers: parameter count to match (ours: UNetConfig.fmnist())")
     parser.add_argument("--merge", nargs=2, default=None, metavar="JSON", help="only join two one-side results")
+    parser.add_argument("--layout", default=None,
+                        help="with --merge: how the sides ran, recorded as sides_run (e.g. 'each side alone on its own "
+                             "H200 of a 2-GPU machine, at the same time'); required, say it truthfully")
     args = parser.parse_args()
     if args.merge:
-        result = merge(args.merge)
+        if not args.layout:
+            parser.error("--merge needs --layout: how the two sides shared (or did not share) the GPUs")
+        result = merge(args.merge, args.layout)
         # the sides' own device, torch and commit (first file) win over this machine's
         common.write_result("quality_vs_diffusers", result)
         return

@@ -361,3 +361,68 @@ def test_cli_trains_and_resumes_grid25(tmp_path, capsys):
     assert main(["train-ddgan", "--out", str(out), "--steps", "5", "--device", "cpu", "--no-progress", "--resume"]) == 0
     _, state, _ = ddgan_train.read_ddgan_checkpoint(out)
     assert state["step"] == 5 and len(state["commands"]) == 2
+
+
+# -- training speed options: lazy R1, the sync-free finite check ----------------------------------------
+
+def _one_step(config: DDGANConfig, r1_step: bool) -> dict[str, torch.Tensor]:
+    """train_step from a fixed initial state (seeded nets, fresh Adam) on a fixed batch and seed."""
+    torch.manual_seed(0)
+    G, D = ddgan_train.build_networks(config, (2,), 5)
+    t = config.train
+    nets = ddgan_train.Nets(G, D, G, D, torch.optim.Adam(G.parameters(), lr=t.lr_g),
+                            torch.optim.Adam(D.parameters(), lr=t.lr_d))
+    x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    lams = DiscreteVP(config.diffusion.T, config.diffusion.beta_min, config.diffusion.beta_max).lams()
+    return ddgan_train.train_step(nets, x0, None, lams, config, torch.Generator().manual_seed(2),
+                                  r1_step=r1_step, bf16=False)
+
+
+def test_lazy_r1_every_k_steps_weighs_the_penalty_k_times():
+    """StyleGAN2's lazy regularisation: on an R1 step the penalty is γ·k·R1; between them none; the
+    adversarial loss is the same whatever k (the same draws)."""
+    small = {"generator.hidden": 16, "discriminator.hidden": 16}
+    every = {k: _one_step(_toy_config(1, **small, **{"train.r1_every": k}), r1_step=True) for k in (1, 4)}
+    off = _one_step(_toy_config(1, **small, **{"train.r1_every": 4}), r1_step=False)
+    assert float(every[1]["r1"]) > 0 and float(every[1]["r2"]) > 0
+    for name in ("r1", "r2"):
+        torch.testing.assert_close(every[4][name], 4 * every[1][name], rtol=1e-6, atol=0)
+        assert float(off[name]) == 0.0
+    for s in (every[4], off):
+        torch.testing.assert_close(s["loss_d"], every[1]["loss_d"], rtol=0, atol=0)
+    assert bool(every[1]["finite"])
+
+
+def test_sync_free_finite_check_gives_the_same_run(tmp_path):
+    """finite_check "log" (no host sync per step) and "step" (today's per-step check) train the
+    same weights and log the same losses."""
+    small = {"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 2}
+    runs = {}
+    for mode in ("step", "log"):
+        ddgan_train.train(_toy_config(6, **small, **{"train.finite_check": f'"{mode}"'}), tmp_path / mode,
+                          progress=False)
+        logs = [json.loads(line) for line in (tmp_path / mode / "log.jsonl").read_text().splitlines()]
+        runs[mode] = ([{k: d[k] for k in ("loss_d", "loss_g", "r1", "r2")} for d in logs],
+                      ddgan_train.read_ddgan_checkpoint(tmp_path / mode)[2]["model"])
+    assert runs["step"][0] == runs["log"][0] and len(runs["step"][0]) == 3
+    for k, v in runs["step"][1].items():
+        torch.testing.assert_close(runs["log"][1][k], v, rtol=0, atol=0)
+
+
+def test_sync_free_finite_check_stops_at_the_next_log_step(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_d_loss = ddgan_train.d_loss
+
+    def poisoned(d_real, d_fake):
+        calls["n"] += 1
+        out = real_d_loss(d_real, d_fake)
+        return out * float("nan") if calls["n"] == 4 else out
+
+    monkeypatch.setattr(ddgan_train, "d_loss", poisoned)
+    config = _toy_config(20, **{"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 5,
+                                "train.checkpoint_every": 2, "train.finite_check": '"log"'})
+    with pytest.raises(ddgan_train.TrainingDiverged, match=r"non-finite at step 3 \(found at step 4\).*ckpt-0000002"):
+        ddgan_train.train(config, tmp_path / "run", progress=False)
+    _, state, tensors = ddgan_train.read_ddgan_checkpoint(tmp_path / "run")
+    assert state["step"] == 2  # no checkpoint of the poisoned weights
+    assert all(torch.isfinite(v).all() for v in tensors["model"].values())

@@ -49,7 +49,12 @@ class DataConfig:
 class DiffusionConfig:
     """schedule: "cfg" | "cosine" | "linear"; lam_min/lam_max None keep the schedule's own range.
     p_uncond: probability of training a sample with the null label (CFG paper: 0.1 or 0.2).
-    antithetic: VDM's low-discrepancy sampler for the times u."""
+    antithetic: VDM's low-discrepancy sampler for the times u.
+    Recipe levers (docs/training.md; the defaults are the CFG paper's recipe):
+    schedule_shift: s of the shifted cosine, λ + 2·log s (schedule "cfg" only; 1 = no shift).
+    precondition: "none" | "edm" (EDM's c_skip, c_out, c_in around the net, with sigma_data).
+    loss_weight: "eps" | "edm" | "min_snr" (with min_snr_gamma) | "v", the weight of the ε-error.
+    lam_sampling: "schedule" (λ(u), u uniform) | "lognormal" (ln σ_e ~ N(p_mean, p_std²), σ_e = e^{−λ/2})."""
 
     schedule: str = "cfg"
     lam_min: float | None = None
@@ -57,6 +62,14 @@ class DiffusionConfig:
     p_uncond: float = 0.1
     prediction: str = "eps"
     antithetic: bool = False
+    schedule_shift: float = 1.0
+    precondition: str = "none"
+    sigma_data: float = 0.5
+    loss_weight: str = "eps"
+    min_snr_gamma: float = 5.0
+    lam_sampling: str = "schedule"
+    p_mean: float = -1.2
+    p_std: float = 1.2
 
 
 @dataclass
@@ -64,6 +77,9 @@ class TrainConfig:
     """batch_size is the GLOBAL batch (split evenly over processes). lr warms up linearly over
     warmup_steps, then stays constant. EMA decay d_n = min(ema_decay, (1+n)/(10+n)) when
     ema_warmup, so a short run averages over about n/9 steps instead of 1/(1−ema_decay).
+    lr_schedule "cosine"/"linear" decays the rate after warm-up to lr_final·lr at train.steps
+    ("constant": no decay). ema "power" is EDM2's power-function EMA whose length is the fraction
+    ema_sigma_rel of training so far (ema_decay/ema_warmup then unused).
     "auto" for mixed_precision/compile/channels_last/cuda_graph means: on for CUDA, off on CPU."""
 
     batch_size: int = 128
@@ -77,6 +93,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True
+    lr_schedule: str = "constant"
+    lr_final: float = 0.1
+    ema: str = "exp"
+    ema_sigma_rel: float = 0.1
     mixed_precision: str = "auto"
     seed: int = 0
     log_every: int = 100
@@ -155,6 +175,21 @@ class Config:
         require(0.0 <= d.p_uncond <= 1.0, f"diffusion.p_uncond must lie in [0, 1], got {d.p_uncond}")
         require(d.prediction in PREDICTIONS,
                 f"diffusion.prediction {d.prediction!r} is not supported; use {', '.join(PREDICTIONS)}")
+        require(math.isfinite(d.schedule_shift) and d.schedule_shift > 0,
+                f"diffusion.schedule_shift must be a positive number (1 = no shift), got {d.schedule_shift}")
+        require(d.schedule_shift == 1.0 or d.schedule == "cfg",
+                f"diffusion.schedule_shift needs schedule = \"cfg\" (the shifted cosine), not {d.schedule!r}")
+        _choice("diffusion.precondition", d.precondition, ("none", "edm"))
+        _choice("diffusion.loss_weight", d.loss_weight, ("eps", "edm", "min_snr", "v"))
+        _choice("diffusion.lam_sampling", d.lam_sampling, ("schedule", "lognormal"))
+        require(d.sigma_data > 0, f"diffusion.sigma_data must be > 0, got {d.sigma_data}")
+        require(d.min_snr_gamma > 0, f"diffusion.min_snr_gamma must be > 0, got {d.min_snr_gamma}")
+        require(d.p_std > 0, f"diffusion.p_std must be > 0, got {d.p_std}")
+        _choice("train.lr_schedule", t.lr_schedule, ("constant", "cosine", "linear"))
+        require(0.0 <= t.lr_final <= 1.0, f"train.lr_final (a fraction of lr) must lie in [0, 1], got {t.lr_final}")
+        _choice("train.ema", t.ema, ("exp", "power"))
+        require(0.0 < t.ema_sigma_rel < 0.28,
+                f"train.ema_sigma_rel must lie in (0, 0.28) (EDM2 uses 0.05 to 0.15), got {t.ema_sigma_rel}")
         for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_last"):
             require(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
         require(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
@@ -182,6 +217,10 @@ class Config:
         require(s.cfg_variant in variants, f"sample.cfg_variant {s.cfg_variant!r} is unknown; choose one of "
                                            f"{', '.join(variants)}")
         self.model.validate()
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    require(value in choices, f"{key} {value!r} is unknown; choose one of {', '.join(choices)}")
 
 
 def _plain(value: Any) -> Any:

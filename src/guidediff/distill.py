@@ -172,8 +172,11 @@ def distill_model(
     images uint8 [N, H, W, C] and labels on the teacher's device. ``options`` go to
     ``distill_images`` (steps, seconds, batch, lr, w_range, seed). Returns (student in eval mode, losses)."""
     from guidediff.nets.w_conditioned import WConditionedUNet
-    from guidediff.schedules import make_schedule
+    from guidediff.schedules import schedule_from_config
 
+    require(config.diffusion.precondition == "none",
+            "distillation takes a teacher without preconditioning; this one was trained with "
+            "diffusion.precondition = edm, which the student cannot copy yet")
     require(config.model.num_classes > 0 and config.diffusion.p_uncond > 0,
             "the teacher must be a class-conditional model trained with condition dropout (p_uncond > 0)")
     device = next(teacher_net.parameters()).device
@@ -186,7 +189,7 @@ def distill_model(
     x = images.to(device).float().div(127.5).sub(1).permute(0, 3, 1, 2).contiguous()
     student = WConditionedUNet.from_teacher(teacher_net).to(device).requires_grad_(True)
     d = config.diffusion
-    lam_of_u = make_schedule(d.schedule, d.lam_min, d.lam_max).lam
+    lam_of_u = schedule_from_config(d).lam
     losses = distill_images(student, teacher, x, labels.to(device).long(), lam_of_u, config.model.num_classes,
                             bf16=bf16, **options)
     return student.requires_grad_(False), losses

@@ -1,8 +1,11 @@
-"""Exponential moving average of a network's weights, the model that is sampled from."""
+"""Moving averages of a network's weights, the model that is sampled from: the classic
+exponential one (fixed decay with warm-up) or EDM2's power-function EMA, whose length is a fixed
+fraction σ_rel of the training so far."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -18,6 +21,31 @@ def ema_decay(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
 
+def power_gamma(sigma_rel: float) -> float:
+    """γ of the power-function EMA with relative standard deviation σ_rel (Karras et al. 2024,
+    EDM2, eq. 3): solves σ_rel² = (γ+1)/((γ+2)²(γ+3)), which decreases in γ (bisection)."""
+    if not 0.0 < sigma_rel < math.sqrt(1 / 12):
+        raise ValueError(f"sigma_rel must lie in (0, {math.sqrt(1 / 12):.4f}), got {sigma_rel}")
+
+    def rel(g: float) -> float:
+        return math.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))
+
+    lo, hi = 0.0, 1.0
+    while rel(hi) > sigma_rel:
+        hi *= 2
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if rel(mid) > sigma_rel else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def power_decay(step: int, gamma: float) -> float:
+    """Decay β = (1 − 1/t)^{γ+1} for update number ``step`` (0-based, t = step + 1) (EDM2, eq. 2 in
+    discrete form): the average weights step τ ∝ τ^γ, so it spans a fixed fraction of training."""
+    t = step + 1
+    return (1.0 - 1.0 / t) ** (gamma + 1)
+
+
 class EMA:
     """A shadow copy of a module whose parameters track θ_ema ← d·θ_ema + (1 − d)·θ.
 
@@ -25,16 +53,23 @@ class EMA:
     sampled from directly. Kept on the main process only; all ranks hold the same θ under DDP.
     """
 
-    def __init__(self, module: nn.Module, decay: float = 0.9999, warmup: bool = True):
+    def __init__(self, module: nn.Module, decay: float = 0.9999, warmup: bool = True,
+                 sigma_rel: float | None = None):
         self.decay = float(decay)
         self.warmup = bool(warmup)
+        # sigma_rel set: EDM2's power-function profile instead of the fixed decay
+        self.sigma_rel = None if sigma_rel is None else float(sigma_rel)
+        self.gamma = None if sigma_rel is None else power_gamma(self.sigma_rel)
         self.num_updates = 0
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
         self._shadow = [p for p in self.module.parameters()]
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
-        d = ema_decay(self.num_updates, self.decay, self.warmup)
+        if self.gamma is not None:
+            d = power_decay(self.num_updates, self.gamma)
+        else:
+            d = ema_decay(self.num_updates, self.decay, self.warmup)
         params = [p.detach() for p in module.parameters()]
         # lerp(a, b, t) = a + t·(b − a) = d·a + (1 − d)·b for t = 1 − d.
         torch._foreach_lerp_(self._shadow, params, 1.0 - d)
@@ -50,7 +85,19 @@ class EMA:
 
     def meta(self) -> dict:
         """JSON-able counters that go with the weights in a checkpoint."""
-        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates}
+        meta = {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates}
+        if self.sigma_rel is not None:
+            meta["sigma_rel"] = self.sigma_rel
+        return meta
 
     def load_meta(self, meta: dict) -> None:
         self.num_updates = int(meta["num_updates"])
+
+
+def ema_from_config(module: nn.Module, train_config) -> EMA:
+    """The EMA a TrainConfig asks for: ``ema = "exp"`` (decay, warm-up) or "power" (σ_rel)."""
+    t = train_config
+    kind = getattr(t, "ema", "exp")
+    if kind not in ("exp", "power"):
+        raise ValueError(f"unknown EMA kind {kind!r}; choose exp or power")
+    return EMA(module, t.ema_decay, t.ema_warmup, sigma_rel=t.ema_sigma_rel if kind == "power" else None)

@@ -76,20 +76,24 @@ def plan_guidance(net, config, ws, guidance: str, options: dict[str, Any], *, cl
     return spec, options
 
 
-def _network(module, device, *, bf16: bool, channels_last: bool, compile: bool):
-    """The module as a counted denoiser on ``device`` (bf16 autocast, channels-last, compiled when asked)."""
+def _network(module, device, *, bf16: bool, channels_last: bool, compile: bool, diffusion=None):
+    """The module as a counted denoiser on ``device`` (bf16 autocast, channels-last, compiled when asked),
+    wrapped by the preconditioning ``diffusion`` (a DiffusionConfig) names, if any."""
     from guidediff.guidance import CountingDenoiser
+    from guidediff.precondition import wrap_for_config
 
     module = module.to(device).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     forward = torch.compile(module, dynamic=False) if compile else module
+    # EDM preconditioning lives outside the net (a distilled student's extra inputs bypass it)
+    plain = wrap_for_config(forward, diffusion) if diffusion is not None else forward
 
     def network(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         if channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return forward(z, lam, c, *extra).float()
+            return (forward(z, lam, c, *extra) if extra else plain(z, lam, c)).float()
 
     return CountingDenoiser(network)
 
@@ -128,6 +132,7 @@ def generate(
     *,
     sampler: str = "ddim",
     steps: int = 50,
+    grid: str = "u",
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int = 256,
@@ -162,6 +167,8 @@ def generate(
     ``eta``, ``v`` and ``clip_x`` reach the samplers that declare them (images live in [−1, 1]:
     clip_x = 1 clips x̂ there, see ``samplers.predict``).
 
+    ``grid`` picks the step grid (``schedules.lam_grid``: u, lambda or karras) for any sampler.
+
     ``compile`` runs the networks through ``torch.compile`` (on CUDA about 3x faster for the
     Fashion-MNIST UNet; the first batch of each shape pays the compilation, before the clock).
 
@@ -176,14 +183,12 @@ def generate(
     from guidediff.data.images import to_uint8
     from guidediff.guidance import GuidanceContext
     from guidediff.samplers import get_sampler
-    from guidediff.schedules import lam_grid, make_schedule
 
     require(isinstance(n, int) and n >= 1, f"n must be a positive integer, got {n!r}")
     require(isinstance(steps, int) and steps >= 1, f"steps must be a positive integer, got {steps!r}")
     require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     sampler_spec = get_sampler(sampler)
-    options = {k: value for k, value in {"eta": eta, "v": v, "clip_x": clip_x}.items() if sampler_spec.option(k)}
-    options = sampler_spec.resolve({**options, **(sampler_options or {})})
+    options = _sampler_options(sampler_spec, {"eta": eta, "v": v, "clip_x": clip_x}, sampler_options)
     spec, method_options = plan_guidance(net, config, ws, *_legacy_guidance(guidance, guidance_options, cfg_variant,
                                                                               base, cg_form),
                                          classifier=classifier, guide_net=guide_net)
@@ -195,15 +200,12 @@ def generate(
     bf16 = cuda if bf16 is None else bf16
     channels_last = cuda if channels_last is None else channels_last
     runtime = dict(bf16=bf16, channels_last=channels_last, compile=compile)
-    counter = _network(net, device, **runtime)
+    counter = _network(net, device, **runtime, diffusion=config.diffusion)
     guide = _network(guide_net, device, **runtime) if guide_net is not None else None
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
-    # a VDM brings its own (learned) schedule; every other model trained with the config's
-    schedule = getattr(net, "schedule", None)
-    if schedule is None:
-        schedule = make_schedule(config.diffusion.schedule, config.diffusion.lam_min, config.diffusion.lam_max)
-    lams = lam_grid(schedule, steps, device=device).detach()
+    # a VDM brings its own (learned) schedule; every other model samples the config's
+    lams = model_lam_grid(config, steps, device, kind=grid, schedule=getattr(net, "schedule", None))
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     batches = _batches(items, spec, batch_size)
@@ -219,23 +221,10 @@ def generate(
                                   mc.num_classes, context, device)
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, "sampler", b, batch_size))
         guided = _guide(spec, method_options, counter, [w for w, _, _ in chunk], mc.num_classes, context, device)
-        step_options = {**options, **getattr(guided, "sampler_options", {})}
-        unknown = sorted(set(step_options) - {o.name for o in sampler_spec.options})
-        require(not unknown, f"guidance {spec.name} with these options needs a sampler that takes {', '.join(unknown)} "
-                             f"(e.g. sampler='ancestral'); sampler {sampler!r} does not")
-        return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False, **step_options)
+        return sampler_spec.fn(guided, z, lams, c, generator=g, progress=False,
+                               **_with_guidance_options(options, guided, spec, sampler_spec))
 
-    graphs = None
-    if cuda_graph:
-        from guidediff import cuda_graphs
-
-        why = cuda_graphs.why_not_graphable(device, sampler=sampler, eta=options.get("eta", 0.0),
-                                            classifier_guidance=spec.needs == "classifier",
-                                            distilled=spec.name == "distilled")
-        if why:
-            cuda_graphs.note(why)
-        else:
-            graphs = cuda_graphs.TrajectoryGraphs([counter, guide])
+    graphs = _trajectory_graphs(device, sampler, options, spec, [counter, guide]) if cuda_graph else None
     # classifier guidance differentiates the classifier inside the loop: no_grad, not inference_mode
     with torch.no_grad() if spec.needs == "classifier" else torch.inference_mode():
         if compile or graphs is not None:
@@ -255,6 +244,33 @@ def generate(
     }
 
 
+def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: dict[str, Any] | None) -> dict:
+    """The sampler's options, checked: ``sampler_options``, plus generate's ``eta`` / ``v`` /
+    ``clip_x`` shorthands where the sampler declares an option of that name."""
+    options = {k: value for k, value in shorthands.items() if sampler_spec.option(k)}
+    return sampler_spec.resolve({**options, **(sampler_options or {})})
+
+
+def model_lam_grid(config, steps: int, device, kind: str = "u", schedule=None) -> torch.Tensor:
+    """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk, on the
+    grid ``kind`` (``schedules.lam_grid``); ``schedule`` (a VDM's own) replaces the config's."""
+    from guidediff.schedules import lam_grid, schedule_from_config
+
+    if schedule is None:
+        schedule = schedule_from_config(config.diffusion)
+    return lam_grid(schedule, steps, kind=kind, device=device).detach()
+
+
+def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:
+    """The sampler options plus those the guided denoiser asks for (``guidance.Guided``), which the
+    sampler must declare."""
+    extra = getattr(guided, "sampler_options", {})
+    unknown = sorted(set(extra) - {o.name for o in sampler_spec.options})
+    require(not unknown, f"guidance {spec.name} with these options needs a sampler that takes {', '.join(unknown)} "
+                         f"(e.g. sampler='ancestral'); sampler {sampler_spec.name!r} does not")
+    return {**options, **extra}
+
+
 def _guide(spec, options, denoiser, chunk_ws: list[float], num_classes: int, context, device, w=None):
     """The guided denoiser for one batch; a plain number for w when the batch shares one (so CFG can
     skip the uncond forward at w = 0 or the cond one at w = −1), else one weight per row."""
@@ -264,6 +280,19 @@ def _guide(spec, options, denoiser, chunk_ws: list[float], num_classes: int, con
         values = set(chunk_ws)
         w = values.pop() if len(values) == 1 else torch.tensor(chunk_ws, device=device)
     return spec.build(denoiser, w, num_classes, context, **options)
+
+
+def _trajectory_graphs(device, sampler: str, options: dict, spec, counters):
+    """``cuda_graphs.TrajectoryGraphs`` when this sampling can be captured, else None (with a note why)."""
+    from guidediff import cuda_graphs
+
+    why = cuda_graphs.why_not_graphable(device, sampler=sampler, eta=options.get("eta", 0.0),
+                                        classifier_guidance=spec.needs == "classifier",
+                                        distilled=spec.name == "distilled")
+    if why:
+        cuda_graphs.note(why)
+        return None
+    return cuda_graphs.TrajectoryGraphs(counters)
 
 
 def _graphed_batch(graphs, spec, method_options, counter, chunk, z, c, lams, options, sampler_spec, num_classes,
@@ -277,8 +306,8 @@ def _graphed_batch(graphs, spec, method_options, counter, chunk, z, c, lams, opt
     def trajectory(z: torch.Tensor, c: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
         guided = _guide(spec, method_options, counter, chunk_ws, num_classes, context, device,
                         w=cheap if cheap is not None else wt)
-        step_options = {**options, **getattr(guided, "sampler_options", {})}
-        return sampler_spec.fn(guided, z, lams, c, generator=None, progress=False, **step_options)
+        return sampler_spec.fn(guided, z, lams, c, generator=None, progress=False,
+                               **_with_guidance_options(options, guided, spec, sampler_spec))
 
     return graphs.run((len(chunk), cheap), trajectory, z, c, wt)
 

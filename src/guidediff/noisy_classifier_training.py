@@ -26,10 +26,10 @@ def noisy_classifier_loss(config):
     the randomness drawn for the global batch (``losses.draw_noise``) and sliced per process."""
     from guidediff.diffusion import q_sample
     from guidediff.losses import draw_noise
-    from guidediff.schedules import make_schedule
+    from guidediff.schedules import schedule_from_config
 
     d = config.diffusion
-    schedule = make_schedule(d.schedule, d.lam_min, d.lam_max)
+    schedule = schedule_from_config(d)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, c: torch.Tensor, ctx) -> torch.Tensor:
         noise = draw_noise(ctx.global_batch, tuple(x.shape[1:]), p_uncond=0.0, antithetic=d.antithetic,
@@ -127,9 +127,9 @@ def accuracy_hook(config, test_set, bins: int = 12):
 
 def lam_range(diffusion_config) -> tuple[float, float]:
     """The schedule's (λ_min, λ_max)."""
-    from guidediff.schedules import make_schedule
+    from guidediff.schedules import schedule_from_config
 
-    schedule = make_schedule(diffusion_config.schedule, diffusion_config.lam_min, diffusion_config.lam_max)
+    schedule = schedule_from_config(diffusion_config)
     lams = schedule.lam(torch.tensor([1.0, 0.0], dtype=torch.float64))
     return float(lams[0]), float(lams[1])
 

@@ -22,5 +22,5 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     require(device.type != "cuda" or torch.cuda.is_available(),
-            "CUDA was asked for but no GPU is visible; pass --device cpu")
+            "CUDA was asked for but no GPU is visible; use the CPU (device \"cpu\", --device cpu)")
     return device

@@ -44,24 +44,37 @@ class CFGSchedule:
 
     b = arctan(exp(−λ_max/2)) and a = arctan(exp(−λ_min/2)) − b, so λ(0) = λ_max and λ(1) = λ_min.
     It is the cosine schedule truncated to [λ_min, λ_max].
+
+    ``shift`` s ≠ 1 is the shifted cosine of "simple diffusion" (Hoogeboom et al. 2023, §3.1):
+    λ(u) = −2·log tan(a·u + b) + 2·log s, still truncated to [λ_min, λ_max] (s > 1 spends more
+    of the u-interval at high SNR, as suits images smaller than 64×64; s = 64/d for side d).
     """
 
     lam_min: float = -20.0
     lam_max: float = 20.0
     name: str = "cfg"
+    shift: float = 1.0
 
     def __post_init__(self) -> None:
         _check_range(self.lam_min, self.lam_max)
+        require(math.isfinite(self.shift) and self.shift > 0,
+                f"schedule shift must be a positive number (1 = no shift), got {self.shift}")
+
+    @property
+    def _offset(self) -> float:
+        return 2.0 * math.log(self.shift)
 
     @property
     def _ab(self) -> tuple[float, float]:
-        b = math.atan(math.exp(-self.lam_max / 2))
-        a = math.atan(math.exp(-self.lam_min / 2)) - b
+        b = math.atan(math.exp(-(self.lam_max - self._offset) / 2))
+        a = math.atan(math.exp(-(self.lam_min - self._offset) / 2)) - b
         return a, b
 
     def lam(self, u: Tensor) -> Tensor:
         a, b = self._ab
-        return -2.0 * torch.log(torch.tan(a * u + b))
+        lam = -2.0 * torch.log(torch.tan(a * u + b))
+        # s = 1 must stay bit-identical to the unshifted schedule (old checkpoints sample the same)
+        return lam + self._offset if self.shift != 1.0 else lam
 
     def dlam_du(self, u: Tensor) -> Tensor:
         a, b = self._ab
@@ -70,7 +83,7 @@ class CFGSchedule:
 
     def u_of_lam(self, lam: Tensor) -> Tensor:
         a, b = self._ab
-        return (torch.atan(torch.exp(-lam / 2)) - b) / a
+        return (torch.atan(torch.exp(-(lam - self._offset) / 2)) - b) / a
 
 
 @dataclass(frozen=True)
@@ -188,11 +201,17 @@ Schedule = CFGSchedule | CosineSchedule | LinearSchedule
 SCHEDULES = {"cfg": CFGSchedule, "cosine": CosineSchedule, "linear": LinearSchedule}
 
 
-def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None = None) -> Schedule:
-    """Build a schedule by name ('cfg', 'cosine', 'linear'); None keeps the schedule's default range."""
+def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None = None,
+                  shift: float = 1.0) -> Schedule:
+    """Build a schedule by name ('cfg', 'cosine', 'linear'); None keeps the schedule's default range.
+    ``shift`` ≠ 1 (the shifted cosine, see CFGSchedule) exists for 'cfg' only."""
     if name not in SCHEDULES:
         raise UsageError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    kwargs = {}
+    kwargs: dict = {}
+    if shift != 1.0:
+        require(name == "cfg", f"schedule shift {shift} needs schedule 'cfg' (the shifted cosine), not {name!r}; "
+                               "set diffusion.schedule = \"cfg\" or schedule_shift = 1")
+        kwargs["shift"] = float(shift)
     if lam_min is not None:
         kwargs["lam_min"] = float(lam_min)
     if lam_max is not None:
@@ -200,8 +219,40 @@ def make_schedule(name: str, lam_min: float | None = None, lam_max: float | None
     return SCHEDULES[name](**kwargs)
 
 
-def lam_grid(schedule: Schedule, steps: int, *, dtype=torch.float32, device=None) -> Tensor:
-    """The sampling grid: steps + 1 values of λ at u = 1, 1 − 1/steps, …, 0 (increasing λ)."""
+def schedule_from_config(d) -> Schedule:
+    """The schedule a DiffusionConfig names (its range and shift); one place for training and sampling."""
+    return make_schedule(d.schedule, d.lam_min, d.lam_max, getattr(d, "schedule_shift", 1.0))
+
+
+GRIDS = ("u", "lambda", "karras")
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:
+    """EDM's step grid (Karras et al. 2022, eq. 5): σ_i = (σ_max^{1/ρ} + i/N·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ,
+    i = 0…N, decreasing, in float64."""
+    ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def lam_grid(schedule: Schedule, steps: int, *, kind: str = "u", rho: float = 7.0, dtype=torch.float32,
+             device=None) -> Tensor:
+    """The sampling grid: steps + 1 increasing values of λ between the schedule's ends.
+
+    ``kind="u"``: the schedule's own grid, λ(u) at u = 1, 1 − 1/steps, …, 0. ``"lambda"``: uniform in λ
+    (DPM-Solver's choice). ``"karras"``: EDM's ρ-grid (eq. 5) in σ_edm = σ/α = e^{−λ/2}, mapped back
+    by λ = −2·log σ_edm; it crowds the steps at low noise."""
     require(isinstance(steps, int) and steps >= 1, f"steps must be an integer >= 1, got {steps!r}")
+    require(kind in GRIDS, f"unknown grid {kind!r}; choose one of {', '.join(GRIDS)}")
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    return schedule.lam(u).to(dtype=dtype, device=device)
+    if kind == "u":
+        return schedule.lam(u).to(dtype=dtype, device=device)
+    require(rho > 0, f"rho must be > 0, got {rho}")
+    ends = schedule.lam(torch.tensor([1.0, 0.0], dtype=torch.float64)).detach()
+    lam_min, lam_max = float(ends[0]), float(ends[1])
+    if kind == "lambda":
+        lams = torch.linspace(lam_min, lam_max, steps + 1, dtype=torch.float64)
+    else:
+        lams = -2.0 * torch.log(karras_sigmas(math.exp(-lam_max / 2), math.exp(-lam_min / 2), steps, rho))
+        lams[0], lams[-1] = lam_min, lam_max  # exact ends, whatever the rounding of exp/log
+    return lams.to(dtype=dtype, device=device)

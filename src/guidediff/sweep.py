@@ -31,6 +31,7 @@ def run_sweep(
     steps: int,
     out_dir: str | Path,
     sampler: str = "ddim",
+    grid: str = "u",
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 1000,
@@ -64,7 +65,7 @@ def run_sweep(
     from guidediff.generation import generate
     from guidediff.runtime import resolve_device
 
-    require(n >= 10, f"--n must be at least 10 (one image per class), got {n}")
+    require(n >= 10, f"n must be at least 10 (one image per class), got {n}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -98,6 +99,7 @@ def run_sweep(
         "n_per_w": per_class * num_classes,
         "steps": steps,
         "sampler": sampler,
+        "grid": grid,
         "seed": seed,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -116,7 +118,7 @@ def run_sweep(
     for w in ws:
         result = generate(
             net, config, classes=list(range(num_classes)), ws=[w], n=per_class, sampler=sampler,
-            steps=steps, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
+            steps=steps, grid=grid, seed=seed, device=device, batch_size=batch_size, bf16=bf16, progress=True,
             guidance=guidance, guidance_options=options, classifier=guide_net if cg else None,
             cfg_variant=cfg_variant, guide_net=guide, compile=compile, sampler_options=sampler_options,
         )

@@ -54,6 +54,7 @@ class ToyConfig:
     n: int | None = None
     steps: int = 100
     sampler: str = "ddim"
+    grid: str = "u"
     seed: int = 0
     guidance: str = "cfg"  # any method of the guidance registry that needs no guide model
     base: str = "uncond"
@@ -95,8 +96,9 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     guidance_options(config)  # checks the method's options
     samplers.get_sampler(config.sampler).resolve(config.sampler_options)
     require(config.base in BASES, f"unknown base {config.base!r}; choose one of {', '.join(BASES)}")
+    require(config.grid in schedules.GRIDS, f"unknown grid {config.grid!r}; choose one of {', '.join(schedules.GRIDS)}")
     require(config.sampler in samplers.SAMPLERS, f"unknown sampler {config.sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
-    require(len(config.w) > 0, "give at least one guidance weight, e.g. --w=0,3")
+    require(len(config.w) > 0, "w needs at least one guidance weight, e.g. (0, 3)")
     for value in config.w:
         require(isinstance(value, (int, float)) and math.isfinite(value), f"guidance weights must be finite numbers, got {value!r}")
     require(isinstance(config.steps, int) and config.steps >= 1, f"steps must be an integer >= 1, got {config.steps!r}")
@@ -113,7 +115,7 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     if not config.oracle:
         require(config.train_steps >= 1, f"train_steps must be >= 1, got {config.train_steps}")
         require(spec.needs != "classifier" or config.classifier_steps >= 1,
-                f"classifier_steps must be >= 1 (the noisy classifier trains here without --oracle), got {config.classifier_steps}")
+                f"classifier_steps must be >= 1 (the noisy classifier trains here when oracle is off), got {config.classifier_steps}")
         require(0.0 <= config.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {config.p_uncond}")
         require(0.0 <= config.ema < 1.0, f"ema must lie in [0, 1) (0 = off), got {config.ema}")
     require(config.projections >= 1, f"projections must be >= 1, got {config.projections}")
@@ -296,6 +298,7 @@ def sample_toy(
     steps: int,
     sampler: str = "ddim",
     sampler_options: dict | None = None,
+    grid: str = "u",
     schedule=None,
     seed: int = 0,
     dim: int = 2,
@@ -310,7 +313,7 @@ def sample_toy(
     w = torch.tensor(weights, dtype=dtype).repeat_interleave(n * len(classes))
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(y), dim, generator=gen, dtype=dtype)
-    lams = schedules.lam_grid(schedule, steps, dtype=dtype)
+    lams = schedules.lam_grid(schedule, steps, kind=grid, dtype=dtype)
     with torch.no_grad():
         guided_denoiser = denoiser(w)
         options = {**(sampler_options or {}), **getattr(guided_denoiser, "sampler_options", {})}
@@ -451,7 +454,7 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         )
 
     common = dict(classes=config.classes, weights=config.w, n=config.n, steps=config.steps,
-                  sampler=config.sampler, sampler_options=config.sampler_options, schedule=schedule,
+                  sampler=config.sampler, sampler_options=config.sampler_options, grid=config.grid, schedule=schedule,
                   seed=config.seed, dim=mixture.dim,
                   progress=config.progress)
     model_samples = None

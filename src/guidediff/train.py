@@ -40,7 +40,7 @@ from guidediff.checkpoint import (
     set_rng_state,
 )
 from guidediff.config import Config
-from guidediff.ema import EMA
+from guidediff.ema import ema_from_config
 from guidediff.errors import UsageError, require
 from guidediff.runtime import derive_seed
 
@@ -100,17 +100,16 @@ class TrainResult:
 def cfg_loss(config: Config) -> LossFn:
     """The CFG paper's training objective (Algorithm 1) as a loss closure: ε-loss at λ(u) with
     the label replaced by the null token with probability p_uncond."""
-    from guidediff.losses import draw_noise, eps_loss
-    from guidediff.schedules import make_schedule
+    from guidediff.losses import cfg_objective, draw_noise
 
     d = config.diffusion
-    schedule = make_schedule(d.schedule, d.lam_min, d.lam_max)
     null_class = config.model.num_classes
+    objective = cfg_objective(d, null_class)  # schedule, λ sampling, loss weight, preconditioning
 
     def loss_fn(model: nn.Module, x: torch.Tensor, c: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         noise = draw_noise(ctx.global_batch, tuple(x.shape[1:]), p_uncond=d.p_uncond if null_class else 0.0,
                            antithetic=d.antithetic, generator=ctx.generator, device=x.device)
-        return eps_loss(model, x, c, schedule, noise.slice(ctx.start, ctx.stop), null_class=null_class)
+        return objective(model, x, c, noise.slice(ctx.start, ctx.stop))
 
     return loss_fn
 
@@ -258,9 +257,9 @@ def _make_optimizer(config: Config, net: nn.Module, cuda: bool, capturable: bool
                                   weight_decay=tc.weight_decay, fused=cuda, capturable=capturable)
     for group in optimizer.param_groups:
         group["initial_lr"] = tc.lr  # a number: the scheduler then fills the lr tensor without a host sync
-    warmup = tc.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0)
+    from guidediff.lr_schedule import lr_lambda
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))  # warm-up, then train.lr_schedule
     return optimizer, scheduler
 
 
@@ -425,7 +424,7 @@ class _Run:
         self.ema = None
         if self.main:
             # before prepare: accelerate patches forward for autocast, which a deepcopy would carry over
-            self.ema = EMA(self.net, tc.ema_decay, tc.ema_warmup)
+            self.ema = ema_from_config(self.net, tc)
             if ema_state is not None:
                 check_state_dict(ema_state[0], self.ema.state_dict(), str(resume_from / "ema.safetensors"))
                 self.ema.load_state_dict(ema_state[0])

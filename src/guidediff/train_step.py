@@ -59,6 +59,11 @@ def ema_decay_tensor(n: torch.Tensor, decay: float, warmup: bool) -> torch.Tenso
     return torch.clamp_max((1.0 + n) / (10.0 + n), decay) if warmup else torch.full_like(n, decay)
 
 
+def power_decay_tensor(n: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``ema.power_decay`` on the device: (1 − 1/(n + 1))^(γ + 1) for update number n."""
+    return (1.0 - 1.0 / (n + 1.0)) ** (gamma + 1.0)
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -142,7 +147,9 @@ class TrainStep:
         p.optimizer.step()
         if p.ema is not None:
             shadow, current, shadow_buffers, buffers = self.ema_pairs
-            d = ema_decay_tensor(self.ema_n, p.ema.decay, p.ema.warmup).float()
+            gamma = getattr(p.ema, "gamma", None)  # EDM2's power-function EMA (train.ema = "power")
+            d = (ema_decay_tensor(self.ema_n, p.ema.decay, p.ema.warmup) if gamma is None
+                 else power_decay_tensor(self.ema_n, gamma)).float()
             # θ_ema ← θ_ema + (1 − d)(θ − θ_ema), the EMA class's lerp with a device weight
             delta = torch._foreach_sub(current, shadow)
             torch._foreach_mul_(delta, 1.0 - d)

@@ -10,7 +10,7 @@ from guidediff.commands._guidance_args import (
     method_options,
     sampler_options,
 )
-from guidediff.commands._sampler_args import sampler_names
+from guidediff.commands._sampler_args import add_grid_argument, sampler_names
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=int, default=8, help="images per (class, w) (default 8)")
     p.add_argument("--sampler", choices=sampler_names(), default=None,
                    help="default: the model config's sample.sampler")
+    add_grid_argument(p)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model config's sample.steps)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     p.add_argument("--v", type=float, default=None, help="ancestral variance exponent v in [0, 1] (CFG paper: 0.3)")
@@ -98,7 +99,7 @@ def run(args) -> int:
     sampler = args.sampler or s.sampler
     steps = s.steps if args.steps is None else args.steps
     try:
-        result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, seed=args.seed,
+        result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, grid=args.grid, seed=args.seed,
                           device=device, batch_size=args.batch_size, bf16=False if args.no_bf16 else None,
                           guidance=method, guidance_options=options, classifier=classifier, guide_net=guide_net,
                           sampler_options=sampler_options(args, sampler, {"eta": s.eta, "v": s.v}))
@@ -107,7 +108,7 @@ def run(args) -> int:
     written = save_samples(args.out, result, max_cols=args.grid_cols)
     total = len(result["x"])
     knob = "w" if spec.weight == "w" else f"scale ({spec.name}{''.join(f', {v}' for v in options.values())})"
-    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps "
+    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps ({args.grid} grid) "
           f"on {device}")
     if variant is not None:
         print("guidance: " + ", ".join(f"{k} {v}" for k, v in variant.items() if k != "name") + f" ({variant['name']})"
@@ -125,7 +126,7 @@ def run(args) -> int:
 
 # `guidediff sample` options that DDGAN cannot honour, with the value that means "not given"
 _DIFFUSION_ONLY = (("w", "--w", None), ("guidance", "--guidance", "cfg"), ("cfg_variant", "--cfg-variant", None),
-                   ("sampler", "--sampler", None), ("steps", "--steps", None), ("eta", "--eta", None),
+                   ("sampler", "--sampler", None), ("grid", "--grid", "u"), ("steps", "--steps", None), ("eta", "--eta", None),
                    ("v", "--v", None), ("scale", "--scale", None), ("noisy_classifier", "--classifier", None),
                    ("interval", "--interval", None), ("guide_model", "--guide-model", None),
                    ("guidance_opt", "--guidance-opt", None), ("sampler_opt", "--sampler-opt", None))

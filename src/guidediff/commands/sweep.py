@@ -10,7 +10,7 @@ from guidediff.commands._guidance_args import (
     method_options,
     sampler_options,
 )
-from guidediff.commands._sampler_args import sampler_names
+from guidediff.commands._sampler_args import add_grid_argument, sampler_names
 
 
 def add_parser(subparsers) -> None:
@@ -21,6 +21,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=int, default=10000, help="images per w, split evenly over the classes")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim", choices=sampler_names())
+    add_grid_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="auto")
@@ -44,9 +45,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from guidediff.errors import require
-    from guidediff.parsing import parse_floats
-    from guidediff.sweep import run_sweep
+    from guidediff.errors import UsageError, in_flags, require
 
     from guidediff.guidance import get_guidance
 
@@ -66,12 +65,21 @@ def run(args) -> int:
 
         # the model config's [sample] section may choose the guidance method
         variant, guide = cfg_variant_from_args(args, load_weights(args.model)[1].sample)
+    try:
+        _sweep(args, knobs, options, variant, guide)
+    except UsageError as error:
+        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size"}) from None
+    return 0
+
+
+def _sweep(args, knobs, options, variant, guide) -> None:
+    from guidediff.sweep import run_sweep
+
     run_sweep(
         args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
-        sampler=args.sampler, seed=args.seed, device=args.device, batch_size=args.batch_size,
+        sampler=args.sampler, grid=args.grid, seed=args.seed, device=args.device, batch_size=args.batch_size,
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
         noisy_classifier=args.noisy_classifier, guidance_options=options,
         cfg_variant=variant, guide_model=guide, compile=args.compile,
         sampler_options=sampler_options(args, args.sampler),
     )
-    return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from guidediff.commands._guidance_args import guidance_names
-from guidediff.commands._sampler_args import sampler_names
+from guidediff.commands._sampler_args import add_grid_argument, sampler_names
 from guidediff.errors import UsageError
 
 
@@ -60,6 +60,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", type=int, default=None, help="samples per (class, weight); default 20000 with --oracle, else 2000")
     p.add_argument("--steps", type=int, default=100, help="sampling steps")
     p.add_argument("--sampler", default="ddim", help="one of " + ", ".join(sampler_names()))
+    add_grid_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lam-min", type=float, default=-20.0, help="log-SNR at u = 1 (CFG schedule)")
     p.add_argument("--lam-max", type=float, default=20.0, help="log-SNR at u = 0 (CFG schedule)")
@@ -99,6 +100,7 @@ def config_from_args(args):
         n=args.n,
         steps=args.steps,
         sampler=args.sampler,
+        grid=args.grid,
         seed=args.seed,
         guidance=args.guidance,
         base=args.base,

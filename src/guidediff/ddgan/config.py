@@ -90,7 +90,10 @@ class TrainSection:
     r1_every as in StyleGAN2 so the average penalty does not change); r2_gamma > 0 adds the same
     penalty on generated x_{t−1} (R2) on those steps; EMA of G with warm-up.
     Training stops at `steps` or after `minutes` of wall time, whichever comes first.
-    mixed_precision: auto (bf16 on CUDA) | no | bf16; R1 is always computed in float32."""
+    mixed_precision: auto (bf16 on CUDA) | no | bf16; R1 is always computed in float32.
+    finite_check: step (the host reads every loss: one sync per step, stops before a bad update) |
+    log (no host sync between log steps: a device flag, read at log and checkpoint steps) | auto
+    (log on CUDA, step on the CPU); see ddgan.train."""
 
     batch_size: int = 128
     lr_g: float = 1.6e-4
@@ -110,6 +113,7 @@ class TrainSection:
     mixed_precision: str = "auto"
     channels_last: bool | str = "auto"
     compile: bool = False
+    finite_check: str = "auto"
     device: str = "auto"
 
 
@@ -181,6 +185,8 @@ class DDGANConfig:
                 f"train.mixed_precision {t.mixed_precision!r} is unknown; choose auto, no or bf16")
         require(isinstance(t.channels_last, bool) or t.channels_last == "auto",
                 f"train.channels_last must be true, false or \"auto\", got {t.channels_last!r}")
+        require(t.finite_check in ("auto", "step", "log"),
+                f"train.finite_check {t.finite_check!r} is unknown; choose auto, step or log")
         require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
         if not self.is_toy:
             self.unet_config(channels=1, num_classes=0).validate()

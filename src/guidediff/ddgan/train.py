@@ -8,8 +8,12 @@ One step, for a batch x_0 with levels i ~ U{1..T} (λ_t = λ_i, λ_s = λ_{i−1
   G step      softplus(−D(x_s'', x_t)) with a fresh z (non-saturating)
 then the EMA of G. Randomness is a function of (seed, step), so --resume continues exactly.
 
-A non-finite loss stops training before the optimizer step that would spread it: the last
-finite state is saved as a checkpoint and TrainingDiverged (a UsageError) names the fix.
+A non-finite loss stops training with TrainingDiverged (a UsageError) that names the fix. With
+train.finite_check = "step" (the default on the CPU) the host reads each loss and stops before the
+optimizer step that would spread it, saving the last finite state. "log" (the default on CUDA)
+keeps the loop free of host syncs: a device flag records the first bad step and the host reads it
+at log and checkpoint steps, then stops and names the last good checkpoint (a checkpoint is only
+written after the flag was read clean). Both give the same numbers while the losses are finite.
 
 Run directory: config.json, log.jsonl, checkpoints/ckpt-XXXXXXX/ (guidediff.checkpoint format
 with state.json "kind": "ddgan"; model.safetensors holds G.* and D.*, ema.safetensors the EMA
@@ -129,8 +133,13 @@ class Nets:
 
 
 def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch.Tensor, config: DDGANConfig,
-               g: torch.Generator, *, r1_step: bool, bf16: bool) -> dict[str, torch.Tensor]:
-    """One D update and one G update on the batch x0; raises _NonFinite before a bad update."""
+               g: torch.Generator, *, r1_step: bool, bf16: bool, sync: bool = True) -> dict[str, torch.Tensor]:
+    """One D update and one G update on the batch x0.
+
+    r1_step: add the R1 (and R2) penalty, weighted γ·r1_every (lazy regularisation, StyleGAN2 §4:
+    the penalty on every k-th step only, k times as strong, so its average weight stays γ).
+    sync: read each loss on the host and raise _NonFinite before a bad update; without it the
+    returned "finite" (a device bool) says whether both losses were finite, and nothing syncs."""
     t = config.train
     b, T, nz = x0.shape[0], config.diffusion.T, config.generator.nz
     dev = x0.device
@@ -173,9 +182,8 @@ def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch
     r1 = r1_penalty(d_real, x_real, t.r1_gamma) * t.r1_every if r1_step and t.r1_gamma > 0 else zero
     r2 = r1_penalty(d_fake, x_fake, t.r2_gamma) * t.r1_every if r2_step else zero
     total_d = loss_d + r1 + r2
-    value = float(total_d.detach())
-    if not math.isfinite(value):
-        raise _NonFinite("the discriminator loss", value)
+    if sync:
+        _check_finite("the discriminator loss", total_d)
     nets.opt_d.zero_grad(set_to_none=True)
     total_d.backward()
     nets.opt_d.step()
@@ -186,15 +194,21 @@ def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch
     with autocast:
         d_gen = nets.D_run(x_fake, x_t, lam_t, c).float()
     loss_g = g_loss(d_gen)
-    value = float(loss_g.detach())
-    if not math.isfinite(value):
-        raise _NonFinite("the generator loss", value)
+    if sync:
+        _check_finite("the generator loss", loss_g)
     nets.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     nets.opt_g.step()
     nets.D.requires_grad_(True)
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "r1": r1.detach(), "r2": r2.detach(),
-            "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+            "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean(),
+            "finite": torch.isfinite(total_d.detach()) & torch.isfinite(loss_g.detach())}
+
+
+def _check_finite(what: str, loss: torch.Tensor) -> None:
+    value = float(loss.detach())  # a host sync: only in finite_check = "step"
+    if not math.isfinite(value):
+        raise _NonFinite(what, value)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -373,6 +387,26 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
         from tqdm.auto import tqdm
 
         bar = tqdm(total=t.steps, initial=step, desc=f"ddgan T={config.diffusion.T}", unit="step")
+    # finite_check "log": the first step with a non-finite loss, kept on the device (−1: none yet)
+    sync_each_step = t.finite_check == "step" or (t.finite_check == "auto" and not cuda)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def diverged(what: str) -> TrainingDiverged:
+        if _all_finite(G) and _all_finite(D):
+            where = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
+            saved = f"saved the last finite state (step {step}) to {where}"
+        else:
+            where = latest_checkpoint(ckpt_root)
+            saved = ("the weights are no longer finite; " + (f"the last good checkpoint is {where}" if where else
+                                                              "no checkpoint was written yet, so train again"))
+        return TrainingDiverged(f"{what}; {saved}; lower train.lr_g/train.lr_d or raise train.r1_gamma "
+                                "(--set train.lr_d=...), then continue with --resume")
+
+    def check_flag() -> None:
+        bad = int(first_bad)  # the one host sync of finite_check "log", at log and checkpoint steps
+        if bad >= 0:
+            raise diverged(f"a loss became non-finite at step {bad} (found at step {step})")
+
     stopped_by = "steps"
     try:
         while step < t.steps:
@@ -384,23 +418,19 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
             r1_step = (t.r1_gamma > 0 or t.r2_gamma > 0) and step % t.r1_every == 0
             try:
                 stats = train_step(nets, x0, c if config.data.conditional else None, lams, config, g,
-                                   r1_step=r1_step, bf16=bf16)
+                                   r1_step=r1_step, bf16=bf16, sync=sync_each_step)
             except _NonFinite as bad:
-                if _all_finite(G) and _all_finite(D):
-                    where = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
-                    saved = f"saved the last finite state (step {step}) to {where}"
-                else:
-                    where = latest_checkpoint(ckpt_root)
-                    saved = f"the weights are no longer finite; the last good checkpoint is {where}"
-                raise TrainingDiverged(
-                    f"{bad.what} became {bad.value} at step {step}; {saved}; lower train.lr_g/train.lr_d or raise "
-                    "train.r1_gamma (--set train.lr_d=...), then continue with --resume") from None
+                raise diverged(f"{bad.what} became {bad.value} at step {step}") from None
+            finite = stats.pop("finite")
+            if not sync_each_step:
+                first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, step), first_bad)
             ema.update(G)
             step += 1
             for k, v in stats.items():
                 window[k] = window[k] + v if k in window else v  # device tensors: no sync per step
             window_steps += 1
             if step % t.log_every == 0 or step == t.steps:
+                check_flag()
                 now = time.perf_counter()
                 steps_per_sec = window_steps / max(now - window_start, 1e-9)
                 last = {k: float(v) / window_steps for k, v in window.items()}
@@ -411,12 +441,14 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
                 if bar is not None:
                     bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
             if step % t.checkpoint_every == 0 and step < t.steps:
+                check_flag()
                 save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    check_flag()
     ckpt = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
     model_file = export_generator(ema.state_dict(), config, out_dir / MODEL_FILE,
                                   {"step": step, "training_time_s": extra()["training_time_s"],

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from guidediff.errors import require
-from guidediff.samplers.common import CLIP_X_HELP, Denoiser, check_grid, noise, positive_or_none, predict, steps_range
+from guidediff.samplers.common import CLIP_X_HELP, THRESHOLD, Denoiser, check_grid, noise, positive_or_none, predict, steps_range
 from guidediff.samplers.registry import Option, register_sampler
 from guidediff.schedules import alpha_sigma
 
@@ -15,6 +15,7 @@ from guidediff.schedules import alpha_sigma
     Option("eta", float, 0.0, "DDIM noise: 0 deterministic, 1 DDPM-like",
            check=lambda v: None if v >= 0 else f"must be >= 0, got {v}"),
     Option("clip_x", float, None, CLIP_X_HELP, check=positive_or_none),
+    THRESHOLD,
 ))
 def sample_ddim(
     denoiser: Denoiser,
@@ -24,6 +25,7 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     clip_x: float | None = None,
+    threshold: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
@@ -36,7 +38,7 @@ def sample_ddim(
     require(eta >= 0.0, f"eta must be >= 0, got {eta}")
     for i in steps_range(len(lams) - 1, progress):
         lam_t, lam_s = lams[i], lams[i + 1]
-        x, eps = predict(denoiser, z, lam_t, c, clip_x)
+        x, eps = predict(denoiser, z, lam_t, c, clip_x, threshold)
         alpha_s, sigma_s = alpha_sigma(lam_s)
         if eta == 0.0:
             z = alpha_s * x + sigma_s * eps

@@ -17,9 +17,10 @@ from guidediff.vdm.fourier import FourierFeatures, VDMDenoiser, fourier_channels
 from guidediff.vdm.config import VDMConfig, load_vdm_run_config
 from guidediff.vdm.model import VDMModel, vdm_loss, vdm_unet_config
 from guidediff.vdm.schedule import LearnedSchedule
+from guidediff.vdm.variance import EstimatorVariance, bound_draws, estimator_variance, variance_optimal_schedule
 
 __all__ = [
-    "BoundTerms", "BpdResult", "FourierFeatures", "LearnedSchedule", "VDMConfig", "VDMDenoiser", "VDMModel",
+    "BoundTerms", "BpdResult", "EstimatorVariance", "bound_draws", "estimator_variance", "variance_optimal_schedule", "FourierFeatures", "LearnedSchedule", "VDMConfig", "VDMDenoiser", "VDMModel",
     "load_vdm_run_config",
     "bits_per_dim", "diffusion_loss_continuous", "diffusion_loss_discrete", "evaluate_bpd", "fourier_channels",
     "fourier_features", "gaussian_reconstruction_loss", "prior_loss", "reconstruction_loss",

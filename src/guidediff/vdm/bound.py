@@ -174,20 +174,31 @@ def diffusion_loss_discrete(
     u: Tensor,
     eps: Tensor,
     T: int,
+    step_probs: Tensor | None = None,
 ) -> Tensor:
     """L_T per image (VDM §4): (T/2)·(exp(γ(t) − γ(s)) − 1)·‖ε − ε̂(z_t; t)‖², with step
     i = ⌊u·T⌋ + 1, t = i/T, s = (i−1)/T: a one-sample estimate of Σ_i E[KL(q(z_s|z_t,x) ‖ p(z_s|z_t))].
 
     The weight is expm1(λ_s − λ_t) (see ``snr_ratio_minus_one``), from λ in float64. No variance
     routing here: with finitely many steps the schedule's shape changes E[L_T] itself, so a
-    learned shape must follow the bound's gradient."""
+    learned shape must follow the bound's gradient.
+
+    step_probs [T]: draw step i with probability q_i (inverse CDF at u) and weight by 1/(T·q_i)
+    instead of 1 — importance sampling over the steps, the same expectation L_T, a lower variance
+    when q_i follows the steps' contributions (guidediff.vdm.variance.optimal_step_probs)."""
     if T < 1:
         raise ValueError(f"the number of steps T must be >= 1, got {T}")
     with _no_autocast(x.device):
-        t, s = discrete_steps(u, T)
+        if step_probs is None:
+            t, s = discrete_steps(u, T)
+            scale = torch.full_like(t, 0.5 * T)
+        else:
+            q = step_probs.to(device=u.device, dtype=torch.float64)
+            i = torch.searchsorted(q.cumsum(0), u.to(torch.float64).contiguous(), right=True).clamp(0, T - 1)
+            t, s, scale = (i + 1).double() / T, i.double() / T, 0.5 / q[i]
         p_t, p_s = schedule_point(schedule, t), schedule_point(schedule, s)
         lam_t = p_t.lam.to(x.dtype)
-        weight = (0.5 * T * snr_ratio_minus_one(p_s.lam, p_t.lam)).to(torch.float32)
+        weight = (scale * snr_ratio_minus_one(p_s.lam, p_t.lam)).to(torch.float32)
     err = _eps_error(denoiser, x, c, lam_t, eps)
     with _no_autocast(x.device):
         loss = weight * err
