@@ -540,7 +540,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", weights: 
     .safetensors model, a shipped model name such as 'fmnist-cfg', or a diffusers UNet2DModel
     directory (``external.diffusers_unet``; ``null_class`` is its null label, default the last).
     Only the path is needed: the config travels inside. A distilled student (``guidediff distill``;
-    its weights include the w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``."""
+    its weights include the w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``, a
+    VDM (weights with a ``vdm_config`` buffer) as ``vdm.model.VDMSamplingNet``."""
     from guidediff.external.diffusers_unet import is_diffusers_unet, load_diffusers_model
     from guidediff.nets.unet import UNet
     from guidediff.nets.w_conditioned import WConditionedUNet
@@ -550,6 +551,15 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", weights: 
     require(null_class is None, f"{source} is a guidediff model: its null label is always num_classes; leave out "
                                 "the null class (it is for diffusers models)")
     tensors, config, where = load_weights(source, weights)
+    from guidediff.vdm.model import config_from_tensors
+
+    vdm = config_from_tensors(tensors)
+    if vdm is not None:  # a VDM (`guidediff train` with a [vdm] config): its denoiser on its own schedule
+        from guidediff.vdm.loading import vdm_from_tensors
+        from guidediff.vdm.model import VDMSamplingNet
+
+        net = VDMSamplingNet(vdm_from_tensors(tensors, config, vdm, where))
+        return net.to(device).eval().requires_grad_(False), config
     student = any(k.startswith("w_embed.") for k in tensors)
     net = (WConditionedUNet if student else UNet)(config.model)
     check_state_dict(tensors, net.state_dict(), where)
