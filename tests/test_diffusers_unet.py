@@ -84,6 +84,29 @@ def test_lambda_maps_to_the_scheduler_timesteps(model_dir):
     assert torch.allclose(schedule.u_of_lam(schedule.lam(u)), u, atol=1e-9)
 
 
+def test_grid_kinds_on_the_scheduler_and_the_shifted_config_schedule(model_dir):
+    """'u' is the scheduler's own timesteps; lambda/karras span its table's ends. A guidediff
+    config without an own schedule gets its [diffusion] schedule, shift included."""
+    from guidediff.config import Config
+    from guidediff.generation import model_lam_grid
+    from guidediff.schedules import schedule_from_config
+
+    _, config = load_model(model_dir)
+    schedule = config.schedule
+    assert torch.equal(model_lam_grid(config, 5, "cpu"), schedule.lam_grid(5))
+    ends = (float(schedule.lam_table[-1]), float(schedule.lam_table[0]))
+    for kind in ("lambda", "karras"):
+        lams = model_lam_grid(config, 5, "cpu", kind=kind).double()
+        assert len(lams) == 6 and bool((lams[1:] > lams[:-1]).all())
+        assert (float(lams[0]), float(lams[-1])) == pytest.approx(ends, abs=1e-4)
+    plain = Config()
+    plain.diffusion.schedule, plain.diffusion.schedule_shift = "cfg", 2.0
+    shifted = lam_grid(schedule_from_config(plain.diffusion), 4)
+    assert torch.equal(lam_grid(schedule_of(plain), 4), shifted)
+    plain.diffusion.schedule_shift = 1.0
+    assert not torch.equal(lam_grid(schedule_of(plain), 4), shifted)
+
+
 def test_null_label_elsewhere_is_renumbered(tmp_path):
     tiny_unet().save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="no scheduler_config.json"):

@@ -217,7 +217,7 @@ class DiffusersDenoiser(nn.Module):
             self.interpolated = True
             warnings.warn("the sampling grid falls between the diffusers model's training timesteps; its "
                           "timestep is interpolated linearly in log-SNR (sample on the scheduler's own "
-                          "timesteps, grid='timesteps', to avoid it)", stacklevel=2)
+                          "timesteps, --grid u with the default grid='timesteps', to avoid it)", stacklevel=2)
         return torch.where((t - nearest).abs() <= 1e-3, nearest, t).float()
 
     def forward(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
