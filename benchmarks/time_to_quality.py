@@ -117,8 +117,13 @@ def train_diffusers(args, record: dict, save) -> None:
 
 
 def evaluate(side: str, args, record: dict, save) -> None:
-    per_class = max(args.n // 10, 1)
+    last = max(s["minute"] for s in record["snapshots"])
     for snap in record["snapshots"]:
+        # the final snapshot is the equal-minutes comparison; earlier ones only draw the curve
+        final = snap["minute"] == last
+        per_class = max((args.n if final or args.early_n is None else args.early_n) // 10, 1)
+        ws = args.w if final or args.early_w is None else args.early_w
+        snap["n_per_w"] = 10 * per_class
         print(f"{side} at {snap['minute']:g} min:", flush=True)
         if side == "diffusers":
             import quality_vs_diffusers as qvd
@@ -127,7 +132,7 @@ def evaluate(side: str, args, record: dict, save) -> None:
             unet = UNet2DModel.from_pretrained(Path(snap["model"]) / "unet").to(args.device).eval()
             ddim = DDIMScheduler.from_pretrained(Path(snap["model"]) / "scheduler")
             ddim.set_timesteps(args.ddim_steps)
-            snap["points"] = qvd.diffusers_points(unet, ddim, args.w, per_class, args.device)
+            snap["points"] = qvd.diffusers_points(unet, ddim, ws, per_class, args.device)
             save()
             continue
         net, config = load_model(snap["model"], args.device)
@@ -136,7 +141,7 @@ def evaluate(side: str, args, record: dict, save) -> None:
             snap["points"].append(point)
             save()
 
-        fmnist_eval.evaluate_at(net, config, args.w, per_class, ddim_steps=args.ddim_steps, device=args.device,
+        fmnist_eval.evaluate_at(net, config, ws, per_class, ddim_steps=args.ddim_steps, device=args.device,
                                 on_point=on_point)
 
 
@@ -227,6 +232,9 @@ def main() -> None:
     parser.add_argument("--eval-at", default="1,2,3.5,5.5", help="minutes at which to snapshot the EMA (<= --minutes)")
     parser.add_argument("--n", type=int, default=5000, help="samples per w (split over the 10 classes)")
     parser.add_argument("--w", default="0,1,3")
+    parser.add_argument("--early-n", type=int, default=None,
+                        help="samples per w for the snapshots before the last (default: --n)")
+    parser.add_argument("--early-w", default=None, help="weights for the snapshots before the last (default: --w)")
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--out", default="runs/time_to_quality")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (ours)")
@@ -243,6 +251,7 @@ def main() -> None:
     if args.side is None:
         parser.error("pass --side new|old|diffusers, or --merge DIR --layout TEXT")
     args.w = [float(v) for v in args.w.split(",")]
+    args.early_w = [float(v) for v in args.early_w.split(",")] if args.early_w else None
     args.eval_at = sorted({min(float(v), args.minutes) for v in args.eval_at.split(",")} | {args.minutes})
     args.device = fmnist_eval.device_name()
     run_side(args)
