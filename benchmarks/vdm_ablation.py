@@ -1,7 +1,7 @@
 """VDM ablation on Fashion-MNIST: fixed schedule vs learned schedule vs learned + Fourier features.
 
 Each variant trains with the same budget (``--minutes`` of wall time and/or ``--steps``) through
-the project's training loop (guidediff.train, the VDM bound as its loss closure), then its EMA
+the project's training loop (guidediff.vdm.training.train_vdm, as `guidediff train` does), then its EMA
 weights are evaluated on the test set: bits/dim with a 95% interval and the three terms, for
 log p(x|c) with the true labels and for the unconditional log p(x) (null token). Writes
 benchmarks/results/vdm_ablation.json (or $BENCH_OUT/vdm_ablation.json) after every variant, so a
@@ -38,10 +38,10 @@ import common  # noqa: E402
 
 from guidediff.data.images import load_dataset, to_tensor_dataset  # noqa: E402
 from guidediff.nets.unet import count_parameters  # noqa: E402
-from guidediff.runtime import derive_seed  # noqa: E402
-from guidediff.train import resolve_model_config, train  # noqa: E402
-from guidediff.vdm import VDMModel, evaluate_bpd, load_vdm_run_config, vdm_loss, vdm_unet_config  # noqa: E402
+from guidediff.train import resolve_model_config  # noqa: E402
+from guidediff.vdm import evaluate_bpd, load_vdm_run_config  # noqa: E402
 from guidediff.vdm.loading import load_vdm  # noqa: E402
+from guidediff.vdm.training import train_vdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("fixed", "learned", "learned_fourier")
@@ -182,18 +182,15 @@ def main(argv=None) -> int:
 
     for name in names:
         vdm = variant_vdm(name, base_vdm, args.fixed_range)
-        cfg = dataclasses.replace(config, model=vdm_unet_config(config.model, vdm))
-        torch.manual_seed(derive_seed(cfg.train.seed, "init"))
-        net = VDMModel(cfg.model, vdm)
+        cfg = dataclasses.replace(config, model=dataclasses.replace(config.model))
         run_dir = runs / name
         if run_dir.exists():
             import shutil
 
             shutil.rmtree(run_dir)  # a benchmark starts fresh: equal budgets
-        loss_fn = vdm_loss(vdm, p_uncond=cfg.diffusion.p_uncond, null_class=null_class)
-        result = train(cfg, run_dir, loss_fn=loss_fn, net=net, dataset=train_data, sample_fn=lambda *a: None,
-                       time_limit_s=time_limit, progress=args.progress, command=payload["command"],
-                       log=lambda msg: print(f"  [{name}] {msg}", flush=True))
+        result = train_vdm(cfg, run_dir, vdm, dataset=train_data, sample_fn=lambda *a: None,
+                           time_limit_s=time_limit, progress=args.progress, command=payload["command"],
+                           log=lambda msg: print(f"  [{name}] {msg}", flush=True))
         train_s = result.elapsed_s
 
         t_eval = time.time()
@@ -226,7 +223,7 @@ def main(argv=None) -> int:
         payload["total_minutes"] = (time.time() - t_start) / 60
         common.write_result("vdm_ablation", payload)
         save_figure(out_dir / "vdm_ablation.png", payload["variants"])
-        del model, net
+        del model
         if cuda:
             torch.cuda.empty_cache()
     return 0

@@ -496,6 +496,15 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return read_tensors(path, device), parsed
 
 
+def model_config(source: str | Path) -> Config:
+    """The Config of anything ``load_model`` accepts, without building the network where it can."""
+    from guidediff.external.diffusers_unet import is_diffusers_unet, load_diffusers_model
+
+    if is_diffusers_unet(source):
+        return load_diffusers_model(source)[1]
+    return load_weights(source)[1]
+
+
 def load_weights(source: str | Path, weights: str = "ema") -> tuple[dict[str, torch.Tensor], Config, str]:
     """(tensors, Config, where they came from) for a checkpoint or run directory, an exported
     .safetensors model, or a shipped model name such as 'fmnist-cfg'."""
@@ -525,15 +534,32 @@ def load_weights(source: str | Path, weights: str = "ema") -> tuple[dict[str, to
                      f"directory, a .safetensors model, or one of: {', '.join(models.SHIPPED)}")
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema"):
+def load_model(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema",
+               null_class: int | None = None):
     """(net in eval mode on `device`, Config) from a checkpoint or run directory, an exported
-    .safetensors model, or a shipped model name such as 'fmnist-cfg'. Only the path is needed:
-    the config travels inside. A distilled student (``guidediff distill``; its weights include the
-    w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``."""
+    .safetensors model, a shipped model name such as 'fmnist-cfg', or a diffusers UNet2DModel
+    directory (``external.diffusers_unet``; ``null_class`` is its null label, default the last).
+    Only the path is needed: the config travels inside. A distilled student (``guidediff distill``;
+    its weights include the w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``, a
+    VDM (weights with a ``vdm_config`` buffer) as ``vdm.model.VDMSamplingNet``."""
+    from guidediff.external.diffusers_unet import is_diffusers_unet, load_diffusers_model
     from guidediff.nets.unet import UNet
     from guidediff.nets.w_conditioned import WConditionedUNet
 
+    if is_diffusers_unet(source):
+        return load_diffusers_model(source, device, null_class=null_class)
+    require(null_class is None, f"{source} is a guidediff model: its null label is always num_classes; leave out "
+                                "the null class (it is for diffusers models)")
     tensors, config, where = load_weights(source, weights)
+    from guidediff.vdm.model import config_from_tensors
+
+    vdm = config_from_tensors(tensors)
+    if vdm is not None:  # a VDM (`guidediff train` with a [vdm] config): its denoiser on its own schedule
+        from guidediff.vdm.loading import vdm_from_tensors
+        from guidediff.vdm.model import VDMSamplingNet
+
+        net = VDMSamplingNet(vdm_from_tensors(tensors, config, vdm, where))
+        return net.to(device).eval().requires_grad_(False), config
     student = any(k.startswith("w_embed.") for k in tensors)
     net = (WConditionedUNet if student else UNet)(config.model)
     check_state_dict(tensors, net.state_dict(), where)

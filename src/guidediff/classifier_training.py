@@ -10,6 +10,7 @@ predictions. The last epoch's model is kept (no selection on the test set, which
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -63,6 +64,63 @@ def train_fmnist_classifier(out_path: str | Path, epochs: int = 30, batch_size: 
     images (for quick tests).
     """
     from guidediff.data.fmnist import load_fmnist
+
+    train_images, train_labels = load_fmnist("train", data_dir)
+    if train_limit is not None:
+        train_images, train_labels = train_images[:train_limit], train_labels[:train_limit]
+    return train_classifier((train_images, train_labels), load_fmnist("test", data_dir), out_path,
+                            epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, arch=arch,
+                            weight_decay=weight_decay, label_smoothing=label_smoothing, log=log,
+                            held_out_name="10k test images")
+
+
+def holdout_split(labels, holdout: float, seed: int = 0):
+    """(train indices, held-out indices): a fixed-seed split keeping ``holdout`` of each class
+    (at least one image of every class with two or more)."""
+    import numpy as np
+
+    if not 0.0 < holdout < 1.0:
+        raise UsageError(f"the held-out share must lie strictly between 0 and 1, got {holdout}")
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(max(1, round(holdout * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        held.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
+def train_folder_classifier(data: str | Path, out_path: str | Path, *, resolution: int = 64, channels: int = 3,
+                            holdout: float = 0.1, epochs: int = 30, batch_size: int = 256, lr: float = 2e-3,
+                            device: str | torch.device = "auto", seed: int = 0, arch: dict | None = None,
+                            skip_bad: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Train the evaluation classifier on a user's image folder (one sub-folder per class),
+    ``holdout`` of each class held out for the reported accuracy. The weights file records the
+    folder, resolution, channels and class names, so ``guidediff eval --ref FOLDER`` can check them."""
+    from guidediff.data.imagefolder import load_image_folder
+
+    images, labels, class_names = load_image_folder(data, resolution, channels, skip_bad=skip_bad)
+    if len(class_names) < 2:
+        raise UsageError(f"{data} holds {len(class_names)} class sub-folder(s); a classifier needs at least two")
+    train_idx, held_idx = holdout_split(labels, holdout, seed)
+    if len(held_idx) == 0:
+        raise UsageError(f"{data} has too few images to hold any out; add images (two or more per class)")
+    arch = {"num_classes": len(class_names), "in_channels": channels, **(arch or {})}
+    return train_classifier((images[train_idx], labels[train_idx]), (images[held_idx], labels[held_idx]), out_path,
+                            epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, arch=arch,
+                            log=log, held_out_name=f"{len(held_idx)} held-out images",
+                            info={"data": str(Path(data).expanduser().resolve()), "resolution": resolution,
+                                  "channels": channels, "class_names": json.dumps(class_names),
+                                  "holdout": holdout})
+
+
+def train_classifier(train_set, held_out_set, out_path: str | Path, *, epochs: int = 30, batch_size: int = 256,
+                     lr: float = 2e-3, device: str | torch.device = "auto", seed: int = 0, arch: dict | None = None,
+                     weight_decay: float = 0.05, label_smoothing: float = 0.0, log: Callable[[str], None] = print,
+                     held_out_name: str = "held-out images", info: dict | None = None) -> dict:
+    """Train FmnistClassifier on (images uint8 [N, H, W, C], labels) and report its float32
+    accuracy on ``held_out_set``; write the weights (with ``info`` in the metadata) to out_path."""
     from guidediff.data.images import random_hflip, to_tensor_dataset
     from guidediff.sampling import resolve_device
     from guidediff.nets.fmnist_classifier import FmnistClassifier, save_classifier
@@ -75,12 +133,9 @@ def train_fmnist_classifier(out_path: str | Path, epochs: int = 30, batch_size: 
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
 
-    train_images, train_labels = load_fmnist("train", data_dir)
-    if train_limit is not None:
-        train_images, train_labels = train_images[:train_limit], train_labels[:train_limit]
-    x_train, y_train = to_tensor_dataset(train_images, train_labels, device)
-    x_test, y_test = to_tensor_dataset(*load_fmnist("test", data_dir), device)
-
+    x_train, y_train = to_tensor_dataset(*train_set, device)
+    x_test, y_test = to_tensor_dataset(*held_out_set, device)
+    pad = max(2, x_train.shape[-1] // 14)  # 2 pixels at 28, scaled with the image
     model = FmnistClassifier(**(arch or {})).to(device)
     if cuda:
         # channels_last lets cuDNN pick its fastest NHWC kernels for these small convolutions.
@@ -110,7 +165,7 @@ def train_fmnist_classifier(out_path: str | Path, epochs: int = 30, batch_size: 
         perm = torch.randperm(n, device=device, generator=gen)
         for i in range(steps):
             idx = perm[i * batch:(i + 1) * batch]
-            xb = random_hflip(random_crop(x_train[idx], 2, gen), gen)
+            xb = random_hflip(random_crop(x_train[idx], pad, gen), gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -130,7 +185,7 @@ def train_fmnist_classifier(out_path: str | Path, epochs: int = 30, batch_size: 
     model = model.to(memory_format=torch.contiguous_format)
     path = save_classifier(model, out_path, test_accuracy=f"{test_accuracy:.6f}", epochs=epochs,
                            batch_size=batch, lr=lr, seed=seed, train_images=n,
-                           weight_decay=weight_decay, label_smoothing=label_smoothing)
-    log(f"test accuracy {test_accuracy:.2%} (float32, 10k test images); wrote {path}")
+                           weight_decay=weight_decay, label_smoothing=label_smoothing, **(info or {}))
+    log(f"test accuracy {test_accuracy:.2%} (float32, {held_out_name}); wrote {path}")
     return {"test_accuracy": test_accuracy, "final_train_loss": loss_mean, "epochs": epochs,
             "seconds": seconds, "params": params, "path": str(path)}

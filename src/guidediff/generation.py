@@ -214,7 +214,8 @@ def generate(
     guide = _network(guide_net, device, **runtime) if guide_net is not None else None
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
-    lams = model_lam_grid(config, steps, device, kind=grid)
+    # a VDM brings its own (learned) schedule, a diffusers model its scheduler; others sample the config's
+    lams = model_lam_grid(config, steps, device, kind=grid, schedule=getattr(net, "schedule", None))
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     batches = _batches(items, spec, batch_size)
@@ -260,12 +261,17 @@ def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: 
     return sampler_spec.resolve({**options, **(sampler_options or {})})
 
 
-def model_lam_grid(config, steps: int, device, kind: str = "u") -> torch.Tensor:
+def model_lam_grid(config, steps: int, device, kind: str = "u", schedule=None) -> torch.Tensor:
     """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk, on the
-    grid ``kind`` (``schedules.lam_grid``)."""
-    from guidediff.schedules import lam_grid, schedule_from_config
+    grid ``kind`` (``schedules.lam_grid``). ``schedule`` (a VDM's own, learned) replaces the config's;
+    without it the schedule is ``schedules.schedule_of(config)``: an external model's own schedule
+    object where its config carries one (a diffusers scheduler, whose "u" grid is its timesteps),
+    else the (possibly shifted) schedule of [diffusion]."""
+    from guidediff.schedules import lam_grid, schedule_of
 
-    return lam_grid(schedule_from_config(config.diffusion), steps, kind=kind, device=device)
+    if schedule is None:
+        schedule = schedule_of(config)
+    return lam_grid(schedule, steps, kind=kind, device=device).detach()
 
 
 def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:

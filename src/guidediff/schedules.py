@@ -224,6 +224,15 @@ def schedule_from_config(d) -> Schedule:
     return make_schedule(d.schedule, d.lam_min, d.lam_max, getattr(d, "schedule_shift", 1.0))
 
 
+def schedule_of(config) -> Schedule:
+    """The schedule a model's Config describes: the object it carries (an external model's, see
+    guidediff.external), else the one its [diffusion] section names (``schedule_from_config``)."""
+    own = getattr(config, "schedule", None)
+    if own is not None:
+        return own
+    return schedule_from_config(config.diffusion)
+
+
 GRIDS = ("u", "lambda", "karras")
 
 
@@ -239,11 +248,15 @@ def lam_grid(schedule: Schedule, steps: int, *, kind: str = "u", rho: float = 7.
              device=None) -> Tensor:
     """The sampling grid: steps + 1 increasing values of λ between the schedule's ends.
 
-    ``kind="u"``: the schedule's own grid, λ(u) at u = 1, 1 − 1/steps, …, 0. ``"lambda"``: uniform in λ
-    (DPM-Solver's choice). ``"karras"``: EDM's ρ-grid (eq. 5) in σ_edm = σ/α = e^{−λ/2}, mapped back
-    by λ = −2·log σ_edm; it crowds the steps at low noise."""
+    ``kind="u"``: the schedule's own grid, λ(u) at u = 1, 1 − 1/steps, …, 0; a schedule with its own
+    ``lam_grid`` (a discrete one, e.g. a diffusers scheduler's timesteps) chooses that grid itself.
+    ``"lambda"``: uniform in λ (DPM-Solver's choice). ``"karras"``: EDM's ρ-grid (eq. 5) in
+    σ_edm = σ/α = e^{−λ/2}, mapped back by λ = −2·log σ_edm; it crowds the steps at low noise.
+    Both take the ends λ(1), λ(0) of the schedule, whatever its own grid."""
     require(isinstance(steps, int) and steps >= 1, f"steps must be an integer >= 1, got {steps!r}")
     require(kind in GRIDS, f"unknown grid {kind!r}; choose one of {', '.join(GRIDS)}")
+    if kind == "u" and hasattr(schedule, "lam_grid"):
+        return schedule.lam_grid(steps, dtype=dtype, device=device)
     u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     if kind == "u":
         return schedule.lam(u).to(dtype=dtype, device=device)

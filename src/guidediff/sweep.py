@@ -84,6 +84,7 @@ def run_sweep(
     resume: bool = False,
     guidance_options: dict | None = None,
     sampler_options: dict | None = None,
+    null_class: int | None = None,
 ) -> dict:
     """Sample ``n`` images per w (split evenly over the classes), evaluate FID-FMNIST, IS-FMNIST,
     CAS, precision/recall and KID per w, and write the results and figures into ``out_dir``.
@@ -94,7 +95,8 @@ def run_sweep(
     for autoguidance ``guide_model``) swaps plain CFG for a later guidance method, swept over w.
     ``guidance`` may name any method of the guidance registry, with ``guidance_options``;
     ``sampler_options`` go to the sampler. ``resume`` keeps the points an earlier sweep with the
-    same settings wrote into ``out_dir`` and samples only the missing weights."""
+    same settings wrote into ``out_dir`` and samples only the missing weights. ``model`` may be a
+    diffusers UNet2DModel directory; ``null_class`` is then its null label."""
     import torch
 
     from guidediff import plots
@@ -110,7 +112,7 @@ def run_sweep(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
-    net, config = load_model(model, device)
+    net, config = load_model(model, device, null_class=null_class)
     num_classes = config.model.num_classes
     require(num_classes > 0, "the sweep needs a class-conditional model (num_classes > 0)")
     per_class = n // num_classes
@@ -129,11 +131,11 @@ def run_sweep(
     if noisy_classifier is not None:
         # with CFG the noisy classifier only measures (guide_accuracy): the control for CG's
         from guidediff.classifier_guidance import check_label_set, load_noisy_classifier
-        from guidediff.noisy_classifier_training import lam_range
+        from guidediff.schedules import schedule_of
 
         guide_net, _ = load_noisy_classifier(noisy_classifier, device)
         check_label_set(guide_net.num_classes, num_classes, str(noisy_classifier))
-        lam_clean = lam_range(config.diffusion)[1]
+        lam_clean = float(schedule_of(config).lam(torch.zeros(1, dtype=torch.float64)))
 
     summary = {
         "model": model,
@@ -150,6 +152,7 @@ def run_sweep(
         **shown,
         "cfg_variant": cfg_variant,
         "guide_model": None if guide_model is None else str(guide_model),
+        "null_class": null_class,
         "compiled": compile,
         "noisy_classifier": None if noisy_classifier is None else str(noisy_classifier),
         "fid_floor": None,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from guidediff import distributed
 from guidediff.checkpoint import (
     check_state_dict,
     environment,
@@ -210,7 +211,7 @@ def _make_accelerator(config: Config):
     if mp == "auto":
         mp = "no" if cpu else "bf16"
     try:
-        return Accelerator(mixed_precision=mp, cpu=cpu)
+        return Accelerator(mixed_precision=mp, cpu=cpu, kwargs_handlers=[distributed.ddp_kwargs()])
     except ValueError as exc:
         raise UsageError(f"cannot set up training with mixed_precision={mp!r} ({exc}); set train.mixed_precision=no") from None
 
@@ -268,7 +269,7 @@ def _prepare(accelerator, net: nn.Module, optimizer, graphed: bool):
     Accelerate's cached-cast forward cannot sit inside a CUDA graph."""
     if graphed and accelerator.num_processes == 1:
         return net, optimizer
-    return accelerator.prepare(net, optimizer)
+    return distributed.prepare(accelerator, net, optimizer)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from guidediff import distributed
+
 MODES = ("classic", "graph-ready", "graphed")
 # Philox offsets reserved per step: far more than one step consumes (a multiple of 4, as CUDA wants)
 PHILOX_STRIDE = 1 << 24
@@ -125,7 +127,7 @@ class TrainStep:
             self.grad_norm = acc.clip_grad_norm_(self.params, p.grad_clip)
         p.optimizer.step()
         p.scheduler.step()
-        p.optimizer.zero_grad(set_to_none=True)
+        distributed.zero_grad(p.optimizer, p.world_size)  # under DDP the gradients stay its bucket views
         if p.ema is not None:
             p.ema.update(p.net)
         self.loss_sum += loss.detach().float()

@@ -6,14 +6,15 @@ from pathlib import Path
 
 
 def resolve_run(config_path: str | None, overrides: list[str], out: str | None, resume: bool, example: str,
-                default_out: str | None = None):
-    """(config, run_dir). A fresh run takes --config with its overrides; ``--resume`` of a run that
-    has a checkpoint takes the run's own config (the truth) with the overrides on top."""
+                default_out: str | None = None, loader=None):
+    """(config, run_dir). A fresh run takes --config with its overrides (read by ``loader``, default
+    guidediff.config.load_config); ``--resume`` of a run that has a checkpoint takes the run's own
+    config (the truth) with the overrides on top."""
     from guidediff.checkpoint import latest_checkpoint, load_checkpoint
     from guidediff.config import load_config, parse_override, set_value
     from guidediff.errors import UsageError
 
-    config = load_config(config_path, overrides) if config_path else None
+    config = (loader or load_config)(config_path, overrides) if config_path else None
     out = out or (config.out_dir if config else None) or default_out
     if out is None:
         raise UsageError(f"pass --config FILE (e.g. {example}) to start a run, or --out RUN_DIR --resume to "

@@ -1,4 +1,5 @@
-"""`guidediff eval`: FID-FMNIST (with its floor), KID, IS-FMNIST, CAS, precision/recall of samples."""
+"""`guidediff eval`: FID (with its floor), KID, IS, CAS, precision/recall of samples, against
+Fashion-MNIST or a user's image folder."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import argparse
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate generated Fashion-MNIST samples (FID-FMNIST with floor, KID, IS, CAS, P/R)",
+        help="evaluate generated samples (FID with floor, KID, IS, CAS, P/R) against Fashion-MNIST or your folder",
         description="Evaluate samples against the Fashion-MNIST reference with the evaluation "
                     "classifier's features. SAMPLES is a .npz (x uint8 [N,H,W,C], optional y int64, "
                     "-1 = unconditional) or a folder of PNGs (flat, or one sub-folder per class index).",
     )
     p.add_argument("samples", metavar="SAMPLES", help="samples .npz or image folder")
-    p.add_argument("--ref", default="test", choices=["test", "train"],
-                   help="reference set: the 10k test images (default) or the floor's 10k training images")
+    p.add_argument("--ref", default="test", metavar="test|train|FOLDER",
+                   help="reference set: the 10k Fashion-MNIST test images (default), the floor's 10k training "
+                        "images, or your image folder (one sub-folder per class; needs --classifier trained "
+                        "on it by `guidediff train-classifier --data FOLDER`)")
     p.add_argument("--json", metavar="OUT.json", default=None, help="write the metrics here")
     p.add_argument("--classifier", metavar="PATH", default=None,
                    help="evaluation classifier weights (default: the shipped ones)")
@@ -28,13 +31,15 @@ def add_parser(subparsers) -> None:
 
 
 def _table(result: dict) -> str:
-    n = result["n"]
+    from guidediff.metrics.evaluate import feature_tag
+
+    n, tag = result["n"], feature_tag(result)
     rows = [("n", str(n)),
-            ("FID-FMNIST", f"{result['fid']:.4g}  (floor {result['fid_floor']:.4g})")]
+            (f"FID-{tag}", f"{result['fid']:.4g}  (floor {result['fid_floor']:.4g})")]
     if "fid_inception" in result:
         rows.append(("FID-Inception", f"{result['fid_inception']:.4g}  (floor {result['fid_inception_floor']:.4g})"))
-    rows += [("KID-FMNIST", f"{result['kid']['mean']:.5f} ± {result['kid']['std']:.5f}"),
-             ("IS-FMNIST", f"{result['is']:.3f}")]
+    rows += [(f"KID-{tag}", f"{result['kid']['mean']:.5f} ± {result['kid']['std']:.5f}"),
+             (f"IS-{tag}", f"{result['is']:.3f}")]
     cas = result["cas"]
     if cas is None:
         rows.append(("CAS", "- (no class labels)"))

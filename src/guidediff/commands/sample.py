@@ -19,8 +19,10 @@ def add_parser(subparsers) -> None:
         description="Writes DIR/samples.npz (x uint8 [N,H,W,C], y int64 class, w float32) and one PNG grid per w "
                     "(rows = classes). w is the CFG paper's weight: eps = (1+w)*eps(z,c) - w*eps(z,null); "
                     "diffusers' guidance_scale = 1 + w. Write negative weights as --w=-1,0,3.")
-    p.add_argument("model", help="checkpoint or run directory, exported .safetensors model, or a shipped model "
-                                 "name (fmnist-cfg)")
+    p.add_argument("model", help="checkpoint or run directory, exported .safetensors model, a shipped model "
+                                 "name (fmnist-cfg), or a diffusers UNet2DModel directory (save_pretrained)")
+    p.add_argument("--null-class", type=int, default=None,
+                   help="diffusers models: the label index of the null (unconditional) class (default: the last)")
     p.add_argument("--classes", default="all", help="classes to sample: all, 0-9, 0,3,5 (default: all)")
     p.add_argument("--w", default=None, help="comma list of guidance weights (default: the model config's sample.w)")
     p.add_argument("--n", type=int, default=8, help="images per (class, w) (default 8)")
@@ -72,7 +74,7 @@ def run(args) -> int:
     from guidediff.guidance import get_guidance
 
     device = resolve_device(args.device)
-    net, config = load_model(args.model, device, weights=args.weights)
+    net, config = load_model(args.model, device, weights=args.weights, null_class=args.null_class)
     s = config.sample
     num_classes = config.model.num_classes
     spec = get_guidance(args.guidance)

@@ -15,7 +15,10 @@ from guidediff.commands._sampler_args import add_grid_argument, sampler_names
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="sample at several guidance weights and evaluate each (FID/IS/CAS/P/R)")
-    p.add_argument("model", help="checkpoint directory, exported model file, or shipped model name (fmnist-cfg)")
+    p.add_argument("model", help="checkpoint directory, exported model file, shipped model name (fmnist-cfg), or "
+                                 "a diffusers UNet2DModel directory (save_pretrained)")
+    p.add_argument("--null-class", type=int, default=None,
+                   help="diffusers models: the label index of the null (unconditional) class (default: the last)")
     p.add_argument("--w", default=None, help="comma list of CFG weights w (diffusers' scale = 1 + w); "
                                             "default 0,0.1,0.3,0.5,1,2,3,4")
     p.add_argument("--n", type=int, default=10000, help="images per w, split evenly over the classes")
@@ -68,10 +71,10 @@ def run(args) -> int:
         require(resolve_device(args.device).type == "cuda", "--compile is for sampling on a GPU; leave it out on the CPU")
     variant, guide, options = None, args.guide_model, method_options(args, spec)
     if args.guidance == "cfg":
-        from guidediff.checkpoint import load_weights
+        from guidediff.checkpoint import model_config
 
         # the model config's [sample] section may choose the guidance method
-        variant, guide = cfg_variant_from_args(args, load_weights(args.model)[1].sample)
+        variant, guide = cfg_variant_from_args(args, model_config(args.model).sample)
     try:
         _sweep(args, knobs, options, variant, guide)
     except UsageError as error:
@@ -88,5 +91,6 @@ def _sweep(args, knobs, options, variant, guide) -> None:
         classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
         noisy_classifier=args.noisy_classifier, guidance_options=options,
         cfg_variant=variant, guide_model=guide, compile=args.compile, resume=args.resume,
+        null_class=args.null_class,
         sampler_options=sampler_options(args, args.sampler),
     )

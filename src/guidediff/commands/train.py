@@ -39,7 +39,8 @@ class _TrainParser(argparse.ArgumentParser):
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a class-conditional diffusion model (classifier-free guidance)", allow_abbrev=False,
+        "train", help="train a class-conditional diffusion model (CFG; a VDM when the config has a [vdm] table)",
+        allow_abbrev=False,
         description="Train from a TOML config; every config key can be overridden with --set section.key=value "
                     "(or --section.key=value). A run directory holds config.json, log.jsonl, tb/ (TensorBoard), "
                     "samples/ and checkpoints/; every invocation ends by exporting the latest EMA weights as "
@@ -77,6 +78,7 @@ def _command_line(args) -> str:
 
 def run(args) -> int:
     import os
+    from functools import partial
     from pathlib import Path
 
     from guidediff.errors import require
@@ -94,10 +96,19 @@ def run(args) -> int:
     # the run directory: --out, else the config's out_dir, else runs/<config stem>
     from guidediff.commands._run_dir import resolve_run
 
-    config, run_dir = resolve_run(args.config, overrides, args.out, args.resume, "configs/fmnist_cfg.toml",
-                                  default_out=f"runs/{Path(args.config).stem}" if args.config else None)
+    # a config with a [vdm] table (configs/fmnist_vdm.toml) trains a VDM: the config decides the method
+    from guidediff.vdm.training import has_vdm_table, load_config_without_vdm, train_vdm, vdm_for_run
+
+    plain = [item for item in overrides if not item.startswith("vdm.")]
+    config, run_dir = resolve_run(args.config, plain, args.out, args.resume, "configs/fmnist_cfg.toml",
+                                  default_out=f"runs/{Path(args.config).stem}" if args.config else None,
+                                  loader=load_config_without_vdm if has_vdm_table(args.config) else None)
+    vdm = vdm_for_run(args.config, overrides, run_dir, args.resume)
 
     from guidediff.train import describe, train
+
+    if vdm is not None:
+        train = partial(train_vdm, vdm=vdm)
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun
     if main_process:

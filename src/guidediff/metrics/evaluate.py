@@ -55,12 +55,15 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
 
     images: uint8 [N, 28, 28, 1]; labels: int64 [N] (−1 = unconditional) or None; classifier: a
     module, a weights path, or None for the shipped one; ref: "test" (the 10k test images) or
-    "train" (the floor's 10k training images). Returns a dict with exactly METRIC_KEYS:
+    "train" (the floor's 10k training images), or a user's image folder (one sub-folder per class):
+    the samples (any size, 1 or 3 channels) are then compared with a fixed half of its images at
+    the samples' size, the floor is the other half's FID, and ``classifier`` must be the one
+    ``train_folder_classifier`` trained on that folder. Returns a dict with exactly METRIC_KEYS:
     kid = {"mean", "std"}, cas = {"overall", "per_class", "n"} or None. With inception_weights,
     "fid_inception" and "fid_inception_floor" are added.
     """
     from guidediff.metrics.class_accuracy import class_accuracy
-    from guidediff.metrics.features import check_fmnist_images, extract
+    from guidediff.metrics.features import check_fmnist_images, check_images, extract
     from guidediff.runtime import resolve_device
     from guidediff.metrics.fid import fit_gaussian, frechet_distance
     from guidediff.metrics.inception_score import inception_score
@@ -68,12 +71,26 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
     from guidediff.metrics.precision_recall import precision_recall
     from guidediff.metrics.reference import classifier_reference
 
-    if ref not in REFS:
-        raise UsageError(f"unknown reference {ref!r}; choose one of {', '.join(REFS)}")
-    images = check_fmnist_images(images)
+    folder = ref not in REFS
+    if folder and not Path(str(ref)).expanduser().is_dir():
+        raise UsageError(f"unknown reference {ref!r}; choose one of {', '.join(REFS)} or an image folder")
+    images = check_images(images) if folder else check_fmnist_images(images)
     n = len(images)
     if n <= PR_K:
         raise UsageError(f"need more than {PR_K} samples to evaluate, got {n}; generate more")
+    if folder and classifier is None:
+        raise UsageError("a folder reference needs its own evaluation classifier; train one with `guidediff "
+                         "train-classifier --data FOLDER --out CLF` and pass --classifier CLF")
+    if folder and isinstance(classifier, (str, Path)):
+        from guidediff.nets.fmnist_classifier import read_metadata
+
+        trained = read_metadata(classifier).get("resolution")
+        if trained is not None and images.shape[1:3] != (int(trained), int(trained)):
+            raise UsageError(f"the samples are {images.shape[1]}x{images.shape[2]} but the classifier {classifier} "
+                             f"was trained on {trained}x{trained} images of the folder; sample at {trained}x{trained} "
+                             "or train a classifier at the samples' size (--resolution)")
+    if folder and inception_weights is not None:
+        raise UsageError("--inception-weights compares with Fashion-MNIST; leave it out with a folder reference")
     device = resolve_device(device)
     model = _classifier(classifier, device)
     inception = None
@@ -83,9 +100,18 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
         inception = load_fid_inception(inception_weights, device)  # fail before the long part
 
     features, probs = extract(images, model, batch_size, device)
-    test = classifier_reference("test", model, device, data_dir, batch_size)
-    train = classifier_reference("train10k", model, device, data_dir, batch_size)
-    reference = test if REFS[ref] == "test" else train
+    if folder:
+        from guidediff.metrics.reference import folder_reference
+
+        halves = folder_reference(ref, images.shape[1], images.shape[3])
+        root = str(Path(str(ref)).expanduser().resolve())
+        test = classifier_reference(f"{root}-ref", model, device, batch_size=batch_size, images=halves["ref"])
+        train = classifier_reference(f"{root}-floor", model, device, batch_size=batch_size, images=halves["floor"])
+        reference = test
+    else:
+        test = classifier_reference("test", model, device, data_dir, batch_size)
+        train = classifier_reference("train10k", model, device, data_dir, batch_size)
+        reference = test if REFS[ref] == "test" else train
 
     mu, sigma = fit_gaussian(features)
     kid_mean, kid_std = kid(features, reference.features, num_subsets=kid_subsets, seed=seed, device=device)
@@ -100,22 +126,30 @@ def evaluate_samples(images: np.ndarray, labels: np.ndarray | None = None,
         "precision": precision,
         "recall": recall,
     }
+    if folder:
+        result["reference"] = root  # features of the folder's own classifier, not FMNIST's
     if inception is not None:
         result["fid_inception"], result["fid_inception_floor"] = inception_fid(
             images, inception, ref, device, data_dir)
     return result
 
 
+def feature_tag(result: dict) -> str:
+    """The metrics' honest name suffix: FMNIST, or FOLDER for a folder's own classifier."""
+    return "FOLDER" if "reference" in result else "FMNIST"
+
+
 def format_summary(result: dict) -> str:
     """One line; every FID carries its real-data floor and the sample count n."""
     n = result["n"]
+    tag = feature_tag(result)
     # 3 significant digits: FID-FMNIST lives on the classifier's feature scale, often below 1.
-    parts = [f"FID-FMNIST {result['fid']:.3g} (floor {result['fid_floor']:.3g}, n={n})"]
+    parts = [f"FID-{tag} {result['fid']:.3g} (floor {result['fid_floor']:.3g}, n={n})"]
     if "fid_inception" in result:
         parts.append(f"FID-Inception {result['fid_inception']:.3g} "
                      f"(floor {result['fid_inception_floor']:.3g}, n={n})")
-    parts.append(f"KID-FMNIST {result['kid']['mean']:.4f}±{result['kid']['std']:.4f}")
-    parts.append(f"IS-FMNIST {result['is']:.2f}")
+    parts.append(f"KID-{tag} {result['kid']['mean']:.4f}±{result['kid']['std']:.4f}")
+    parts.append(f"IS-{tag} {result['is']:.2f}")
     if result["cas"] is not None:
         parts.append(f"CAS {result['cas']['overall']:.1%}")
     parts.append(f"precision {result['precision']:.3f} recall {result['recall']:.3f}")

@@ -1,4 +1,4 @@
-"""Evaluation features and class probabilities of uint8 Fashion-MNIST-shaped images."""
+"""Evaluation features and class probabilities of uint8 images (Fashion-MNIST or a user's folder)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,38 @@ def check_fmnist_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def check_images(images: np.ndarray, shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Validate and return images as uint8 [N, H, W, C]; with ``shape`` = (H, W, C) they must match it."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0 or images.shape[-1] not in (1, 3):
+        raise UsageError(f"evaluation images must be uint8 [N, H, W, C] with C = 1 or 3 and N >= 1, got "
+                         f"{images.dtype} {list(images.shape)}")
+    if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+        raise UsageError(f"the samples are {list(images.shape[1:])} (H, W, C) but the reference images are "
+                         f"{list(shape)}; sample at the reference's size or pass a reference of the samples' size")
+    return images
+
+
 @torch.inference_mode()
 def extract(images: np.ndarray, classifier: torch.nn.Module, batch_size: int = 1000,
             device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features float64 [N, D] and softmax probabilities float64 [N, K] of `images`.
+    """Penultimate features float64 [N, D] and softmax probabilities float64 [N, K] of `images`
+    (uint8 [N, H, W, C] of the size and channels the classifier was trained on).
 
     `classifier` needs `features(x)` and a linear `head`-style `forward(x)`; it runs in eval mode
     and in float32 (no autocast: the statistics should not depend on the device's low precision).
     """
     from guidediff.data.images import to_float
 
-    images = check_fmnist_images(images)
+    images = check_images(images)
+    channels = getattr(classifier, "in_channels", images.shape[-1])
+    if images.shape[-1] != channels:
+        raise UsageError(f"the evaluation classifier takes {channels}-channel images but these have "
+                         f"{images.shape[-1]}; pass a classifier trained on such images (`guidediff "
+                         "train-classifier --data FOLDER`, then --classifier) or use the Inception path "
+                         "(--inception-weights PATH)")
     device = resolve_device(device)
     was_training = classifier.training
     classifier.eval()

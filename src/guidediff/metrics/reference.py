@@ -135,14 +135,43 @@ def _read_entry(npz: Path, sidecar: Path, expect: dict, keep_features: bool) -> 
     return ReferenceStats(expect["ref"], n, mu, sigma, features)
 
 
+def folder_reference(root: str | Path, resolution: int, channels: int) -> dict[str, np.ndarray]:
+    """A user's image folder as two reference sets, {"ref": half A, "floor": half B}: a fixed-seed
+    split of all its images. Samples are compared with half A; FID(B, A) is the real-data floor."""
+    from guidediff.data.imagefolder import load_image_folder
+
+    images, _, _ = load_image_folder(root, resolution, channels)
+    if len(images) < 8:
+        raise UsageError(f"the reference folder {root} holds {len(images)} images; it needs at least 8 (two "
+                         "halves of at least 4)")
+    order = np.random.default_rng(FLOOR_SEED).permutation(len(images))
+    half = len(images) // 2
+    return {"ref": images[order[:half]], "floor": images[order[half:2 * half]]}
+
+
+def images_fingerprint(images: np.ndarray) -> str:
+    """sha256 of an image array (shape and bytes): the cache key of a folder's reference set."""
+    h = hashlib.sha256(repr(images.shape).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()
+
+
 def cached_reference(name: str, fingerprint: str, tag: str, compute: Callable[[np.ndarray], np.ndarray],
-                     keep_features: bool = True, data_dir: str | Path | None = None) -> ReferenceStats:
+                     keep_features: bool = True, data_dir: str | Path | None = None,
+                     images: np.ndarray | None = None) -> ReferenceStats:
     """Statistics of reference set `name` under the feature map `compute` (named `tag`, with
-    weights `fingerprint`), from the cache when a valid entry exists, else computed and stored."""
+    weights `fingerprint`), from the cache when a valid entry exists, else computed and stored.
+    ``images`` gives the set itself (a user's folder); `name` then names it and keys the cache,
+    together with the images' own fingerprint."""
     from guidediff import __version__
     from guidediff.metrics.fid import fit_gaussian
 
-    images = reference_images(name, data_dir)
+    if images is None:
+        images = reference_images(name, data_dir)
+        what = f"Fashion-MNIST {name}"
+    else:
+        what = name
+        name = f"{name.rsplit('/', 1)[-1]}-{images_fingerprint(images)[:12]}"
     n = len(images)
     folder = cache_dir()
     stem = f"{tag}-{name}-n{n}-{fingerprint[:16]}"
@@ -162,7 +191,7 @@ def cached_reference(name: str, fingerprint: str, tag: str, compute: Callable[[n
         warnings.warn(f"reference cache {npz} is incomplete (npz or sidecar missing); rebuilding it",
                       stacklevel=2)
 
-    print(f"computing {tag} reference statistics of Fashion-MNIST {name} ({n} images); cached in {folder}",
+    print(f"computing {tag} reference statistics of {what} ({n} images); cached in {folder}",
           file=sys.stderr)
     features = compute(images)
     mu, sigma = fit_gaussian(features)
@@ -183,10 +212,12 @@ def cached_reference(name: str, fingerprint: str, tag: str, compute: Callable[[n
 
 
 def classifier_reference(name: str, classifier: torch.nn.Module, device: str | torch.device = "cpu",
-                         data_dir: str | Path | None = None, batch_size: int = 1000) -> ReferenceStats:
-    """Reference statistics under the evaluation classifier's penultimate features."""
+                         data_dir: str | Path | None = None, batch_size: int = 1000,
+                         images: np.ndarray | None = None) -> ReferenceStats:
+    """Reference statistics under the evaluation classifier's penultimate features (of a
+    Fashion-MNIST set by name, or of ``images``)."""
     from guidediff.metrics.features import extract
 
     return cached_reference(name, weights_fingerprint(classifier), "fmnist-classifier",
                             lambda images: extract(images, classifier, batch_size, device)[0],
-                            keep_features=True, data_dir=data_dir)
+                            keep_features=True, data_dir=data_dir, images=images)

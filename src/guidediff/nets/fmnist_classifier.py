@@ -32,18 +32,20 @@ class FmnistClassifier(nn.Module):
     `feature_dim`, global average pool (the features), dropout and one linear layer (the logits).
 
     Defaults: widths (32, 64, 128), 256 features, 0.58 M parameters (2.3 MiB as float32).
-    Input: x float [B, 1, 28, 28] in [-1, 1].
+    Input: x float [B, in_channels, H, W] in [-1, 1] (Fashion-MNIST: 1 x 28 x 28; the global pool
+    takes any size, e.g. a user's 64 x 64 RGB folder with in_channels = 3).
     """
 
     def __init__(self, widths: tuple[int, ...] | list[int] = (32, 64, 128), feature_dim: int = 256,
-                 num_classes: int = 10, dropout: float = 0.2):
+                 num_classes: int = 10, dropout: float = 0.2, in_channels: int = 1):
         super().__init__()
+        self.in_channels = int(in_channels)
         self.widths = tuple(int(w) for w in widths)
         self.feature_dim = int(feature_dim)
         self.num_classes = int(num_classes)
         self.dropout_p = float(dropout)
         layers: list[nn.Module] = []
-        c_in = 1
+        c_in = self.in_channels
         for i, width in enumerate(self.widths):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
@@ -57,7 +59,7 @@ class FmnistClassifier(nn.Module):
     def config(self) -> dict:
         """The constructor arguments, JSON-serialisable (stored in the weights file)."""
         return {"widths": list(self.widths), "feature_dim": self.feature_dim,
-                "num_classes": self.num_classes, "dropout": self.dropout_p}
+                "num_classes": self.num_classes, "dropout": self.dropout_p, "in_channels": self.in_channels}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features [B, feature_dim]."""

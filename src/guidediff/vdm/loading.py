@@ -36,10 +36,18 @@ def load_vdm(source: str | Path, device: str | torch.device = "cpu", weights: st
         check_state_dict(tensors, model.unet.state_dict(), where)
         model.unet.load_state_dict(tensors)
     else:
-        model = VDMModel(config.model, vdm)
-        # the stored config bytes were just parsed; the rebuilt model's own copy replaces them, so a
-        # config that gained a field since still loads.
-        tensors = {**tensors, CONFIG_BUFFER: model.vdm_config}
-        check_state_dict(tensors, model.state_dict(), where)
-        model.load_state_dict(tensors)
+        model = vdm_from_tensors(tensors, config, vdm, where)
     return model.to(device).eval().requires_grad_(False), config
+
+
+def vdm_from_tensors(tensors: dict[str, torch.Tensor], config, vdm: VDMConfig, where: str) -> VDMModel:
+    """The VDMModel whose weights (a ``vdm_config`` buffer among them) are ``tensors``."""
+    from guidediff.checkpoint import check_state_dict
+
+    model = VDMModel(config.model, vdm)
+    # the stored config bytes were just parsed; the rebuilt model's own copy replaces them, so a
+    # config that gained a field since still loads.
+    tensors = {**tensors, CONFIG_BUFFER: model.vdm_config}
+    check_state_dict(tensors, model.state_dict(), where)
+    model.load_state_dict(tensors)
+    return model

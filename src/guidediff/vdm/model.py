@@ -121,3 +121,24 @@ def vdm_loss(vdm: VDMConfig, *, p_uncond: float, null_class: int) -> Callable:
         return bits_per_dim(terms.total.mean(), dims_of(x))
 
     return loss_fn
+
+
+class VDMSamplingNet(nn.Module):
+    """A trained VDM as the ε-network that ``sampling.generate`` (and so `guidediff sample`) draws
+    from: ``forward(z, lam, c)`` is its denoiser (Fourier features included) and ``schedule`` its
+    own, possibly learned, schedule, whose λ grid ``generate`` uses instead of the config's."""
+
+    def __init__(self, model: VDMModel):
+        super().__init__()
+        self.model = model
+
+    @property
+    def schedule(self):
+        return self.model.schedule
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.model.unet.config
+
+    def forward(self, z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+        return self.model.denoiser(z, lam, c)
