@@ -132,7 +132,8 @@ def test_heun_pays_two_evaluations_but_the_last(gmm3):
     counts = {}
     for sampler in ["ddim", *FAST]:
         counter = CountingDenoiser(m)
-        _run(counter, c, sampler, 10)
+        # every step second order here; test_heun_steps_from_above_euler_above_... covers the first-order ones
+        _run(counter, c, sampler, 10, **({"euler_above": float("inf")} if sampler == "heun" else {}))
         counts[sampler] = counter.nfe_per_image(len(c))
     assert counts == {"ddim": 10, "dpmpp-2m": 10, "heun": 19, "unipc": 10}
 
@@ -227,3 +228,18 @@ def test_every_sampler_runs_every_guidance_on_images(tiny_unets, sampler):
             x = samplers.sample(den, torch.randn(4, 1, 8, 8, generator=gen), lams, c, sampler=sampler,
                                 generator=gen, **options)
         assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all()), (method, w)
+
+
+def test_heun_steps_from_above_euler_above_are_first_order():
+    # our grids start at sigma/alpha = e^10; a trapezoid across sigma ratios of hundreds saturated real samples
+    from guidediff.guidance import CountingDenoiser
+    from guidediff.samplers import get_sampler
+
+    lams = torch.linspace(-20.0, 8.0, 9)
+    above = int((torch.exp(-0.5 * lams[:-1]) > 80.0).sum())
+    assert 0 < above < 8
+    for euler_above, expected in ((80.0, 2 * 8 - 1 - above), (float("inf"), 2 * 8 - 1)):
+        counter = CountingDenoiser(lambda z, lam, c: 0.1 * z)
+        get_sampler("heun").fn(counter, torch.randn(3, 2), lams, torch.zeros(3, dtype=torch.long),
+                               euler_above=euler_above)
+        assert counter.nfe_per_image(3) == expected
