@@ -119,8 +119,8 @@ def part_gaussians25(args, work: Path, out: Path) -> dict:
     mlp_net, mlp_seconds = None, None
     if args.toy_diffusion_steps > 0:
         # A trained diffusion model: the project's 2-D MLP denoiser (nets/mlp.py) trained with the
-        # ε-loss (toy_run.train_toy_denoiser).
-        from guidediff.toy_run import train_toy_denoiser
+        # ε-loss (toy.run.train_toy_denoiser).
+        from guidediff.toy.run import train_toy_denoiser
 
         t0 = time.perf_counter()
         mlp_net = train_toy_denoiser(mix, steps=args.toy_diffusion_steps, log=None)

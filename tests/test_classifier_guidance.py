@@ -17,7 +17,7 @@ from guidediff import samplers, schedules
 from guidediff.classifier_guidance import check_label_set, classifier_grad_log_prob, load_noisy_classifier
 from guidediff.data.toy2d import load_toy
 from guidediff.errors import UsageError
-from guidediff.nets.noisy_classifier import NoisyClassifier
+from guidediff.classifier_guidance.network import NoisyClassifier
 from guidediff.nets.unet import UNetConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -144,7 +144,7 @@ def test_label_set_mismatch_is_a_usage_error():
 
 
 def test_train_load_and_guide(tmp_path):
-    from guidediff.noisy_classifier_training import train_noisy_classifier
+    from guidediff.classifier_guidance.training import train_noisy_classifier
 
     config = tiny_config("train.steps=30", "train.sample_every=15", "train.checkpoint_every=15",
                          "train.warmup_steps=1", "train.batch_size=16", "train.lr=3e-3")
@@ -186,7 +186,7 @@ def test_loading_a_diffusion_model_as_classifier_is_a_usage_error(tmp_path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A tiny diffusion model (3 classes), a noisy classifier on the same data, one on 4 classes."""
-    from guidediff.noisy_classifier_training import train_noisy_classifier
+    from guidediff.classifier_guidance.training import train_noisy_classifier
     from guidediff.train import train
 
     root = tmp_path_factory.mktemp("cg")
@@ -247,7 +247,7 @@ def test_cli_sweep_checks_its_knob(runs, tmp_path, capsys):
 
 # ------------------------------------------------------------------ 2-D toy without the oracle
 def test_toy_trained_classifier_guidance(tmp_path):
-    from guidediff.toy_run import run_toy, train_toy_classifier
+    from guidediff.toy.run import run_toy, train_toy_classifier
 
     mixture = load_toy("gmm3")
     clf = train_toy_classifier(mixture, steps=150, batch_size=256, log=None)

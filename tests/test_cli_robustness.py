@@ -360,7 +360,7 @@ def test_overwrite_never_empties_the_working_directory(world, tmp_path, capsys, 
 
 def test_non_finite_samples_stop_with_the_model_named(world):
     from guidediff.checkpoint import load_model
-    from guidediff.sampling import generate
+    from guidediff.generation import generate
 
     net, config = load_model(world["model"])
     net.forward = lambda z, lam, c: torch.full_like(z, float("inf"))  # finite weights, overflowing output

@@ -124,7 +124,7 @@ def test_generate_sample_and_every_guidance_method(model_dir, tmp_path):
 
     from guidediff.generation import generate
     from guidediff.guidance import GUIDANCE
-    from guidediff.nets.noisy_classifier import NoisyClassifier
+    from guidediff.classifier_guidance.network import NoisyClassifier
     from guidediff.nets.unet import UNetConfig
     from guidediff.samplers import SAMPLERS
 

@@ -135,7 +135,7 @@ def test_unwritable_out_names_the_directory(tmp_path, capsys):
 
 def test_saved_model_reproduces_the_samples(trained_run):
     """model.safetensors (weights + config in its metadata) alone regenerates samples.npz."""
-    from guidediff.toy_run import guided, load_toy_model, sample_toy
+    from guidediff.toy.run import guided, load_toy_model, sample_toy
 
     model = load_toy_model(trained_run / "model.safetensors")
     x, y, w = sample_toy(

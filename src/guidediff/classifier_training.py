@@ -122,7 +122,7 @@ def train_classifier(train_set, held_out_set, out_path: str | Path, *, epochs: i
     """Train FmnistClassifier on (images uint8 [N, H, W, C], labels) and report its float32
     accuracy on ``held_out_set``; write the weights (with ``info`` in the metadata) to out_path."""
     from guidediff.data.images import random_hflip, to_tensor_dataset
-    from guidediff.sampling import resolve_device
+    from guidediff.runtime import resolve_device
     from guidediff.nets.fmnist_classifier import FmnistClassifier, save_classifier
 
     if epochs < 1 or batch_size < 1 or not (lr > 0) or not math.isfinite(lr):

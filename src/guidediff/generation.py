@@ -168,7 +168,7 @@ def generate(
     ``guidance`` names a method of the guidance registry (``guidance.GUIDANCE``: cfg, interval,
     rescale, apg, autoguidance, classifier, ...) and ``guidance_options`` its options; the extra
     network a method needs comes as ``guide_net`` (autoguidance: same image shape and label set as
-    ``net``) or ``classifier`` (a noisy classifier, ``nets.noisy_classifier``). For classifier
+    ``net``) or ``classifier`` (a noisy classifier, ``classifier_guidance.network``). For classifier
     guidance the values in ``ws`` are the scales s (the result's ``w`` holds s). A distilled
     student (``nets.w_conditioned``) applies w itself. Shorthands kept for callers:
     ``cfg_variant={"name": method, **options}``, ``base`` and ``cg_form`` (classifier options).

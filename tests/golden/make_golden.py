@@ -55,7 +55,7 @@ def tiny_student(config, seed: int = 2):
 
 
 def tiny_classifier(seed: int = 3):
-    from guidediff.nets.noisy_classifier import NoisyClassifier
+    from guidediff.classifier_guidance.network import NoisyClassifier
     from guidediff.nets.unet import UNetConfig
 
     torch.manual_seed(seed)
@@ -113,10 +113,7 @@ def _low_level(out: dict) -> None:
 
 def _generate(out: dict) -> None:
     """The same through ``generate`` (its batching, seeding and method choice)."""
-    try:
-        from guidediff.generation import generate
-    except ImportError:  # before the rename
-        from guidediff.sampling import generate
+    from guidediff.generation import generate
 
     config = tiny_config()
     net = tiny_unet(config)
@@ -173,9 +170,9 @@ def _batch(n: int = 6):
 
 def _losses(out: dict) -> None:
     """A few optimiser steps of each training objective, from the default configs."""
-    from guidediff.nets.noisy_classifier import NoisyClassifier
+    from guidediff.classifier_guidance.network import NoisyClassifier
     from guidediff.nets.unet import UNet
-    from guidediff.noisy_classifier_training import noisy_classifier_loss
+    from guidediff.classifier_guidance.training import noisy_classifier_loss
     from guidediff.train import cfg_loss
 
     config = tiny_config()

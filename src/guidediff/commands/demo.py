@@ -16,7 +16,7 @@ class DemoStep(NamedTuple):
 
 def toy_step(out: Path) -> dict[str, Path]:
     """Train the 2-D MLP briefly on gmm3 and compare it with the exact oracle at w ∈ {−1, 0, 1, 3}."""
-    from guidediff.toy_run import format_table, run_toy
+    from guidediff.toy.run import format_table, run_toy
 
     result = run_toy(data="gmm3", w=(-1.0, 0.0, 1.0, 3.0), out=str(out), n=2000, steps=100, train_steps=3000)
     print(format_table(result.metrics["results"]))

@@ -81,7 +81,7 @@ def config_from_args(args):
     from guidediff.commands._guidance_args import sampler_options
     from guidediff.guidance import get_guidance
     from guidediff.options import parse_assignments
-    from guidediff.toy_run import ToyConfig
+    from guidediff.toy.run import ToyConfig
 
     spec = get_guidance(args.guidance)
     declared = {o.name: o for o in spec.options}
@@ -123,7 +123,7 @@ def config_from_args(args):
 def run(args) -> int:
     import time
 
-    from guidediff.toy_run import format_table, run_toy
+    from guidediff.toy.run import format_table, run_toy
 
     from guidediff.commands._outputs import claim_out_dir
 

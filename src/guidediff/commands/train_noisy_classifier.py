@@ -42,7 +42,7 @@ def run(args) -> int:
                                   "configs/fmnist_noisy_classifier.toml")
 
     from guidediff.data.images import load_dataset
-    from guidediff.noisy_classifier_training import train_noisy_classifier
+    from guidediff.classifier_guidance.training import train_noisy_classifier
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun
     d = config.data

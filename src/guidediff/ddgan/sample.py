@@ -21,7 +21,7 @@ from torch import nn
 from guidediff.ddgan.config import DDGANConfig, data_spec
 from guidediff.ddgan.schedule import DiscreteVP, posterior_sample
 from guidediff.errors import UsageError, require
-from guidediff.sampling import derive_seed, resolve_device
+from guidediff.runtime import derive_seed, resolve_device
 
 
 @torch.no_grad()
@@ -170,7 +170,7 @@ def sample_to_dir(source: str | Path, out: str | Path, n: int, *, classes: str |
     over the modes). classes: the --classes text (all, 0-9, 0,3,5); None or "all" samples every class,
     and is the only choice for an unconditional model. Returns (result, config, files written)."""
     from guidediff.parsing import parse_classes
-    from guidediff.sampling import save_samples
+    from guidediff.generation import save_samples
 
     require(isinstance(n, int) and n >= 1, f"--n must be >= 1, got {n}")
     G, config = load_generator(source, resolve_device(device), weights=weights)

@@ -37,7 +37,7 @@ from guidediff.ddgan.config import DDGANConfig
 from guidediff.ddgan.losses import d_loss, g_loss, r1_penalty
 from guidediff.ddgan.schedule import DiscreteVP, forward_pair, posterior_sample
 from guidediff.errors import UsageError, require
-from guidediff.sampling import derive_seed, resolve_device
+from guidediff.runtime import derive_seed, resolve_device
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"

@@ -2,7 +2,7 @@
 distances to the exact references → a Figure-2-style plot. ``run_toy`` is what ``guidediff toy``
 calls; every step is also a plain function.
 
-    from guidediff.toy_run import run_toy
+    from guidediff.toy.run import run_toy
     result = run_toy(data="gmm3", w=(0, 1, 3), out="runs/toy")   # trains for ~1 min on 2 cores
     result.metrics["results"][0]
 
@@ -206,7 +206,7 @@ def train_toy_classifier(
     import torch.nn.functional as F
 
     from guidediff.diffusion import q_sample
-    from guidediff.nets.noisy_classifier import NoisyMLPClassifier
+    from guidediff.classifier_guidance.network import NoisyMLPClassifier
 
     schedule = schedule if schedule is not None else schedules.make_schedule("cfg")
     torch.manual_seed(seed)

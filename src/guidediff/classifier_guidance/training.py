@@ -140,8 +140,8 @@ def train_noisy_classifier(config, run_dir: str | Path, train_set, test_set, *, 
     """Train a NoisyClassifier through ``train.train`` (checkpoints, EMA, resume, export of
     model.safetensors), then write accuracy_vs_lam.json/png of the EMA weights on ``eval_images``
     held-out images. Returns (TrainResult, accuracy dict)."""
-    from guidediff.nets.noisy_classifier import NoisyClassifier
-    from guidediff.sampling import derive_seed
+    from guidediff.classifier_guidance.network import NoisyClassifier
+    from guidediff.runtime import derive_seed
     from guidediff.train import resolve_model_config, train
 
     run_dir = Path(run_dir)
