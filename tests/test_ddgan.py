@@ -311,6 +311,17 @@ def test_image_run_checkpoints_and_samples_uint8(tmp_path):
         out = generate(G, saved, 2, classes=[3, 7], seed=1)
         assert out["x"].dtype == np.uint8 and out["x"].shape == (4, 28, 28, 1)
         assert out["y"].tolist() == [3, 3, 7, 7] and out["nfe_per_image"] == saved.diffusion.T
+    # the generator is written by checkpoint.save_model: float32 EMA weights, bit for bit, and the
+    # readable metadata beside it
+    from guidediff.checkpoint import read_tensors
+
+    _, _, parts = ddgan_train.read_ddgan_checkpoint(tmp_path / "img", parts=("ema",))
+    exported = read_tensors(result.model_file)
+    assert exported.keys() == parts["ema"].keys()
+    for k, v in parts["ema"].items():
+        assert exported[k].dtype == v.dtype and torch.equal(exported[k], v), k
+    meta = json.loads(result.model_file.with_suffix(".json").read_text())
+    assert meta["format"] == ddgan_train.MODEL_FORMAT and meta["step"] == 2 and meta["commands"] == []
     log = [json.loads(line) for line in (tmp_path / "img" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2 and math.isfinite(log[-1]["loss_d"])
 

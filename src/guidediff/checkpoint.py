@@ -437,11 +437,12 @@ def export_model(checkpoint: str | Path, out_file: str | Path, weights: str = "e
                       weights=weights, torch=ck.state.get("torch"), metrics=ck.state.get("metrics", {}))
 
 
-def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str | Path, dtype: str = "float16",
-               **info: Any) -> Path:
+def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str | Path, dtype: str = "float16", *,
+               model_format: str = MODEL_FORMAT, **info: Any) -> Path:
     """Write network weights as an exported model (the format ``load_model`` reads): the config and
     ``info`` (JSON-able values; commit and torch default to this process's) in the safetensors
-    metadata and, readable, beside it as out_file.json. Atomic."""
+    metadata and, readable, beside it as out_file.json. Atomic. ``config`` is any config with
+    ``to_dict`` (a DDGAN generator passes its own config and ``model_format``)."""
     require(dtype in EXPORT_DTYPES, f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     out_file = Path(out_file)
     require(out_file.suffix == ".safetensors", f"the model file must end in .safetensors, got {out_file}")
@@ -449,7 +450,7 @@ def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str |
     info = {"commit": git_commit(), "torch": torch.__version__, **info, "dtype": dtype,
             "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     # metadata values must be strings: plain strings stay as they are, everything else is JSON
-    meta = {"format": MODEL_FORMAT, "config": json.dumps(config.to_dict()),
+    meta = {"format": model_format, "config": json.dumps(config.to_dict()),
             **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}}
     _remove_stale_tmp(out_file)
     tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
@@ -460,7 +461,7 @@ def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str |
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    readable = {"format": MODEL_FORMAT, "config": config.to_dict(), **info}
+    readable = {"format": model_format, "config": config.to_dict(), **info}
     _write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
     return out_file
 

@@ -55,7 +55,7 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu", weigh
     """(G in eval mode on device, its config) from a run dir, checkpoint dir or exported model file.
     weights: "ema" (default, what sampling should use) or "model" (the raw generator)."""
     from guidediff.checkpoint import latest_checkpoint
-    from guidediff.ddgan.train import CHECKPOINTS, MODEL_FILE, _unprefixed, build_networks, read_ddgan_checkpoint
+    from guidediff.ddgan.train import CHECKPOINTS, MODEL_FILE, unprefixed, build_networks, read_ddgan_checkpoint
 
     require(weights in ("ema", "model"), f"weights must be 'ema' or 'model', got {weights!r}")
     path = Path(source).expanduser()
@@ -69,7 +69,7 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu", weigh
         else:
             _, state, parts = read_ddgan_checkpoint(path, parts=(weights,))
             config = DDGANConfig.from_dict(state["config"], source=str(path))
-            tensors = parts[weights] if weights == "ema" else _unprefixed("G", parts["model"])
+            tensors = parts[weights] if weights == "ema" else unprefixed("G", parts["model"])
     else:
         raise UsageError(f"{path} does not exist; pass a DDGAN run directory, checkpoint or model.safetensors")
     shape, num_classes = data_spec(config.data.name)

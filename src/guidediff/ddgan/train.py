@@ -242,7 +242,8 @@ def _prefixed(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
 
 
-def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One network's tensors ("G" or "D") out of a checkpoint's model part, where both are stored prefixed."""
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
@@ -275,22 +276,6 @@ def read_ddgan_checkpoint(path: str | Path, parts: tuple[str, ...] = ("model", "
     return ckpt, state, {part: read_tensors(ckpt / TENSOR_FILES[part], device) for part in parts}
 
 
-def export_generator(ema_state: dict[str, torch.Tensor], config: DDGANConfig, path: Path, info: dict[str, Any]) -> Path:
-    """One .safetensors file of EMA generator weights; its metadata carries the config."""
-    import os
-
-    from safetensors.torch import save_file
-
-    meta = {"format": MODEL_FORMAT, "config": json.dumps(config.to_dict()), **{k: str(v) for k, v in info.items()}}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 # -- the loop ----------------------------------------------------------------------------------
 
 @dataclass
@@ -312,7 +297,7 @@ def _all_finite(module: nn.Module) -> bool:
 def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
           command: str | None = None, data: TrainingData | None = None) -> DDGANResult:
     """Train DDGAN as configured into out_dir (resuming from its latest checkpoint if asked)."""
-    from guidediff.checkpoint import latest_checkpoint
+    from guidediff.checkpoint import latest_checkpoint, save_model
     from guidediff.ema import EMA
 
     config.validate()
@@ -351,8 +336,8 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
     ema = EMA(G, decay=t.ema_decay, warmup=True)
     step, prior_time, commands = 0, 0.0, []
     if state is not None:
-        G.load_state_dict(_unprefixed("G", tensors["model"]))
-        D.load_state_dict(_unprefixed("D", tensors["model"]))
+        G.load_state_dict(unprefixed("G", tensors["model"]))
+        D.load_state_dict(unprefixed("D", tensors["model"]))
         ema.load_state_dict(tensors["ema"])
         ema.load_meta(state["ema"])
         from guidediff.checkpoint import unflatten_optimizer
@@ -450,15 +435,8 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
             bar.close()
     check_flag()
     ckpt = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
-    model_file = export_generator(ema.state_dict(), config, out_dir / MODEL_FILE,
-                                  {"step": step, "training_time_s": extra()["training_time_s"],
-                                   "commit": _commit(), "torch": torch.__version__,
-                                   "commands": json.dumps(commands)})
+    # float32: the exported generator samples exactly what the run's EMA samples
+    model_file = save_model(ema.state_dict(), config, out_dir / MODEL_FILE, "float32", model_format=MODEL_FORMAT,
+                            step=step, training_time_s=extra()["training_time_s"], commands=commands)
     elapsed = time.perf_counter() - start
     return DDGANResult(out_dir, step, stopped_by, ckpt, model_file, elapsed, steps_per_sec, last)
-
-
-def _commit() -> str | None:
-    from guidediff.checkpoint import git_commit
-
-    return git_commit()
