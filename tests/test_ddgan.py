@@ -349,6 +349,14 @@ def test_config_errors_name_the_fix():
         load_config("fmnist", None, ["diffusion.T=2.5"])
     with pytest.raises(UsageError, match="choose one of"):
         load_config("cifar", None, [])
+    # the shared checked assignment of guidediff.config: a misspelt section is an error even when
+    # its table is empty, and to_dict is plain JSON (lists, not tuples)
+    from guidediff.ddgan.config import apply_nested
+
+    with pytest.raises(UsageError, match="unknown config section 'trian'; did you mean train"):
+        apply_nested(preset("fmnist"), {"trian": {}})
+    d = preset("fmnist").to_dict()
+    assert d == json.loads(json.dumps(d)) and DDGANConfig.from_dict(d) == preset("fmnist")
 
 
 @pytest.mark.parametrize("name,data", [("fmnist", "fmnist"), ("stacked", "stacked-fmnist"), ("grid25", "grid25")])

@@ -155,9 +155,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists)."""
-        out: dict[str, Any] = {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
-        out["out_dir"] = self.out_dir
-        return out
+        return {**sections_to_dict(self, SECTIONS), "out_dir": self.out_dir}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> Config:
@@ -290,40 +288,66 @@ def unknown_key_error(kind: str, name: str, choices: list[str]) -> UsageError:
     return UsageError(f"unknown config {kind} {name!r}; {hint}")
 
 
-def set_value(config: Config, dotted: str, value: Any, source: str = "override") -> None:
-    """Assign ``section.key = value`` on config, checking that the key exists and the type fits."""
-    if dotted in TOP_LEVEL:
+# The checked assignment below works on any config made of dataclass sections (this module's
+# Config, ddgan.config.DDGANConfig): ``sections`` maps a section name to its dataclass and
+# ``top_level`` names plain string keys beside the sections.
+
+def section_keys(sections: dict[str, type], top_level: tuple[str, ...] = ()) -> list[str]:
+    """Every dotted key of a sectioned config, e.g. 'train.lr', then the top-level keys."""
+    return [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)] + list(top_level)
+
+
+def sections_to_dict(config: Any, sections: dict[str, type]) -> dict[str, Any]:
+    """The sections of a config as a JSON-able dict (tuples become lists)."""
+    return {name: _plain(dataclasses.asdict(getattr(config, name))) for name in sections}
+
+
+def assign(config: Any, sections: dict[str, type], dotted: str, value: Any, source: str = "override",
+           top_level: tuple[str, ...] = ()) -> None:
+    """Assign ``section.key = value`` on a sectioned config, checking that the key exists and the type fits."""
+    if dotted in top_level:
         ok, value = convert_value(value, str | None)
         require(ok, f"{dotted} must be a string path ({source}), got {value!r}")
         setattr(config, dotted, value)
         return
     section, _, key = dotted.partition(".")
-    if section not in SECTIONS:
+    if section not in sections:
         if not key:
-            raise unknown_key_error("key", dotted, all_keys())
-        raise unknown_key_error("section", section, list(SECTIONS) + list(TOP_LEVEL))
-    hints = _field_types(SECTIONS[section])
+            raise unknown_key_error("key", dotted, section_keys(sections, top_level))
+        raise unknown_key_error("section", section, list(sections) + list(top_level))
+    hints = _field_types(sections[section])
     if key not in hints:
-        raise unknown_key_error("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
+        raise unknown_key_error("key", dotted, [k for k in section_keys(sections) if k.startswith(section + ".")])
     ok, converted = convert_value(value, hints[key])
     if not ok:
         raise UsageError(f"config key {dotted} ({source}) must be {type_name(hints[key])}, got {value!r}")
     setattr(getattr(config, section), key, converted)
 
 
-def apply_overrides(config: Config, nested: dict[str, Any], source: str = "config") -> Config:
-    """Apply a nested dict {section: {key: value}, out_dir: ...} onto config in place; returns it."""
+def assign_nested(config: Any, sections: dict[str, type], nested: dict[str, Any], source: str = "config",
+                  top_level: tuple[str, ...] = ()) -> Any:
+    """Apply a nested dict {section: {key: value}, top_level_key: ...} onto config in place; returns it."""
     require(isinstance(nested, dict), f"{source} must hold a table of sections")
     for section, body in nested.items():
-        if section in TOP_LEVEL:
-            set_value(config, section, body, source)
+        if section in top_level:
+            assign(config, sections, section, body, source, top_level)
             continue
-        if section not in SECTIONS:
-            raise unknown_key_error("section", section, list(SECTIONS) + list(TOP_LEVEL))
+        if section not in sections:
+            raise unknown_key_error("section", section, list(sections) + list(top_level))
         require(isinstance(body, dict), f"[{section}] in {source} must be a table of keys, got {body!r}")
         for key, value in body.items():
-            set_value(config, f"{section}.{key}", value, source)
+            assign(config, sections, f"{section}.{key}", value, source, top_level)
     return config
+
+
+def set_value(config: Config, dotted: str, value: Any, source: str = "override") -> None:
+    """Assign ``section.key = value`` on config, checking that the key exists and the type fits."""
+    assign(config, SECTIONS, dotted, value, source, TOP_LEVEL)
+
+
+def apply_overrides(config: Config, nested: dict[str, Any], source: str = "config") -> Config:
+    """Apply a nested dict {section: {key: value}, out_dir: ...} onto config in place; returns it."""
+    return assign_nested(config, SECTIONS, nested, source, TOP_LEVEL)
 
 
 def parse_value(text: str) -> Any:
@@ -390,4 +414,4 @@ def load_json_config(path: str | Path) -> Config:
 
 def all_keys() -> list[str]:
     """Every dotted key a user may set, e.g. 'train.lr'."""
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)] + list(TOP_LEVEL)
+    return section_keys(SECTIONS, TOP_LEVEL)

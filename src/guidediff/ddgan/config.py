@@ -7,14 +7,13 @@ Resolution order: preset for data.name ← TOML file ← overrides ← the train
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guidediff.config import convert_value, load_toml, parse_override, type_name, unknown_key_error
+from guidediff.config import assign, assign_nested, load_toml, parse_override, section_keys, sections_to_dict
 from guidediff.errors import UsageError, require
 
 DATASETS = ("fmnist", "stacked-fmnist", "grid25")
@@ -139,7 +138,7 @@ class DDGANConfig:
         return self.data.name in TOY_DATASETS
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return sections_to_dict(self, SECTIONS)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -232,33 +231,16 @@ def preset(name: str) -> DDGANConfig:
 
 def apply_nested(config: DDGANConfig, nested: dict[str, Any], source: str = "config") -> DDGANConfig:
     """Set {section: {key: value}} on config in place (checked keys and types); returns it."""
-    require(isinstance(nested, dict), f"{source} must hold a table of sections")
-    for section, body in nested.items():
-        require(isinstance(body, dict), f"[{section}] in {source} must be a table of keys, got {body!r}")
-        for key, value in body.items():
-            set_value(config, f"{section}.{key}", value, source)
-    return config
+    return assign_nested(config, SECTIONS, nested, source)
 
 
 def all_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    return section_keys(SECTIONS)
 
 
 def set_value(config: DDGANConfig, dotted: str, value: Any, source: str = "override") -> None:
     """Assign section.key = value, checking that the key exists and the value has its type."""
-    import typing
-
-    section, _, key = dotted.partition(".")
-    if section not in SECTIONS:
-        raise unknown_key_error("section" if key else "key", section if key else dotted,
-                                list(SECTIONS) if key else all_keys())
-    hints = typing.get_type_hints(SECTIONS[section])
-    if key not in hints:
-        raise unknown_key_error("key", dotted, [k for k in all_keys() if k.startswith(section + ".")])
-    ok, converted = convert_value(value, hints[key])
-    if not ok:
-        raise UsageError(f"config key {dotted} ({source}) must be {type_name(hints[key])}, got {value!r}")
-    setattr(getattr(config, section), key, converted)
+    assign(config, SECTIONS, dotted, value, source)
 
 
 def load_config(data: str | None = None, path: str | Path | None = None,
