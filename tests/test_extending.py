@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from guidediff.cli import main
+from guidediff.errors import UsageError
 from guidediff.guidance import GUIDANCE, register_guidance
 from guidediff.options import Option
 from guidediff.samplers import SAMPLERS, predict, register_sampler
@@ -92,6 +93,28 @@ def test_the_config_can_choose_the_new_method(model_file):
     from train_helpers import TINY
 
     assert load_config(TINY, ['sample.cfg_variant="test_cond_only"']).sample.cfg_variant == "test_cond_only"
+    # its options in the [sample.guidance_options] table, checked against what it registered
+    chosen = load_config(TINY, ['sample.cfg_variant="test_cond_only"', "sample.guidance_options={gain=0.5}"])
+    assert chosen.sample.guidance_options == {"gain": 0.5}
+    with pytest.raises(UsageError, match="gian is not an option of guidance test_cond_only.*options are gain"):
+        load_config(TINY, ['sample.cfg_variant="test_cond_only"', "sample.guidance_options={gian=0.5}"])
+    with pytest.raises(UsageError, match="guidance_options.gain must be a number"):
+        load_config(TINY, ['sample.cfg_variant="test_cond_only"', 'sample.guidance_options={gain="big"}'])
+
+
+def test_a_model_config_chooses_the_new_method_and_its_options(model_file, tmp_path):
+    from guidediff.checkpoint import read_model_file, save_model
+
+    tensors, meta = read_model_file(model_file)
+    config = make_golden.tiny_config()
+    config.sample.cfg_variant, config.sample.guidance_options = "test_cond_only", {"gain": 0.5}
+    chosen = save_model(tensors, config, tmp_path / "chosen.safetensors", dtype="float32")
+    assert _sample(chosen, tmp_path / "from_config") == 0
+    assert _sample(model_file, tmp_path / "from_flags", "--guidance", "test_cond_only", "--guidance-opt", "gain=0.5") == 0
+    assert _sample(model_file, tmp_path / "plain") == 0
+    from_config, from_flags, plain = (np.load(tmp_path / d / "samples.npz")["x"]
+                                      for d in ("from_config", "from_flags", "plain"))
+    assert np.array_equal(from_config, from_flags) and not np.array_equal(from_config, plain)
 
 
 def test_sweep_with_the_new_sampler_and_method(model_file, tmp_path, monkeypatch):

@@ -196,6 +196,16 @@ def test_the_model_config_can_choose_the_guidance_method(tmp_path, capsys):
     assert "guidance: eta 0.0, momentum 0.0, norm_threshold None (apg)" in capsys.readouterr().out
     assert sample(path, tmp_path / "plain", "--cfg-variant", "plain") == 0
     assert "guidance:" not in capsys.readouterr().out
+    # [sample.guidance_options] beats the fixed field; --guidance-opt beats the table; --phi beats both
+    table = tmp_path / "table"
+    train(tiny_config("train.steps=2", "train.sample_every=100", 'sample.cfg_variant="rescale"', "sample.phi=0.5",
+                      "sample.guidance_options={phi=0.25}"), table, dataset=tiny_arrays(), progress=False,
+          log=lambda _m: None)
+    capsys.readouterr()
+    for extra, phi in (((), 0.25), (("--guidance-opt", "phi=0.125"), 0.125),
+                       (("--guidance-opt", "phi=0.125", "--phi", "1"), 1.0)):
+        assert sample(table, tmp_path / f"table{phi}", *extra) == 0
+        assert f"guidance: phi {phi} (rescale)" in capsys.readouterr().out
     with pytest.raises(Exception, match="sample.cfg_variant 'bogus' is unknown"):
         tiny_config('sample.cfg_variant="bogus"').validate()
 

@@ -132,6 +132,10 @@ class SampleConfig:
     apg_momentum: float = 0.0
     apg_threshold: float = 0.0  # 0: no norm threshold
     guide_model: str = ""  # autoguidance: the guide's path
+    # the options cfg_variant's method declares in the guidance registry (any method, also one
+    # registered outside guidediff): a [sample.guidance_options] table. They take precedence over
+    # the fixed fields above, which stay for the built-in methods (interval, phi, apg_*).
+    guidance_options: dict[str, Any] = field(default_factory=dict)
 
 
 SECTIONS: dict[str, type] = {
@@ -214,7 +218,24 @@ class Config:
         variants = cfg_variants()
         require(s.cfg_variant in variants, f"sample.cfg_variant {s.cfg_variant!r} is unknown; choose one of "
                                            f"{', '.join(variants)}")
+        _check_guidance_options(s)
         self.model.validate()
+
+
+def _check_guidance_options(s: SampleConfig) -> None:
+    """sample.guidance_options against the options that sample.cfg_variant's method declares in the
+    guidance registry: known names, their types, the method's own checks."""
+    from guidediff.guidance.registry import get_guidance
+
+    method = "cfg" if s.cfg_variant == "plain" else s.cfg_variant
+    spec = get_guidance(method)
+    declared = {o.name: o for o in spec.options if o.is_flag}
+    for key, value in s.guidance_options.items():
+        require(key in declared, f"sample.guidance_options.{key} is not an option of guidance {method} "
+                                 f"(sample.cfg_variant); its options are {', '.join(declared) or 'none'}")
+        ok, _ = convert_value(value, declared[key].type | None)
+        require(ok, f"sample.guidance_options.{key} must be {type_name(declared[key].type)}, got {value!r}")
+    spec.resolve(s.guidance_options)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -239,6 +260,8 @@ def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        return "a table"
     if origin in (list, tuple):
         return f"a list of {_PLURALS.get(typing.get_args(tp)[0], 'values')}"
     return _NAMES.get(tp, str(tp))
@@ -264,6 +287,9 @@ def convert_value(value: Any, tp: Any) -> tuple[bool, Any]:
         return ok, float(value) if ok else value
     if tp is str:
         return isinstance(value, str), value
+    if origin is dict:  # a table of named values, checked by whoever declares its keys
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return ok, dict(value) if ok else value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False, value

@@ -85,41 +85,62 @@ def add_cfg_variant_arguments(p) -> None:
 
 def cfg_variant_from_args(args, sample_config=None) -> tuple[dict | None, str | None]:
     """(generate's ``cfg_variant``, None for plain CFG; the guide model's path for autoguidance,
-    else None) from the --cfg-variant options. An option left
-    out on the command line takes the model config's [sample] value (``sample_config``), so a
-    config can choose the method; a --cfg-variant given on the command line uses only its own
-    options and the built-in defaults."""
+    else None) from the --cfg-variant options. An option left out on the command line takes the
+    model config's [sample] value (``sample_config``), so a config can choose the method; a
+    --cfg-variant given on the command line uses only its own options and the built-in defaults.
+
+    Precedence, highest first: the dedicated flags (--phi, --interval, --apg-*), --guidance-opt,
+    the config's [sample.guidance_options] table, its fixed fields (phi, interval, apg_*), the
+    method's registered defaults."""
     from guidediff.config import SampleConfig
     from guidediff.errors import require
     from guidediff.guidance import get_guidance
-    from guidediff.parsing import parse_floats
 
     from_config = args.cfg_variant is None and sample_config is not None
     sc = sample_config if from_config else SampleConfig()
     name = args.cfg_variant or sc.cfg_variant
     guide = args.guide_model if args.guide_model is not None else (sc.guide_model or None)
-    interval = args.interval if args.interval is not None else (",".join(map(str, sc.interval)) or None)
-    phi = sc.phi if args.phi is None else args.phi
-    apg_eta = sc.apg_eta if args.apg_eta is None else args.apg_eta
-    apg_momentum = sc.apg_momentum if args.apg_momentum is None else args.apg_momentum
-    threshold = args.apg_threshold if args.apg_threshold is not None else (sc.apg_threshold or None)
     require(name == "autoguidance" or guide is None, "--guide-model is used only by --cfg-variant autoguidance")
     if name == "plain":
-        require(interval is None, "--interval needs --cfg-variant interval")
+        require(args.interval is None and not sc.interval, "--interval needs --cfg-variant interval")
         return None, None
+    fields, flags = _builtin_options(name, args, sc)
+    options = {**fields, **sc.guidance_options, **method_options(args, get_guidance(name)), **flags}
     if name == "autoguidance":
         require(guide is not None, "--cfg-variant autoguidance needs --guide-model PATH (or sample.guide_model)")
-        return {"name": "autoguidance"}, guide
+        return {"name": name, **options}, guide
     if name == "interval":
-        require(interval is not None, "--cfg-variant interval needs --interval LO,HI (log-SNR), e.g. --interval=-4,4")
-        bounds = parse_floats(interval, "--interval", example="-4,4")
-        require(len(bounds) == 2 and bounds[0] < bounds[1], f"--interval takes two log-SNRs LO,HI with LO < HI, got "
-                f"{interval}")
-        return {"name": "interval", "lam_lo": bounds[0], "lam_hi": bounds[1]}, None
+        lo, hi = options.get("lam_lo"), options.get("lam_hi")
+        require(lo is not None and hi is not None, "--cfg-variant interval needs --interval LO,HI (log-SNR), e.g. "
+                "--interval=-4,4 (or sample.guidance_options lam_lo, lam_hi)")
+        require(lo < hi, f"--interval takes two log-SNRs LO,HI with LO < HI, got {lo},{hi}")
     if name == "rescale":
-        require(0.0 <= phi <= 1.0, f"--phi must lie in [0, 1], got {phi}")
-        return {"name": "rescale", "phi": phi}, None
-    if name != "apg":  # a method registered beside the built-in ones: options by --guidance-opt
-        return {"name": name, **method_options(args, get_guidance(name))}, None
-    require(threshold is None or threshold > 0, "--apg-threshold must be positive")
-    return {"name": "apg", "eta": apg_eta, "momentum": apg_momentum, "norm_threshold": threshold}, None
+        require(0.0 <= options["phi"] <= 1.0, f"--phi must lie in [0, 1], got {options['phi']}")
+    if name == "apg":
+        require(options["norm_threshold"] is None or options["norm_threshold"] > 0, "--apg-threshold must be positive")
+    return {"name": name, **options}, None
+
+
+def _builtin_options(name: str, args, sc) -> tuple[dict, dict]:
+    """(options from the config's fixed [sample] fields, options from the dedicated flags) of the
+    built-in variants interval, rescale and apg; nothing for any other method."""
+    if name == "interval":
+        field = ",".join(map(str, sc.interval)) or None
+        return (_bounds(field, "sample.interval") if field is not None else {},
+                _bounds(args.interval, "--interval") if args.interval is not None else {})
+    if name == "rescale":
+        return {"phi": sc.phi}, ({} if args.phi is None else {"phi": args.phi})
+    if name == "apg":
+        flags = {"eta": args.apg_eta, "momentum": args.apg_momentum, "norm_threshold": args.apg_threshold}
+        return ({"eta": sc.apg_eta, "momentum": sc.apg_momentum, "norm_threshold": sc.apg_threshold or None},
+                {k: v for k, v in flags.items() if v is not None})
+    return {}, {}
+
+
+def _bounds(text: str, where: str) -> dict:
+    from guidediff.errors import require
+    from guidediff.parsing import parse_floats
+
+    bounds = parse_floats(text, where, example="-4,4")
+    require(len(bounds) == 2 and bounds[0] < bounds[1], f"{where} takes two log-SNRs LO,HI with LO < HI, got {text}")
+    return {"lam_lo": bounds[0], "lam_hi": bounds[1]}

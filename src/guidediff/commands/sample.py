@@ -95,9 +95,10 @@ def run(args) -> int:
         classes = list(dict.fromkeys(parse_classes(args.classes, num_classes)))
     ws = list(dict.fromkeys(ws))
     if args.guidance == "cfg":
+        # a variant carries its options, --guidance-opt included; plain CFG takes them here
         variant, guide = cfg_variant_from_args(args, s)
-        method, options = (variant or {"name": "cfg"}).pop("name"), dict(variant or {})
-        options.update(method_options(args, get_guidance(method)))
+        variant = variant or {"name": "cfg", **method_options(args, get_guidance("cfg"))}
+        method, options = variant.pop("name"), variant
         variant = None if method == "cfg" else {"name": method, **options}
     else:
         method, options, guide, variant = spec.name, method_options(args, spec), args.guide_model, None

@@ -69,12 +69,14 @@ def run(args) -> int:
 
         # inductor on a CPU needs a C compiler and gains little there; a GPU is what it is for
         require(resolve_device(args.device).type == "cuda", "--compile is for sampling on a GPU; leave it out on the CPU")
-    variant, guide, options = None, args.guide_model, method_options(args, spec)
+    variant, guide = None, args.guide_model
     if args.guidance == "cfg":
         from guidediff.checkpoint import model_config
 
-        # the model config's [sample] section may choose the guidance method
+        # the model config's [sample] section may choose the guidance method (the variant then
+        # carries its options, --guidance-opt included)
         variant, guide = cfg_variant_from_args(args, model_config(args.model).sample)
+    options = method_options(args, spec) if variant is None else {}
     try:
         _sweep(args, knobs, options, variant, guide)
     except UsageError as error:
