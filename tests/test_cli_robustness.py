@@ -373,7 +373,7 @@ def test_sweep_resume_keeps_finished_points_and_refuses_other_settings(world, tm
 
     from guidediff import generation
     from guidediff.metrics import evaluate
-    from guidediff.sweep import run_sweep
+    from guidediff.sweep import SweepSettings, run_sweep
 
     sampled = []
 
@@ -390,19 +390,23 @@ def test_sweep_resume_keeps_finished_points_and_refuses_other_settings(world, tm
     monkeypatch.setattr(generation, "generate", fake_generate)
     monkeypatch.setattr(evaluate, "evaluate_samples", fake_evaluate)
     out = tmp_path / "sweep"
-    common = dict(n=10, steps=2, out_dir=out, device="cpu")
-    run_sweep(str(world["model"]), [0.0], **common)  # a sweep that stopped after its first w
+    settings = SweepSettings(n=10, steps=2, out_dir=out, device="cpu")
+    run_sweep(str(world["model"]), [0.0], settings)  # a sweep that stopped after its first w
     assert sampled == [0.0]
     code, err = run_case(["sweep", str(world["model"]), "--w", "0,1", "--n", "10", "--steps", "2", "--out", str(out),
                           *M], capsys)
     assert code == 2 and "--resume" in err and sampled == [0.0]
-    summary = run_sweep(str(world["model"]), [0.0, 1.0], resume=True, **common)
+    summary = run_sweep(str(world["model"]), [0.0, 1.0], settings, resume=True)
     assert sampled == [0.0, 1.0]  # only the missing w was sampled
     assert [(p["w"], p["fid"]) for p in summary["points"]] == [(0.0, 11.0), (1.0, 12.0)]
     assert json.loads((out / "sweep.json").read_text())["points"] == summary["points"]
     assert (out / "grid_across_w.png").is_file()
     with pytest.raises(UsageError, match="steps 2 -> 3"):
-        run_sweep(str(world["model"]), [0.0, 1.0], resume=True, **{**common, "steps": 3})
+        run_sweep(str(world["model"]), [0.0, 1.0], settings, resume=True, steps=3)
+    with pytest.raises(UsageError, match="run_sweep has no setting stpes; its settings are n, steps"):
+        run_sweep(str(world["model"]), [0.0], settings, stpes=3)
+    with pytest.raises(UsageError, match="run_sweep needs out_dir"):
+        run_sweep(str(world["model"]), [0.0], n=10, steps=2)
 
 
 def test_killed_export_leaves_no_half_written_file_for_good(world, tmp_path):

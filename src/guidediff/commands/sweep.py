@@ -85,14 +85,13 @@ def run(args) -> int:
 
 
 def _sweep(args, knobs, options, variant, guide) -> None:
-    from guidediff.sweep import run_sweep
+    from guidediff.sweep import SweepSettings, run_sweep
 
-    run_sweep(
-        args.model, knobs, n=args.n, steps=args.steps, out_dir=args.out,
-        sampler=args.sampler, grid=args.grid, seed=args.seed, device=args.device, batch_size=args.batch_size,
-        classifier=args.classifier, bf16=not args.no_bf16, guidance=args.guidance,
-        noisy_classifier=args.noisy_classifier, guidance_options=options,
-        cfg_variant=variant, guide_model=guide, compile=args.compile, resume=args.resume,
-        null_class=args.null_class,
-        sampler_options=sampler_options(args, args.sampler),
+    settings = SweepSettings(
+        n=args.n, steps=args.steps, out_dir=args.out, sampler=args.sampler,
+        sampler_options=sampler_options(args, args.sampler), grid=args.grid, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, bf16=not args.no_bf16, compile=args.compile, classifier=args.classifier,
+        guidance=args.guidance, guidance_options=options, cfg_variant=variant, guide_model=guide,
+        noisy_classifier=args.noisy_classifier, null_class=args.null_class, resume=args.resume,
     )
+    run_sweep(args.model, knobs, settings)
