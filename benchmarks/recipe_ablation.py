@@ -1,5 +1,5 @@
 """Recipe ablation on Fashion-MNIST (issue 15): each lever alone against today's recipe
-(configs/fmnist_cfg.toml), trained for the same number of steps, then FID-FMNIST and CAS at
+(configs/fmnist_cfg_v1.toml), trained for the same number of steps, then FID-FMNIST and CAS at
 w = 0, 0.3, 1, 3 (DDIM 50, n samples per w).
 
 One variant per process, so K variants can share one GPU as K concurrent processes; each writes
@@ -32,12 +32,12 @@ from guidediff.config import load_config  # noqa: E402
 from guidediff.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = "configs/fmnist_cfg.toml"
+BASE = "configs/fmnist_cfg_v1.toml"
 
 # name: (overrides on top of the base config, what it tests, base config). In priority order: the
 # first eight are the ones to run when only eight processes fit.
 VARIANTS: dict[str, tuple[list[str], str, str]] = {
-    "baseline": ([], "today's recipe (configs/fmnist_cfg.toml)", BASE),
+    "baseline": ([], "the previous recipe (configs/fmnist_cfg_v1.toml)", BASE),
     "edm": (['diffusion.precondition="edm"', 'diffusion.loss_weight="edm"', 'diffusion.lam_sampling="lognormal"'],
             "EDM preconditioning + EDM loss weight + log-normal noise levels (P_mean -1.2, P_std 1.2)", BASE),
     "min_snr5": (['diffusion.loss_weight="min_snr"', "diffusion.min_snr_gamma=5.0"], "min-SNR-5 weighting", BASE),
@@ -47,8 +47,8 @@ VARIANTS: dict[str, tuple[list[str], str, str]] = {
     "ema_power005": (['train.ema="power"', "train.ema_sigma_rel=0.05"],
                      "EDM2 power-function EMA, sigma_rel 0.05 (today's warm-up EMA spans ~n/9 steps)", BASE),
     "p_uncond02": (["diffusion.p_uncond=0.2"], "label dropout 0.2 (today 0.1)", BASE),
-    "new": ([], "the candidate recipe configs/fmnist_cfg_new.toml (all levers above but min-SNR and EMA)",
-            "configs/fmnist_cfg_new.toml"),
+    "new": ([], "the candidate recipe, now configs/fmnist_cfg.toml (all levers above but min-SNR and EMA)",
+            "configs/fmnist_cfg.toml"),
     "v_weight": (['diffusion.loss_weight="v"'], "v-prediction loss weight (1 + e^-lambda on the eps error)", BASE),
     "lam15": (["diffusion.lam_min=-15.0", "diffusion.lam_max=15.0"], "lambda range [-15, 15] (today [-20, 20])",
               BASE),

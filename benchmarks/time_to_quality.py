@@ -1,5 +1,5 @@
 """Time to quality on Fashion-MNIST (issue 15): FID-FMNIST and CAS against training minutes for
-our new recipe (configs/fmnist_cfg_new.toml), our old one (configs/fmnist_cfg.toml) and diffusers'
+our new recipe (configs/fmnist_cfg.toml), our old one (configs/fmnist_cfg_v1.toml) and diffusers'
 default CFG recipe (benchmarks/quality_vs_diffusers.py). One side per process; each saves EMA
 snapshots at the --eval-at minutes while it trains, then samples and scores every snapshot:
 
@@ -33,7 +33,7 @@ from guidediff.nets.unet import count_parameters  # noqa: E402
 from guidediff.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {"new": "configs/fmnist_cfg_new.toml", "old": "configs/fmnist_cfg.toml"}
+CONFIGS = {"new": "configs/fmnist_cfg.toml", "old": "configs/fmnist_cfg_v1.toml"}
 CHECK_EVERY = 10  # steps between clock checks (the snapshot lands at most this many steps late)
 
 

@@ -13,7 +13,7 @@ from guidediff.errors import UsageError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["fmnist_cfg.toml", "folder64_cfg.toml", "tiny_test.toml"])
+@pytest.mark.parametrize("name", ["fmnist_cfg.toml", "fmnist_cfg_v1.toml", "folder64_cfg.toml", "tiny_test.toml"])
 def test_shipped_configs_load_and_validate(name):
     config = load_config(CONFIGS / name)
     assert config.diffusion.schedule == "cfg"
@@ -22,9 +22,13 @@ def test_shipped_configs_load_and_validate(name):
 
 def test_reference_config_values():
     c = load_config(CONFIGS / "fmnist_cfg.toml")
-    assert (c.diffusion.lam_min, c.diffusion.lam_max, c.diffusion.p_uncond) == (-20.0, 20.0, 0.1)
-    assert (c.train.batch_size, c.train.lr, c.train.ema_decay) == (128, 2e-4, 0.9999)
+    assert (c.diffusion.precondition, c.diffusion.loss_weight, c.diffusion.lam_sampling) == ("edm", "edm", "lognormal")
+    assert (c.diffusion.lam_min, c.diffusion.lam_max, c.diffusion.p_uncond) == (-20.0, 20.0, 0.2)
+    assert (c.train.batch_size, c.train.lr, c.train.lr_schedule, c.train.steps) == (128, 2e-4, "cosine", 24000)
     assert c.model.channel_mult == (1, 2, 2) and c.model.attention_resolutions == (14, 7)
+    v1 = load_config(CONFIGS / "fmnist_cfg_v1.toml")  # the previous recipe stays selectable
+    assert (v1.diffusion.precondition, v1.diffusion.p_uncond, v1.train.lr_schedule) == ("none", 0.1, "constant")
+    assert (v1.train.batch_size, v1.train.lr, v1.train.ema_decay) == (128, 2e-4, 0.9999)
 
 
 def test_folder_config_model_follows_data_resolution():

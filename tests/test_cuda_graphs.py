@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from guidediff.nets.unet import UNet
 from guidediff.generation import generate
@@ -43,3 +44,30 @@ def test_graphed_trajectory_equals_plain_loop_on_cuda(capsys):
     # a second call replays graphs captured for the same shapes and gives the same images again
     again = _generate("cuda", True)
     np.testing.assert_array_equal(graphed["x"], again["x"])
+
+
+class _HostData(TorchDispatchMode):
+    """Records tensors made from host data (aten.lift_fresh): on a GPU each is a host-to-device copy,
+    which a CUDA graph capture refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen += func is torch.ops.aten.lift_fresh.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("w", [3.0, -0.5])
+def test_a_guided_ddim_trajectory_makes_no_tensor_from_host_data(w):
+    from guidediff.guidance import cfg
+    from guidediff.samplers import sample_ddim
+    from guidediff.schedules import lam_grid, make_schedule
+
+    net, config = _net_and_config()
+    lams = lam_grid(make_schedule("cfg"), 4)
+    z, c = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
+    with torch.no_grad(), _HostData() as host:
+        sample_ddim(cfg(net, w, null_class=config.model.num_classes), z, lams, c, clip_x=1.0)
+    assert host.seen == 0

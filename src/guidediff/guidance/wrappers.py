@@ -45,7 +45,12 @@ class CountingDenoiser:
 def _weights(w: float | Tensor, batch: int, device, dtype) -> Tensor:
     from guidediff.cuda_graphs import capturing
 
-    w = torch.as_tensor(w, dtype=dtype, device=device)
+    if not torch.is_tensor(w):
+        # a plain number is filled on the device: torch.as_tensor would copy it from the host, which a
+        # CUDA graph capture refuses (seen on the H200: every trajectory capture fell back)
+        require(math.isfinite(float(w)), f"guidance weight w must be finite, got {w}")
+        return torch.full((batch,), float(w), dtype=dtype, device=device)
+    w = w.to(dtype=dtype, device=device)
     # a graph capture cannot read w on the host: its eager warm-up call checked it
     require(capturing() or bool(torch.isfinite(w).all()), f"guidance weight w must be finite, got {w.tolist()}")
     return w.expand(batch) if w.dim() == 0 else w
