@@ -32,5 +32,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # Pin the CPU build of torch first so that no resolver ever pulls a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # k-diffusion's sampling module is the independent reference of the DPM-Solver++ test; --no-deps
+  # keeps its heavy requirements (and any other torch) out: the test loads that one file
+  "$VENV/bin/python" -m pip install -q --no-deps "k-diffusion==0.1.1.post1"
   touch "$stamp"
 fi
