@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files (default: searched)")
     p.add_argument("--weights", default="ema", choices=["ema", "model"])
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON to PATH")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (it is refused otherwise)")
     p.add_argument("--no-bf16", action="store_true", help="run the network in float32 on the GPU")
     p.set_defaults(func=run)
 
@@ -39,7 +40,7 @@ def run(args) -> int:
     from guidediff.commands._outputs import check_device, check_out_file
 
     device = check_device(args.device)
-    check_out_file(args.json, flag="--json", suffix=".json")
+    check_out_file(args.json, flag="--json", suffix=".json", overwrite=args.overwrite)
 
     model, config = load_vdm(args.model, device=device, weights=args.weights)
     d = config.data
