@@ -83,6 +83,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w["bad_sweep"] / "sweep.json").write_text("{not json")
     w["empty"] = root / "empty"
     w["empty"].mkdir()
+    w["diffusers"] = root / "diffusers_unet"  # only what marks a diffusers directory: no diffusers needed
+    w["diffusers"].mkdir()
+    (w["diffusers"] / "config.json").write_text('{"_class_name": "UNet2DModel", "num_class_embeds": 11}')
     return w
 
 
@@ -212,6 +215,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
     # distill
     ("distill: missing teacher", ["distill", "{case}/nope", "--out", "{new}", *M], "does not exist"),
     ("distill: DDGAN teacher", ["distill", "{ddgan}", "--out", "{new}", *M], "DDGAN"),
+    ("distill: diffusers teacher", ["distill", "{diffusers}", "--out", "{new}", *M], "diffusers UNet2DModel"),
     ("distill: NaN teacher", ["distill", "{nan_model}", "--out", "{new}", *M], "non-finite"),
     ("distill: results in --out", ["distill", "{model}", "--out", "{full}", *M], "--overwrite"),
     ("distill: --out unwritable", ["distill", "{model}", "--out", "{proc}", *M], "cannot"),

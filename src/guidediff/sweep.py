@@ -100,7 +100,7 @@ def run_sweep(
     import torch
 
     from guidediff import plots
-    from guidediff.checkpoint import git_commit, load_model
+    from guidediff.checkpoint import git_commit, load_guide_model, load_model
     from guidediff.metrics.evaluate import evaluate_samples
     from guidediff.nets.fmnist_classifier import load_eval_classifier
     from guidediff.generation import generate
@@ -117,7 +117,7 @@ def run_sweep(
     require(num_classes > 0, "the sweep needs a class-conditional model (num_classes > 0)")
     per_class = n // num_classes
     eval_net = load_eval_classifier(classifier, device=device)
-    guide = load_model(guide_model, device)[0] if guide_model is not None else None
+    guide = load_guide_model(guide_model, device, net) if guide_model is not None else None
     from guidediff.guidance import get_guidance
 
     spec = get_guidance(guidance)

@@ -66,7 +66,7 @@ def run(args) -> int:
     if is_ddgan_source(args.model):
         return run_ddgan(args)
 
-    from guidediff.checkpoint import load_model
+    from guidediff.checkpoint import load_guide_model, load_model
     from guidediff.errors import UsageError, in_flags, require
     from guidediff.parsing import parse_classes, parse_floats
     from guidediff.generation import generate, save_samples
@@ -102,7 +102,7 @@ def run(args) -> int:
         variant = None if method == "cfg" else {"name": method, **options}
     else:
         method, options, guide, variant = spec.name, method_options(args, spec), args.guide_model, None
-    guide_net = load_model(guide, device)[0] if guide is not None else None
+    guide_net = load_guide_model(guide, device, net) if guide is not None else None
     sampler = args.sampler or s.sampler
     steps = s.steps if args.steps is None else args.steps
     try:
