@@ -419,3 +419,31 @@ def test_training_loop_takes_the_vdm_loss_and_the_checkpoint_reloads(tmp_path):
     assert model.schedule.lam_max != 13.3  # the endpoints trained
     exported, _ = load_vdm(result.model_file)
     assert exported.schedule.lam_max == pytest.approx(model.schedule.lam_max, abs=1e-2)
+
+
+def test_the_bound_of_an_edm_preconditioned_cfg_model_uses_the_denoiser_it_samples_with(tmp_path):
+    # the VLB must be that of the ε the model was trained with, not of its raw network
+    from guidediff.checkpoint import save_model
+    from guidediff.nets.unet import UNet
+    from guidediff.precondition import wrap_for_config
+    from guidediff.vdm.loading import load_vdm
+    from train_helpers import tiny_config
+
+    config = tiny_config("model.num_classes=3", "model.image_size=8", "model.in_channels=1",
+                         'diffusion.precondition="edm"')
+    torch.manual_seed(0)
+    net = UNet(config.model)
+    path = save_model(net.state_dict(), config, tmp_path / "edm.safetensors", dtype="float32")
+    model, _ = load_vdm(path)
+    z, lam, c = torch.randn(2, 1, 8, 8), torch.tensor([-3.0, 2.0]), torch.tensor([0, 2])
+    with torch.no_grad():
+        expected = wrap_for_config(net.eval(), config.diffusion)(z, lam, c)
+        assert torch.allclose(model.denoiser(z, lam, c), expected, atol=1e-6)
+        assert not torch.allclose(model.unet(z, lam, c), expected, atol=1e-3)
+    shifted = tiny_config("model.num_classes=3", "model.image_size=8", "model.in_channels=1",
+                          "diffusion.schedule_shift=2.0")
+    path = save_model(net.state_dict(), shifted, tmp_path / "shifted.safetensors", dtype="float32")
+    from guidediff.errors import UsageError
+
+    with pytest.raises(UsageError, match="schedule_shift"):
+        load_vdm(path)

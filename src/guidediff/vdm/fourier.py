@@ -61,8 +61,14 @@ class VDMDenoiser(nn.Module):
         super().__init__()
         self.net = net
         self.fourier = fourier
+        # the DiffusionConfig of a CFG model trained with EDM preconditioning (loading.load_vdm sets it)
+        self.precondition = None
 
     def forward(self, z: Tensor, lam: Tensor, c: Tensor | None = None) -> Tensor:
+        if self.precondition is not None:
+            from guidediff.precondition import wrap_for_config
+
+            return wrap_for_config(self.net, self.precondition)(z, lam, c)
         if self.fourier is None:
             return self.net(z, lam, c)
         feats = self.fourier(z).to(z.dtype)

@@ -16,9 +16,13 @@ from guidediff.vdm.model import CONFIG_BUFFER, VDMModel, config_from_tensors
 
 
 def _fixed_schedule_vdm(config) -> VDMConfig:
+    from guidediff.errors import require
     from guidediff.schedules import make_schedule
 
     d = config.diffusion
+    require(getattr(d, "schedule_shift", 1.0) == 1.0,
+            f"the bound of a model trained with diffusion.schedule_shift = {d.schedule_shift} is not supported yet "
+            f"(the VDM's fixed schedule has no shift); evaluate a model trained without it")
     schedule = make_schedule(d.schedule, d.lam_min, d.lam_max)
     return VDMConfig(schedule=d.schedule, lam_min=schedule.lam_min, lam_max=schedule.lam_max, fourier=False,
                      variance_minimisation=False, antithetic=False)
@@ -35,6 +39,8 @@ def load_vdm(source: str | Path, device: str | torch.device = "cpu", weights: st
         model = VDMModel(config.model, _fixed_schedule_vdm(config))
         check_state_dict(tensors, model.unet.state_dict(), where)
         model.unet.load_state_dict(tensors)
+        if getattr(config.diffusion, "precondition", "none") != "none":
+            model.denoiser.precondition = config.diffusion  # the ε the model was trained and samples with
     else:
         model = vdm_from_tensors(tensors, config, vdm, where)
     return model.to(device).eval().requires_grad_(False), config
