@@ -83,6 +83,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w["bad_sweep"] / "sweep.json").write_text("{not json")
     w["empty"] = root / "empty"
     w["empty"].mkdir()
+    w["diffusers"] = root / "diffusers_unet"  # only what marks a diffusers directory: no diffusers needed
+    w["diffusers"].mkdir()
+    (w["diffusers"] / "config.json").write_text('{"_class_name": "UNet2DModel", "num_class_embeds": 11}')
     return w
 
 
@@ -99,6 +102,7 @@ def _full_out(parent: Path) -> Path:
     (full / "samples.npz").write_bytes(b"forty earlier samples")
     (full / "grid_w0.png").write_bytes(b"an earlier grid")
     (full / "sweep.json").write_text('{"points": [{"w": 0.0, "fid": 1.0}]}')
+    (full / "report.html").write_text("<p>an earlier report</p>")
     return full
 
 
@@ -174,6 +178,16 @@ CASES: list[tuple[str, list[str], str | None]] = [
                                  "--interval", "a,b", *M], "--interval=-4,4"),
     ("sample: --phi nan", ["sample", "{model}", "--out", "{new}", "--cfg-variant", "rescale", "--phi", "nan", *M],
      "--phi"),
+    ("sample: --eta nan", ["sample", "{model}", "--out", "{new}", "--eta", "nan", *M], "--eta: must be a finite"),
+    ("sample: --v nan", ["sample", "{model}", "--out", "{new}", "--v", "nan", *M], "--v: must be a finite"),
+    ("sample: --apg-momentum inf", ["sample", "{model}", "--out", "{new}", "--cfg-variant", "apg", "--apg-momentum",
+                                    "inf", *M], "--apg-momentum: must be a finite"),
+    ("sample: --sampler-opt s_noise=nan", ["sample", "{model}", "--out", "{new}", "--sampler", "heun", "--sampler-opt",
+                                           "s_noise=nan", *M], "--sampler-opt s_noise=nan"),
+    ("sample: --sampler-opt clip_x=inf", ["sample", "{model}", "--out", "{new}", "--sampler-opt", "clip_x=inf", *M],
+     "must be a finite"),
+    ("sample: --guidance-opt phi=nan", ["sample", "{model}", "--out", "{new}", "--guidance", "rescale",
+                                        "--guidance-opt", "phi=nan", *M], "--guidance-opt phi=nan"),
     # sweep
     ("sweep: missing model", ["sweep", "{case}/nope", "--out", "{new}", *M], "does not exist"),
     ("sweep: DDGAN model", ["sweep", "{ddgan}", "--out", "{new}", *M], "DDGAN"),
@@ -201,6 +215,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
     # distill
     ("distill: missing teacher", ["distill", "{case}/nope", "--out", "{new}", *M], "does not exist"),
     ("distill: DDGAN teacher", ["distill", "{ddgan}", "--out", "{new}", *M], "DDGAN"),
+    ("distill: diffusers teacher", ["distill", "{diffusers}", "--out", "{new}", *M], "diffusers UNet2DModel"),
     ("distill: NaN teacher", ["distill", "{nan_model}", "--out", "{new}", *M], "non-finite"),
     ("distill: results in --out", ["distill", "{model}", "--out", "{full}", *M], "--overwrite"),
     ("distill: --out unwritable", ["distill", "{model}", "--out", "{proc}", *M], "cannot"),
@@ -214,6 +229,10 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("bpd: NaN weights", ["bpd", "{nan_model}", *M], "non-finite"),
     ("bpd: --json is a folder", ["bpd", "{model}", "--json", "{empty}", *M], "is a folder"),
     ("bpd: --json unwritable", ["bpd", "{model}", "--json", "{under_file}/b.json", *M], "file"),
+    ("bpd: --json exists", ["bpd", "{model}", "--json", "{full}/sweep.json", *M], "--overwrite"),
+    ("bpd: --pilot 0", ["bpd", "{model}", "--pilot", "0", *M], "--pilot"),
+    ("bpd: importance in discrete time", ["bpd", "{model}", "--steps", "10", "--estimator", "importance", *M],
+     "--steps 0"),
     ("bpd: --device foo", ["bpd", "{model}", "--device", "foo"], "not a device"),
     ("bpd: --n 0", ["bpd", "{model}", "--n", "0", *M], "--n"),
     ("bpd: empty --data-dir", ["bpd", "{model}", "--data-dir", "{empty}", "--n", "1", *M], "data"),
@@ -221,6 +240,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("eval: missing samples", ["eval", "{case}/nope.npz", *M], "exist"),
     ("eval: text file as .npz", ["eval", "{text_npz}", *M], "not a zip"),
     ("eval: .npz without x", ["eval", "{npz_no_x}", *M], "no 'x'"),
+    ("eval: --json exists", ["eval", "{samples}", "--json", "{full}/sweep.json", *M], "--overwrite"),
     ("eval: --json is a folder", ["eval", "{samples}", "--json", "{empty}", *M], "is a folder"),
     ("eval: --json unwritable", ["eval", "{samples}", "--json", "{proc}/m.json", *M], "cannot"),
     ("eval: --device foo", ["eval", "{samples}", "--device", "foo"], "not a device"),
@@ -229,6 +249,8 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("report: missing folder", ["report", "{case}/nope"], "does not exist"),
     ("report: empty folder", ["report", "{empty}", "--out", "{case}/r.html"], "nothing to report"),
     ("report: malformed sweep.json", ["report", "{bad_sweep}", "--out", "{case}/r.html"], "not valid JSON"),
+    ("report: --out exists", ["report", "{bad_sweep}", "--out", "{full}/grid_w0.png"], "--overwrite"),
+    ("report: report.html exists", ["report", "{full}"], "--overwrite"),
     ("report: --out is a folder", ["report", "{bad_sweep}", "--out", "{empty}"], "is a folder"),
     ("report: --out unwritable", ["report", "{bad_sweep}", "--out", "{under_file}/r.html"], "file"),
     # train
@@ -252,6 +274,7 @@ CASES: list[tuple[str, list[str], str | None]] = [
     # train-classifier, train-noisy-classifier
     ("train-classifier: --out is a folder", ["train-classifier", "--out", "{empty}", *M], "is a folder"),
     ("train-classifier: --out unwritable", ["train-classifier", "--out", "{proc}/c.safetensors", *M], "cannot"),
+    ("train-classifier: --out exists", ["train-classifier", "--out", "{full}/samples.npz", *M], "--overwrite"),
     ("train-classifier: --device foo", ["train-classifier", "--out", "{case}/c.safetensors", "--device", "foo"],
      "not a device"),
     ("train-noisy-classifier: malformed TOML", ["train-noisy-classifier", "--config", "{bad_toml}", "--out", "{new}"],
@@ -291,6 +314,10 @@ NUMERIC = [  # (argv before the flag, flag, which bad values)
     (["sample", "{model}", "--out", "{new}", *M], "--steps", "count"),
     (["sample", "{model}", "--out", "{new}", *M], "--batch-size", "count"),
     (["sample", "{model}", "--out", "{new}", *M], "--w", "nonfinite"),
+    (["sample", "{model}", "--out", "{new}", *M], "--eta", "nonfinite1"),
+    (["sample", "{model}", "--out", "{new}", *M], "--v", "nonfinite1"),
+    (["sample", "{model}", "--out", "{new}", "--cfg-variant", "rescale", *M], "--phi", "nonfinite1"),
+    (["sample", "{model}", "--out", "{new}", "--sampler", "heun", *M], "--sampler-opt=s_churn", "nonfinite1"),
     (["sweep", "{model}", "--out", "{new}", *M], "--w", "nonfinite"),
     (["sweep", "{model}", "--out", "{new}", *M], "--batch-size", "count"),
     (["toy", "--oracle", "--out", "{new}"], "--n", "count"),
@@ -315,6 +342,7 @@ BAD = {
     "negative": st.integers(max_value=-1).map(str),
     "positive": st.one_of(st.sampled_from(["nan", "inf", "-inf"]), st.floats(max_value=0.0).map(repr)),
     "nonfinite": st.sampled_from(["nan", "inf", "-inf", "1e999", "0,nan", "1,-inf,2"]),
+    "nonfinite1": st.sampled_from(["nan", "inf", "-inf", "1e999", "-nan"]),
 }
 
 
@@ -350,6 +378,13 @@ def test_overwrite_replaces_and_lock_keeps_a_second_writer_out(world, tmp_path, 
     (busy / ".guidediff.lock").write_text(f"{dead.pid}\n")  # a stale lock from a killed run
     assert run_case(sample_argv(world, busy), capsys)[0] == 0
     assert (busy / "samples.npz").is_file() and not (busy / ".guidediff.lock").exists()
+
+
+def test_overwrite_replaces_an_existing_output_file(tmp_path, capsys):
+    full = _full_out(tmp_path)
+    assert run_case(["report", str(full)], capsys)[0] == 2
+    assert run_case(["report", str(full), "--overwrite"], capsys)[0] == 0
+    assert "guidediff report" in (full / "report.html").read_text()
 
 
 def test_overwrite_never_empties_the_working_directory(world, tmp_path, capsys, monkeypatch):

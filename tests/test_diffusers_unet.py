@@ -117,6 +117,17 @@ def test_null_label_elsewhere_is_renumbered(tmp_path):
         load_model(tmp_path, null_class=NUM_CLASSES + 1)
 
 
+def test_a_diffusers_guide_takes_the_main_models_null_label(tmp_path):
+    from guidediff.checkpoint import load_guide_model
+
+    tiny_unet().save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="no scheduler_config.json"):
+        main, _ = load_model(tmp_path, null_class=0)
+        guide = load_guide_model(tmp_path, "cpu", main)
+    assert guide.null_class == main.null_class == 0
+    assert guide.labels(torch.tensor([3])).tolist() == [0]  # our null token reaches both as label 0
+
+
 def test_generate_sample_and_every_guidance_method(model_dir, tmp_path):
     """Every sampler and guidance method of the registries through generate, then the CLI's sample."""
     import subprocess

@@ -359,7 +359,7 @@ def test_bpd_cli_writes_three_terms(tmp_path, monkeypatch, capsys, kind):
     assert set(result["terms"]) == {"prior", "reconstruction", "diffusion"}
     total = sum(t["bpd"] for t in result["terms"].values())
     assert math.isfinite(result["bpd"]) and abs(total - result["bpd"]) < 1e-9
-    assert result["n"] == 6 and result["bpd_ci95"] > 0
+    assert result["n"] == 6 and result["bpd_ci95"] > 0 and result["estimator"] == "importance"
     if kind == "cfg-unet":  # evaluated under the CFG schedule it trained with
         assert result["schedule"] == "cfg" and result["lam_max"] == pytest.approx(20.0)
     assert "bits/dim" in capsys.readouterr().out

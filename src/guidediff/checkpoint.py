@@ -569,6 +569,16 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", weights: 
     return net.to(device).eval().requires_grad_(False), config
 
 
+def load_guide_model(source: str | Path, device: str | torch.device, main_net):
+    """The autoguidance guide at ``source`` (the net only). A diffusers guide takes the main
+    model's null label when the main model is a diffusers one too: both must read the same label
+    as "unconditional", whatever --null-class said; a guidediff model's null label is fixed."""
+    from guidediff.external.diffusers_unet import is_diffusers_unet
+
+    null_class = getattr(main_net, "null_class", None) if is_diffusers_unet(source) else None
+    return load_model(source, device, null_class=null_class)[0]
+
+
 def environment() -> dict[str, Any]:
     """Versions and commit recorded with every checkpoint."""
     import guidediff

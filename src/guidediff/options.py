@@ -3,6 +3,7 @@ optional check. The command line, the config and validation read these declarati
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,23 +16,39 @@ PLAIN_TYPES = (int, float, str, bool)
 @dataclass(frozen=True)
 class Option:
     """One knob. ``check(value)`` returns an error message for a bad value, or None (it is not
-    called for None). Options whose ``type`` is not a plain value (a callable hook, say) are for
-    library callers only: they get no command-line form."""
+    called for None). A float option must be a finite number before its check runs (NaN would
+    slip through every comparison); ``allow_inf`` lets ±inf through where it means "no limit".
+    Options whose ``type`` is not a plain value (a callable hook, say) are for library callers
+    only: they get no command-line form."""
 
     name: str
     type: Any
     default: Any
     help: str
     check: Callable[[Any], str | None] | None = None
+    allow_inf: bool = False
 
     @property
     def is_flag(self) -> bool:
         return self.type in PLAIN_TYPES
 
     def validate(self, value: Any, owner: str) -> None:
-        message = self.check(value) if self.check is not None and value is not None else None
+        message = _not_finite(value, self.allow_inf) if self.type is float and value is not None else None
+        if message is None and self.check is not None and value is not None:
+            message = self.check(value)
         if message:
             raise UsageError(f"{owner} option {self.name} {message}")
+
+
+def _not_finite(value: Any, allow_inf: bool) -> str | None:
+    """The generic check of a float option: an error message for NaN (and ±inf unless allowed)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return f"must be a number, got {value!r}"
+    if math.isnan(x) or (math.isinf(x) and not allow_inf):
+        return f"must be a finite number, got {value}"
+    return None
 
 
 def resolve_options(owner: str, declared: tuple[Option, ...], given: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +65,10 @@ def resolve_options(owner: str, declared: tuple[Option, ...], given: dict[str, A
     return out
 
 
-def parse_assignments(items: list[str] | None, declared: dict[str, Option], what: str) -> dict[str, Any]:
+def parse_assignments(items: list[str] | None, declared: dict[str, Option], what: str,
+                      flag: str | None = None) -> dict[str, Any]:
     """``["eta=0.5", "clip_x=none"]`` -> {"eta": 0.5, "clip_x": None}, typed by the declared options
-    (the commands' --sampler-opt / --guidance-opt)."""
+    (the commands' --sampler-opt / --guidance-opt, named by ``flag`` in the errors) and checked."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
@@ -62,6 +80,7 @@ def parse_assignments(items: list[str] | None, declared: dict[str, Option], what
         if not option.is_flag:
             raise UsageError(f"{what} option {key} is for library callers only")
         out[key] = _parse_value(text.strip(), option.type, f"{what} option {key}")
+        option.validate(out[key], f"{flag} {item}: {what}" if flag else what)
     return out
 
 

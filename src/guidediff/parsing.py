@@ -25,6 +25,20 @@ def parse_floats(text: str, flag: str, example: str = "0,1,3") -> list[float]:
     return values
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type=`` for a float flag: a finite number, else argparse's one-line error
+    naming the flag (``argument --eta: must be a finite number, got 'nan'``)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def parse_classes(text: str, num_classes: int) -> list[int]:
     """'0-9', '0,3,5' or 'all' -> class indices, each checked against the model's class count."""
     text = str(text).strip()

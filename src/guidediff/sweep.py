@@ -168,7 +168,7 @@ def _prepare(model: str, s: SweepSettings) -> _Prepared:
     """Check the settings, load the networks and resolve the method's options."""
     import torch
 
-    from guidediff.checkpoint import load_model
+    from guidediff.checkpoint import load_guide_model, load_model
     from guidediff.guidance import get_guidance
     from guidediff.nets.fmnist_classifier import load_eval_classifier
     from guidediff.runtime import resolve_device
@@ -182,7 +182,7 @@ def _prepare(model: str, s: SweepSettings) -> _Prepared:
     net, config = load_model(model, device, null_class=s.null_class)
     require(config.model.num_classes > 0, "the sweep needs a class-conditional model (num_classes > 0)")
     eval_net = load_eval_classifier(s.classifier, device=device)
-    guide = load_model(s.guide_model, device)[0] if s.guide_model is not None else None
+    guide = load_guide_model(s.guide_model, device, net) if s.guide_model is not None else None
     spec = get_guidance(s.guidance)
     options = dict(s.guidance_options or {})
     options.update({k: v for k, v in (("base", s.base), ("cg_form", s.cg_form)) if v is not None})

@@ -50,7 +50,7 @@ def method_options(args, spec) -> dict:
     declared = {o.name: o for o in spec.options}
     given = {name: getattr(args, name) for name in ("base", "cg_form")
              if name in declared and getattr(args, name, None) is not None}
-    given.update(parse_assignments(args.guidance_opt, declared, f"guidance {spec.name}"))
+    given.update(parse_assignments(args.guidance_opt, declared, f"guidance {spec.name}", "--guidance-opt"))
     return given
 
 
@@ -63,21 +63,23 @@ def sampler_options(args, sampler: str, defaults: dict | None = None) -> dict:
     declared = {o.name: o for o in get_sampler(sampler).options}
     out = {k: v for k, v in (defaults or {}).items() if k in declared}
     out.update({name: getattr(args, name) for name in declared if getattr(args, name, None) is not None})
-    out.update(parse_assignments(args.sampler_opt, declared, f"sampler {sampler}"))
+    out.update(parse_assignments(args.sampler_opt, declared, f"sampler {sampler}", "--sampler-opt"))
     return out
 
 
 def add_cfg_variant_arguments(p) -> None:
+    from guidediff.parsing import finite_float
+
     p.add_argument("--cfg-variant", choices=variant_names(), default=None,
                    help="CFG as in the paper (plain), or: guidance only for lambda in --interval (interval), "
                         "CFG rescale with --phi (rescale), adaptive projected guidance (apg), or autoguidance "
                         "with --guide-model in place of the unconditional prediction (default: the model config's "
                         "sample.cfg_variant, else plain)")
     p.add_argument("--interval", default=None, metavar="LO,HI", help="interval: the log-SNR range that is guided")
-    p.add_argument("--phi", type=float, default=None, help="rescale: 0 is plain CFG, 1 full rescale (default 0.7)")
-    p.add_argument("--apg-eta", type=float, default=None, help="apg: weight of the parallel part (1: plain CFG; default 0)")
-    p.add_argument("--apg-momentum", type=float, default=None, help="apg: momentum beta (the paper uses -0.5; default 0)")
-    p.add_argument("--apg-threshold", type=float, default=None, help="apg: norm threshold r of the update")
+    p.add_argument("--phi", type=finite_float, default=None, help="rescale: 0 is plain CFG, 1 full rescale (default 0.7)")
+    p.add_argument("--apg-eta", type=finite_float, default=None, help="apg: weight of the parallel part (1: plain CFG; default 0)")
+    p.add_argument("--apg-momentum", type=finite_float, default=None, help="apg: momentum beta (the paper uses -0.5; default 0)")
+    p.add_argument("--apg-threshold", type=finite_float, default=None, help="apg: norm threshold r of the update")
     p.add_argument("--guide-model", default=None,
                    help="autoguidance: the guide, a less-trained or smaller model of the same data (run dir, "
                         "checkpoint or exported file)")

@@ -5,8 +5,9 @@ A command writes only into an ``--out`` folder that is empty or missing, that it
 It claims the folder before any work: the folder is made, a write is tried and a lock file
 (``.guidediff.lock``, holding the process id) keeps a second writer out. ``cli.main`` releases
 every claim when the command ends; a folder the command made and left empty is removed again,
-so a failed run leaves nothing behind. Single-file outputs (``--json``, a report) are checked
-for writability up front the same way. Devices are checked here too, before anything loads.
+so a failed run leaves nothing behind. Single-file outputs (``--json``, a report, a classifier's
+weights) follow the same policy: an existing file is refused unless ``--overwrite``, and the
+file's folder is checked for writability up front. Devices are checked here too, before anything loads.
 """
 
 from __future__ import annotations
@@ -135,15 +136,19 @@ def claim_out_dir(path: str | Path, *, overwrite: bool | None = False, resume: b
     return folder
 
 
-def check_out_file(path: str | Path | None, *, flag: str, suffix: str | None = None) -> Path | None:
+def check_out_file(path: str | Path | None, *, flag: str, suffix: str | None = None,
+                   overwrite: bool = False) -> Path | None:
     """Check, before any work, that the file ``path`` can be written (its folder is made if
-    missing); None passes through. The file itself is left alone."""
+    missing); None passes through. An existing file is refused unless ``overwrite`` (the
+    command's --overwrite flag); it is left alone either way, the command replaces it at the end."""
     if path is None:
         return None
     target = Path(path).expanduser()
     if target.is_dir():
         example = target / f"result{suffix or ''}"
         raise UsageError(f"{flag} {target} is a folder; pass a file path such as {example}")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise UsageError(f"{flag} {target} already exists; pass --overwrite to replace it, or choose another {flag}")
     made = _make_dirs(target.parent, flag)
     probe = target.parent / f".{target.name}.probe-{os.getpid()}"
     try:

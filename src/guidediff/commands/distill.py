@@ -41,6 +41,12 @@ def run(args) -> int:
     require(args.minutes is None or 0 < args.minutes < float("inf"), "--minutes must be a positive number")
     require(0 < args.w_max < float("inf"), f"--w-max must be a positive number, got {args.w_max}")
     require(0 < args.lr < float("inf"), f"--lr must be a positive number such as 5e-5, got {args.lr}")
+    from guidediff.external.diffusers_unet import is_diffusers_unet
+
+    # the student is our UNet started from the teacher's weights: a diffusers UNet has neither
+    require(not is_diffusers_unet(args.teacher),
+            f"{args.teacher} is a diffusers UNet2DModel; distill trains a student from a guidediff model's weights, "
+            "so pass a model of guidediff train (diffusers models can be sampled, swept and guided, not distilled)")
     device = check_device(args.device)
     claim_out_dir(args.out, overwrite=args.overwrite)
     teacher_net, config = load_model(args.teacher, device)

@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
                         "images, or your image folder (one sub-folder per class; needs --classifier trained "
                         "on it by `guidediff train-classifier --data FOLDER`)")
     p.add_argument("--json", metavar="OUT.json", default=None, help="write the metrics here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file (it is refused otherwise)")
     p.add_argument("--classifier", metavar="PATH", default=None,
                    help="evaluation classifier weights (default: the shipped ones)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_device(args.device)
-    out = check_out_file(args.json, flag="--json", suffix=".json")
+    out = check_out_file(args.json, flag="--json", suffix=".json", overwrite=args.overwrite)
     images, labels = load_samples(args.samples)
     result = evaluate_samples(images, labels, classifier=args.classifier, ref=args.ref, device=args.device,
                               data_dir=args.data_dir, inception_weights=args.inception_weights,

@@ -7,6 +7,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("report", help="write a self-contained HTML report of a run or sweep directory")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report file (it is refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -20,7 +21,7 @@ def run(args) -> int:
     run_dir = Path(args.run_dir).expanduser()
     require(run_dir.is_dir(), f"{run_dir} {'is a file' if run_dir.exists() else 'does not exist'}; pass the run, "
                               "sweep or eval output directory")
-    check_out_file(args.out or run_dir / "report.html", flag="--out", suffix=".html")
+    check_out_file(args.out or run_dir / "report.html", flag="--out", suffix=".html", overwrite=args.overwrite)
     path = write_report(args.run_dir, args.out)
     print(f"wrote {path}")
     return 0

@@ -11,6 +11,7 @@ from guidediff.commands._guidance_args import (
     sampler_options,
 )
 from guidediff.commands._sampler_args import add_grid_argument, sampler_names
+from guidediff.parsing import finite_float
 
 
 def add_parser(subparsers) -> None:
@@ -30,8 +31,8 @@ def add_parser(subparsers) -> None:
                    help="default: the model config's sample.sampler")
     add_grid_argument(p)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model config's sample.steps)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--v", type=float, default=None, help="ancestral variance exponent v in [0, 1] (CFG paper: 0.3)")
+    p.add_argument("--eta", type=finite_float, default=None, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--v", type=finite_float, default=None, help="ancestral variance exponent v in [0, 1] (CFG paper: 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/samples", help="output directory (default out/samples)")
     p.add_argument("--overwrite", action="store_true", help="replace what an existing --out holds (it is refused otherwise)")
@@ -65,7 +66,7 @@ def run(args) -> int:
     if is_ddgan_source(args.model):
         return run_ddgan(args)
 
-    from guidediff.checkpoint import load_model
+    from guidediff.checkpoint import load_guide_model, load_model
     from guidediff.errors import UsageError, in_flags, require
     from guidediff.parsing import parse_classes, parse_floats
     from guidediff.generation import generate, save_samples
@@ -102,7 +103,7 @@ def run(args) -> int:
         variant = None if method == "cfg" else {"name": method, **options}
     else:
         method, options, guide, variant = spec.name, method_options(args, spec), args.guide_model, None
-    guide_net = load_model(guide, device)[0] if guide is not None else None
+    guide_net = load_guide_model(guide, device, net) if guide is not None else None
     sampler = args.sampler or s.sampler
     steps = s.steps if args.steps is None else args.steps
     try:

@@ -16,6 +16,7 @@ def add_parser(subparsers) -> None:
                     "FOLDER --classifier OUT`.",
     )
     p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (it is refused otherwise)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (one-cycle)")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from guidediff.errors import require
 
     check_device(args.device)
-    check_out_file(args.out, flag="--out", suffix=".safetensors")
+    check_out_file(args.out, flag="--out", suffix=".safetensors", overwrite=args.overwrite)
     if args.data is not None:
         require(args.data_dir is None, "--data-dir is where Fashion-MNIST lives; with --data FOLDER leave it out")
         result = train_folder_classifier(args.data, args.out, resolution=args.resolution, channels=args.channels,

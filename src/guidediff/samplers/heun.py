@@ -25,10 +25,11 @@ def _at_least_zero(value) -> str | None:
 @register_sampler("heun", help="EDM's Heun: second order, 2 evaluations per step but the last", options=(
     Option("s_churn", float, 0.0, "EDM's S_churn: stochasticity per step (0: deterministic)", check=_at_least_zero),
     Option("s_tmin", float, 0.0, "churn only where sigma/alpha >= s_tmin", check=_at_least_zero),
-    Option("s_tmax", float, math.inf, "churn only where sigma/alpha <= s_tmax", check=_at_least_zero),
+    Option("s_tmax", float, math.inf, "churn only where sigma/alpha <= s_tmax (inf: no limit)",
+           check=_at_least_zero, allow_inf=True),
     Option("s_noise", float, 1.0, "EDM's S_noise: scale of the churn noise", check=_at_least_zero),
     Option("euler_above", float, 80.0, "steps starting above this sigma/alpha are first-order (EDM starts at 80)",
-           check=_at_least_zero),
+           check=_at_least_zero, allow_inf=True),
     common.CLIP_X, common.THRESHOLD,
 ))
 def sample_heun(

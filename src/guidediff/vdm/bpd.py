@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from guidediff.errors import require
-from guidediff.vdm.bound import LN2
+from guidediff.vdm.bound import LN2, vlb_terms
 
 
 @dataclass
@@ -62,6 +62,7 @@ def evaluate_bpd(
     condition: str = "label",
     bf16: bool | None = None,
     progress: bool = False,
+    schedule=None,
 ) -> BpdResult:
     """The bound of every image of x [N, C, H, W] (float in [−1, 1] on the 8-bit grid) under a
     VDMModel, in bits/dim. The noise (u, ε, ε_0) is drawn for all N images up front from a CPU
@@ -69,7 +70,12 @@ def evaluate_bpd(
 
     c: labels [N]; condition 'label' evaluates log p(x|c), 'null' the unconditional log p(x)
     (the null token), ignored by an unconditional model. T: None uses the model's timesteps
-    (0 = continuous time). bf16: autocast the denoiser on CUDA (None: on when x is on CUDA)."""
+    (0 = continuous time). bf16: autocast the denoiser on CUDA (None: on when x is on CUDA).
+
+    schedule: evaluate the continuous-time bound with u uniform on *this* schedule instead of the
+    model's, i.e. λ drawn from its density (importance sampling over λ, ``vdm.variance.
+    pilot_importance_schedule``). It must have the model's endpoints: the expectation is then the
+    same (VDM eq. 20), only the variance changes."""
     require(condition in ("label", "null"), f"condition must be 'label' or 'null', got {condition!r}")
     require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     n = x.shape[0]
@@ -79,6 +85,13 @@ def evaluate_bpd(
     if c is None or condition == "null" or num_classes == 0:
         c = torch.full((n,), num_classes, dtype=torch.long, device=device)
     require(c.shape == (n,), f"{n} images but {tuple(c.shape)} labels; pass one label per image")
+    T = model.vdm.timesteps if T is None else T
+    if schedule is not None:
+        require(T == 0, f"importance sampling over λ is for the continuous-time bound; T = {T} is discrete: "
+                        "evaluate it with the model's schedule")
+        ends, own = (schedule.lam_max, schedule.lam_min), (float(model.schedule.lam_max), float(model.schedule.lam_min))
+        require(all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(ends, own)),
+                f"the importance schedule's endpoints {ends} differ from the model's {own}; the bound would change")
 
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(n, generator=g, dtype=torch.float64)
@@ -99,7 +112,11 @@ def evaluate_bpd(
     for start in starts:
         sl = slice(start, min(start + batch_size, n))
         with autocast:
-            terms = model(x[sl].float(), c[sl], u[sl].to(device), eps[sl].to(device), eps_0[sl].to(device), T=T)
+            if schedule is None:
+                terms = model(x[sl].float(), c[sl], u[sl].to(device), eps[sl].to(device), eps_0[sl].to(device), T=T)
+            else:
+                terms = vlb_terms(model.denoiser, x[sl].float(), c[sl], schedule, u[sl].to(device),
+                                  eps[sl].to(device), eps_0[sl].to(device), T=0)
         for name in parts:
             parts[name].append(getattr(terms, name).double().cpu())
 
