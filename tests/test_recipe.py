@@ -220,3 +220,22 @@ def test_power_ema_same_in_the_graph_ready_step(tmp_path):
         weights.append(load_model(tmp_path / mode.strip('"'), "cpu")[0].state_dict())
     for k, v in weights[0].items():
         assert torch.allclose(v.float(), weights[1][k].float(), atol=1e-6), k
+
+
+def test_an_edm_preconditioned_guide_is_sampled_with_its_preconditioning(tmp_path):
+    # autoguidance with the model itself as guide is the plain conditional model, whatever w
+    from guidediff.checkpoint import load_model, save_model
+    from guidediff.generation import generate
+    from guidediff.nets.unet import UNet
+    from train_helpers import tiny_config
+
+    config = tiny_config("model.num_classes=3", "model.image_size=8", "model.in_channels=1",
+                         'diffusion.precondition="edm"')
+    torch.manual_seed(0)
+    path = save_model(UNet(config.model).state_dict(), config, tmp_path / "edm.safetensors", dtype="float32")
+    net, config = load_model(path)
+    guide, _ = load_model(path)
+    kw = dict(steps=3, device="cpu", progress=False, bf16=False)
+    plain = generate(net, config, [0, 2], [0.0], 2, **kw)["x"]
+    auto = generate(net, config, [0, 2], [2.0], 2, guidance="autoguidance", guide_net=guide, **kw)["x"]
+    assert (plain.astype(int) - auto.astype(int)).__abs__().max() <= 1

@@ -566,6 +566,9 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", weights: 
     check_state_dict(tensors, net.state_dict(), where)
     net.load_state_dict(tensors)
     net.source = str(source)  # named in errors about what the net computes (sampling.require_finite)
+    # its ε is defined with these settings (EDM preconditioning): a guide net needs them where its
+    # config does not travel with it (generation.generate's guide_net)
+    net.diffusion_config = config.diffusion
     return net.to(device).eval().requires_grad_(False), config
 
 

@@ -211,7 +211,8 @@ def generate(
     channels_last = cuda if channels_last is None else channels_last
     runtime = dict(bf16=bf16, channels_last=channels_last, compile=compile)
     counter = _network(net, device, **runtime, diffusion=config.diffusion)
-    guide = _network(guide_net, device, **runtime) if guide_net is not None else None
+    guide = (_network(guide_net, device, **runtime, diffusion=getattr(guide_net, "diffusion_config", None))
+             if guide_net is not None else None)
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
     # a VDM brings its own (learned) schedule, a diffusers model its scheduler; others sample the config's
