@@ -160,6 +160,16 @@ def distill_images(
     return [float(v) for v in losses]
 
 
+def check_teacher(config) -> None:
+    """What a teacher must be for ``distill_model``: checked before any data is loaded."""
+    require(config.diffusion.precondition == "none",
+            "distillation takes a teacher without preconditioning; this one was trained with "
+            "diffusion.precondition = edm, which the student cannot copy yet: distill a model trained with "
+            "configs/fmnist_cfg_v1.toml (or diffusion.precondition = \"none\")")
+    require(config.model.num_classes > 0 and config.diffusion.p_uncond > 0,
+            "the teacher must be a class-conditional model trained with condition dropout (p_uncond > 0)")
+
+
 def distill_model(
     teacher_net: torch.nn.Module,
     config,
@@ -174,11 +184,7 @@ def distill_model(
     from guidediff.nets.w_conditioned import WConditionedUNet
     from guidediff.schedules import schedule_from_config
 
-    require(config.diffusion.precondition == "none",
-            "distillation takes a teacher without preconditioning; this one was trained with "
-            "diffusion.precondition = edm, which the student cannot copy yet")
-    require(config.model.num_classes > 0 and config.diffusion.p_uncond > 0,
-            "the teacher must be a class-conditional model trained with condition dropout (p_uncond > 0)")
+    check_teacher(config)
     device = next(teacher_net.parameters()).device
     bf16 = device.type == "cuda"
 

@@ -32,7 +32,7 @@ def run(args) -> int:
 
     from guidediff.checkpoint import load_model, save_model
     from guidediff.data.images import load_dataset
-    from guidediff.distill import distill_model
+    from guidediff.distill import check_teacher, distill_model
     from guidediff.errors import require
     from guidediff.nets.w_conditioned import WConditionedUNet
     from guidediff.commands._outputs import check_device, claim_out_dir
@@ -52,11 +52,12 @@ def run(args) -> int:
     teacher_net, config = load_model(args.teacher, device)
     require(not isinstance(teacher_net, WConditionedUNet),
             f"{args.teacher} is already a distilled student; pass the CFG model it came from")
+    check_teacher(config)
     d = config.data
     data = load_dataset(d.name, "train", data_dir=args.data_dir or d.data_dir, resolution=d.resolution,
                         channels=d.channels, skip_bad=d.skip_bad_images)
     start = time.perf_counter()
-    student, losses = distill_model(teacher_net, config, torch.from_numpy(data.images), torch.from_numpy(data.labels),
+    student, losses = distill_model(teacher_net, config, torch.from_numpy(data.images.copy()), torch.from_numpy(data.labels.copy()),
                                     steps=args.steps, seconds=None if args.minutes is None else 60 * args.minutes,
                                     batch=args.batch_size, lr=args.lr, w_range=(0.0, args.w_max), seed=args.seed)
     seconds = time.perf_counter() - start
