@@ -16,6 +16,7 @@ into the bucket: nothing is copied and no layout is left to mismatch.
 from __future__ import annotations
 
 import atexit
+import weakref
 import torch
 from torch import nn
 
@@ -25,6 +26,7 @@ from torch import nn
 BUCKET_CAP_MB = 50.0
 
 _exit_hook_registered = False
+_accelerators: list = []  # weak references to the accelerators whose models shutdown() releases
 
 
 def ddp_kwargs(bucket_cap_mb: float = BUCKET_CAP_MB):
@@ -38,11 +40,25 @@ def ddp_kwargs(bucket_cap_mb: float = BUCKET_CAP_MB):
 
 
 def shutdown() -> None:
-    """Leave the process group (NCCL warns at exit about one that was never destroyed)."""
+    """Leave the process group (NCCL warns at exit about one that was never destroyed).
+
+    The DDP modules that Accelerate still holds are released first, while the group exists: a
+    reducer torn down after it can abort the process ("terminate called without an active
+    exception", seen once with gloo); the barrier keeps any rank from leaving while another still
+    talks to it."""
+    import gc
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for ref in _accelerators:
+        accelerator = ref()
+        if accelerator is not None:
+            accelerator.free_memory()
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def prepare(accelerator, net: nn.Module, optimizer: torch.optim.Optimizer):
@@ -59,6 +75,7 @@ def prepare(accelerator, net: nn.Module, optimizer: torch.optim.Optimizer):
         for p in net.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)  # zeros_like keeps p's strides: the bucket view's layout
+        _accelerators.append(weakref.ref(accelerator))
         if not _exit_hook_registered:
             atexit.register(shutdown)
             _exit_hook_registered = True
