@@ -159,6 +159,19 @@ def profile_summary(fn, top: int = 10) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def profile_best(rows: dict[str, dict], runs: dict, what: str = "", **extra) -> dict:
+    """Profile the fastest working variant of each side (``ours``, ``diffusers``): ``runs[name]`` is
+    a callable that runs it once; ``extra`` is recorded with each profile. Prints and returns them."""
+    profiles = {}
+    for side in ("ours", "diffusers"):
+        ok = [(v["images_per_s"], k) for k, v in rows.items() if k.startswith(side) and "error" not in v]
+        if ok:
+            best = max(ok)[1]
+            profiles[best] = {**profile_summary(runs[best]), **extra}
+            print_profile(f"{best}{what}", profiles[best])
+    return profiles
+
+
 def print_profile(label: str, summary: dict) -> None:
     if "top_kernels" not in summary:
         print(f"profile {label}: {summary}")

@@ -146,14 +146,7 @@ def at_batch(batch: int, args, params: int | None) -> tuple[dict, dict]:
             _attempt(rows, runs, "diffusers_bf16", diffusers_side, batch, s, w, repeats, torch.bfloat16, params)
     print(f"== batch {batch}")
     summary = common.summarize(rows)
-    profiles = {}
-    for side in ("ours", "diffusers"):
-        ok = [(v["images_per_s"], k) for k, v in rows.items() if k.startswith(side) and "error" not in v]
-        if ok:
-            best = max(ok)[1]
-            profiles[best] = common.profile_summary(runs[best])
-            common.print_profile(f"{best} (one trajectory of {batch})", profiles[best])
-    summary["profiles"] = profiles
+    summary["profiles"] = common.profile_best(rows, runs, f" (one trajectory of {batch})")
     return summary, rows
 
 

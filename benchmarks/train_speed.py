@@ -214,14 +214,7 @@ def main() -> None:
         if on_gpu:
             _attempt(rows, runs, "diffusers_bf16", diffusers_side, b, n, r, True, params)
 
-    profiles = {}
-    for side in ("ours", "diffusers"):
-        ok = [(v["images_per_s"], k) for k, v in rows.items() if k.startswith(side) and "error" not in v]
-        if ok:
-            best = max(ok)[1]
-            profiles[best] = common.profile_summary(runs[best])
-            profiles[best]["steps"] = PROFILE_STEPS
-            common.print_profile(best, profiles[best])
+    profiles = common.profile_best(rows, runs, steps=PROFILE_STEPS)
     graphed, plain = rows.get("ours_bf16_compiled_graphed", {}), rows.get("ours_bf16_compiled", {})
     recipe = {"config": "configs/fmnist_cfg.toml",
               "images_per_s_without_graph": plain.get("images_per_s"),
