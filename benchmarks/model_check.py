@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -18,7 +17,6 @@ import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
 from guidediff.checkpoint import load_model  # noqa: E402
-from guidediff.generation import generate  # noqa: E402
 
 
 def main() -> None:
@@ -37,15 +35,10 @@ def main() -> None:
               "models": {}}
     for source in args.models:
         net, config = load_model(source, device)
-        rows = []
-        for w in ws:
-            t0 = time.perf_counter()
-            out = generate(net, config, list(range(10)), [w], max(args.n // 10, 1), sampler=args.sampler,
-                           steps=args.steps, grid=args.grid, device=device, batch_size=250, progress=False)
-            rows.append({"w": w, **fmnist_eval.metrics(out["x"], out["y"], device),
-                         "seconds": time.perf_counter() - t0})
-            print(f"{source}  w={w:g}  FID {rows[-1]['fid']:.4f}  CAS {rows[-1]['cas']:.4f}", flush=True)
-        record["models"][source] = rows
+        print(source, flush=True)
+        record["models"][source] = fmnist_eval.evaluate_at(
+            net, config, ws, max(args.n // 10, 1), ddim_steps=args.steps, device=device, sampler=args.sampler,
+            grid=args.grid, batch_size=250)
         common.write_result(args.name, record)
 
 
