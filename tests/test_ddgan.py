@@ -264,7 +264,8 @@ def test_grid25_run_covers_the_modes(tmp_path):
     assert cov["high_quality_share"] > 0.10
 
 
-def test_nan_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
+def _poison_fourth_d_loss(monkeypatch) -> None:
+    """The discriminator loss turns NaN on its 4th call (step 3)."""
     calls = {"n": 0}
     real_d_loss = ddgan_train.d_loss
 
@@ -274,6 +275,10 @@ def test_nan_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
         return out * float("nan") if calls["n"] == 4 else out
 
     monkeypatch.setattr(ddgan_train, "d_loss", poisoned)
+
+
+def test_nan_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
+    _poison_fourth_d_loss(monkeypatch)
     with pytest.raises(ddgan_train.TrainingDiverged, match="step 3.*ckpt-0000003.*--resume"):
         ddgan_train.train(_toy_config(10, **{"generator.hidden": 16, "discriminator.hidden": 16}),
                           tmp_path / "run", progress=False)
@@ -429,15 +434,7 @@ def test_sync_free_finite_check_gives_the_same_run(tmp_path):
 
 
 def test_sync_free_finite_check_stops_at_the_next_log_step(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real_d_loss = ddgan_train.d_loss
-
-    def poisoned(d_real, d_fake):
-        calls["n"] += 1
-        out = real_d_loss(d_real, d_fake)
-        return out * float("nan") if calls["n"] == 4 else out
-
-    monkeypatch.setattr(ddgan_train, "d_loss", poisoned)
+    _poison_fourth_d_loss(monkeypatch)
     config = _toy_config(20, **{"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 5,
                                 "train.checkpoint_every": 2, "train.finite_check": '"log"'})
     with pytest.raises(ddgan_train.TrainingDiverged, match=r"non-finite at step 3 \(found at step 4\).*ckpt-0000002"):
