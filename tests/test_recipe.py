@@ -239,3 +239,34 @@ def test_an_edm_preconditioned_guide_is_sampled_with_its_preconditioning(tmp_pat
     plain = generate(net, config, [0, 2], [0.0], 2, **kw)["x"]
     auto = generate(net, config, [0, 2], [2.0], 2, guidance="autoguidance", guide_net=guide, **kw)["x"]
     assert (plain.astype(int) - auto.astype(int)).__abs__().max() <= 1
+
+
+def test_shifted_cosine_keeps_its_ends_and_inverts_in_float64():
+    # simple diffusion's shift: same λ range, the density in λ moved by 2·log s
+    import math
+
+    from guidediff.schedules import make_schedule
+
+    plain, shifted = make_schedule("cfg", -20.0, 20.0), make_schedule("cfg", -20.0, 20.0, 2.0)
+    u = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    lam = shifted.lam(u)
+    assert torch.allclose(lam[[0, -1]], torch.tensor([20.0, -20.0], dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(shifted.u_of_lam(lam), u, atol=1e-9)
+    h = 1e-6
+    fd = (shifted.lam(u[1:-1] + h) - shifted.lam(u[1:-1] - h)) / (2 * h)
+    assert torch.allclose(shifted.dlam_du(u[1:-1]), fd, rtol=1e-5)
+    assert bool((shifted.lam(u[1:-1]) > plain.lam(u[1:-1])).all())  # more steps at high SNR
+    # in the middle, where truncation barely matters, the shift is +2·log s
+    assert float(shifted.lam(torch.tensor(0.5, dtype=torch.float64)) - plain.lam(torch.tensor(0.5, dtype=torch.float64))) \
+        == pytest.approx(2 * math.log(2.0), abs=0.05)
+
+
+def test_cosine_and_linear_lr_decay_in_closed_form():
+    from guidediff.lr_schedule import lr_factor
+
+    kw = dict(warmup=100, total=1100, final=0.1)
+    assert lr_factor(49, decay="cosine", **kw) == pytest.approx(0.5)            # warm-up: 50/100
+    assert lr_factor(599, decay="cosine", **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway: cos(π/2) = 0
+    assert lr_factor(1099, decay="cosine", **kw) == pytest.approx(0.1)
+    assert lr_factor(5000, decay="cosine", **kw) == pytest.approx(0.1)
+    assert lr_factor(349, decay="linear", **kw) == pytest.approx(1 - 0.9 * 0.25)
