@@ -124,7 +124,7 @@ def vdm_loss(vdm: VDMConfig, *, p_uncond: float, null_class: int) -> Callable:
 
 
 class VDMSamplingNet(nn.Module):
-    """A trained VDM as the ε-network that ``sampling.generate`` (and so `guidediff sample`) draws
+    """A trained VDM as the ε-network that ``generation.generate`` (and so `guidediff sample`) draws
     from: ``forward(z, lam, c)`` is its denoiser (Fourier features included) and ``schedule`` its
     own, possibly learned, schedule, whose λ grid ``generate`` uses instead of the config's."""
 
