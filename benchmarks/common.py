@@ -194,11 +194,27 @@ def reset_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def refuse_other_device(path: Path) -> None:
+    """A committed result measured on another device (an H200's, say) is not replaced by a run
+    here (a CPU smoke run, say) unless BENCH_OVERWRITE=1: send such runs elsewhere with BENCH_OUT."""
+    if not path.is_file() or os.environ.get("BENCH_OVERWRITE") == "1":
+        return
+    try:
+        theirs = json.loads(path.read_text()).get("device")
+    except (OSError, ValueError, AttributeError):
+        return
+    ours = environment()["device"]
+    if theirs and theirs != ours:
+        raise SystemExit(f"error: {path} holds results measured on {theirs}, not on this {ours}; write elsewhere "
+                         f"with BENCH_OUT=DIR, or set BENCH_OVERWRITE=1 to replace them")
+
+
 def write_result(name: str, payload: dict, out_dir: str | None = None) -> Path:
     """Write benchmarks/results/<name>.json (or into $OUT when set) and return the path."""
     target = Path(out_dir or os.environ.get("BENCH_OUT") or RESULTS)
     target.mkdir(parents=True, exist_ok=True)
     path = target / f"{name}.json"
+    refuse_other_device(path)
     path.write_text(json.dumps({**environment(), **payload}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
