@@ -51,7 +51,12 @@ def test_graph_request_on_cpu_falls_back_with_a_note():
     assert mode == "graph-ready" and "needs a GPU" in notes[0]
     assert choose_mode("auto", cuda=False, world_size=1, mixed_precision="no", default_loss=True) == "classic"
     assert choose_mode("auto", cuda=True, world_size=1, mixed_precision="bf16", default_loss=False) == "classic"
-    assert choose_mode("auto", cuda=True, world_size=2, mixed_precision="bf16", default_loss=True) == "classic"
+    # several processes are graphed too (their own all-reduce in the graph, no DDP); fp16 is not
+    assert choose_mode("auto", cuda=True, world_size=2, mixed_precision="bf16", default_loss=True) == "graphed"
+    assert choose_mode("eager", cuda=False, world_size=2, mixed_precision="no", default_loss=True) == "graph-ready"
+    assert choose_mode("auto", cuda=True, world_size=2, mixed_precision="fp16", default_loss=True) == "classic"
+    assert choose_mode(True, cuda=True, world_size=1, mixed_precision="fp16", default_loss=True,
+                       log=notes.append) == "classic" and "fp16" in notes[-1]
     assert choose_mode("auto", cuda=True, world_size=1, mixed_precision="bf16", default_loss=True) == "graphed"
 
 

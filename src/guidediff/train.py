@@ -8,8 +8,9 @@ resume. What is learned is a *loss closure* ``loss_fn(model, x, c, ctx) -> scala
 Randomness is a function of (seed, step), never of the process layout: each step's batch indices,
 flips and loss noise are drawn for the GLOBAL batch from a generator seeded by (seed, step) on
 every rank, and each rank keeps its slice ``ctx.start:ctx.stop``. N processes therefore compute
-what one process computes on the same global batch (DDP averages equal-sized per-rank mean
-gradients into the full-batch gradient), and a resumed run continues exactly where it stopped.
+what one process computes on the same global batch (DDP, or the graph-ready step's own all-reduce,
+averages equal-sized per-rank mean gradients into the full-batch gradient), and a resumed run
+continues exactly where it stopped.
 Dropout uses the global RNG, reseeded per (seed, step, rank): resume is exact, but with dropout > 0
 N processes draw other masks than one.
 """
@@ -95,6 +96,7 @@ class TrainResult:
     model_file: Path | None = None
     images: int = 0
     loop_s: float = 0.0
+    step_mode: str = ""  # train_step.MODES: the step that ran (a failed capture ends "graph-ready")
 
 
 def cfg_loss(config: Config) -> LossFn:
@@ -265,9 +267,12 @@ def _make_optimizer(config: Config, net: nn.Module, cuda: bool, capturable: bool
 
 def _prepare(accelerator, net: nn.Module, optimizer, graphed: bool):
     """Wrap for data parallelism (Accelerate: DDP over processes, its autocast). The graph-ready
-    step of one process uses the plain module and optimizer: it does its own autocast, and
-    Accelerate's cached-cast forward cannot sit inside a CUDA graph."""
-    if graphed and accelerator.num_processes == 1:
+    step uses the plain module and optimizer: it does its own autocast (Accelerate's cached-cast
+    forward cannot sit inside a CUDA graph) and, with several processes, its own gradient
+    all-reduce instead of DDP's; the ranks start from rank 0's weights, as DDP would make them."""
+    if graphed:
+        if accelerator.num_processes > 1:
+            distributed.broadcast_module(net)
         return net, optimizer
     return distributed.prepare(accelerator, net, optimizer)
 
@@ -576,7 +581,7 @@ class _Run:
                            stopped_by=st.stopped_by, final_loss=st.final_loss,
                            images_per_sec=images / max(loop_s, 1e-9) if images else None,
                            checkpoint=st.saved or latest, elapsed_s=time.time() - self.t0,
-                           model_file=model_file, images=images, loop_s=loop_s)
+                           model_file=model_file, images=images, loop_s=loop_s, step_mode=self.step_fn.mode)
 
 
 def describe(result: TrainResult) -> str:

@@ -1,13 +1,19 @@
 """One training step (data, loss, backward, clipping, AdamW, EMA) as a function of the step number,
 in three modes that compute the same function:
 
-- ``"classic"``: the Accelerate step (any process count, fp16 with its gradient scaler).
+- ``"classic"``: the Accelerate step (any process count through DDP, fp16 with its gradient scaler).
 - ``"graph-ready"``: the step written so that nothing in it waits for the host: the batch indices
   sit in a static buffer, the EMA decay and the learning rate are device tensors, the randomness
   comes from generators positioned per step before the step runs, and the gradient norm stays on
-  the device. Runs eagerly; this is what is captured.
+  the device. Runs eagerly; this is what is captured. With several processes it does DDP's work
+  itself, without DDP (whose reducer runs from host hooks): the gradients are views into one flat
+  buffer, zeroed before the forward and averaged by one all-reduce after the backward, before the
+  clipping (``distributed.flat_grad_views``, ``average_gradients``).
 - ``"graphed"``: the graph-ready step captured once in a CUDA graph (after two eager warm-up
   steps, which are real training steps) and replayed: one launch per step instead of hundreds.
+  With several processes the NCCL all-reduce is captured too (the communicator exists by then:
+  the start-up broadcast and the warm-up all-reduces ran eagerly); if any rank fails to capture,
+  every rank runs the graph-ready step uncaptured.
 
 Randomness stays a function of (seed, step): on CUDA the step's generator and the dropout
 generator are seeded once and moved to offset ``step * PHILOX_STRIDE`` before each step (a graph
@@ -87,6 +93,9 @@ class TrainStep:
         self._seeds = (derive_seed(p.seed, "step"), derive_seed(p.seed, "dropout", p.rank))
         self._graph = None
         self._eager_steps = 0
+        # several processes: the gradients live in one flat buffer that one all-reduce averages
+        self.flat_grad = (distributed.flat_grad_views(self.params)
+                          if mode != "classic" and p.world_size > 1 else None)
         if mode != "classic":
             self.static_idx = torch.zeros(p.global_batch, dtype=torch.long, device=self.device)
             if p.ema is not None:
@@ -133,8 +142,16 @@ class TrainStep:
         self.loss_sum += loss.detach().float()
 
     # -- the graph-ready step: nothing inside reads a device value on the host -------------------
+    def _clear_grads(self) -> None:
+        """After an uncaptured step: one process drops its gradients (a capture then allocates
+        static ones); several keep their views into the flat buffer, which ``_body`` zeroes."""
+        if self.flat_grad is None:
+            self.p.optimizer.zero_grad(set_to_none=True)
+
     def _body(self, step: int) -> None:
         p = self.p
+        if self.flat_grad is not None:
+            self.flat_grad.zero_()
         ctx = self._context(step)  # a captured step keeps this step number: the default loss never reads it
         x, c = p.batches.gather(self.static_idx, ctx, p.hflip)
         # no autocast weight cache: a cached cast would outlive the capture
@@ -142,6 +159,8 @@ class TrainStep:
                             cache_enabled=False):
             loss = p.loss_fn(p.model, x, c, ctx)
         p.accelerator.backward(loss)
+        if self.flat_grad is not None:
+            distributed.average_gradients(self.flat_grad, p.world_size)  # before clipping: the global norm
         if p.grad_clip > 0:
             self.grad_norm.copy_(torch.nn.utils.clip_grad_norm_(self.params, p.grad_clip, foreach=self.cuda or None))
         p.optimizer.step()
@@ -160,21 +179,37 @@ class TrainStep:
         self.loss_sum += loss.detach().float()
 
     def _capture(self, step: int) -> None:
-        p = self.p
-        p.optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates static grads
+        self._clear_grads()  # one process: the backward inside the capture allocates static grads
         graph = torch.cuda.CUDAGraph()
         if hasattr(graph, "register_generator_state"):
             graph.register_generator_state(self.gen)
+        failure = None
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._body(step)
         except Exception as exc:  # noqa: BLE001 - any capture failure: the same step, uncaptured
-            say(f"note: the training step could not be captured in a CUDA graph ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); training without it (train.cuda_graph=eager)")
-            p.optimizer.zero_grad(set_to_none=True)
+            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if self.p.world_size > 1 and failure is None and not self._all_captured(True):
+            failure = "another process could not capture its step"
+        elif self.p.world_size > 1 and failure is not None:
+            self._all_captured(False)
+        if failure is not None:
+            say(f"note: the training step could not be captured in a CUDA graph ({failure}); "
+                "training without it (train.cuda_graph=eager)")
+            self._clear_grads()
             self.mode = "graph-ready"
             return
         self._graph = graph
+
+    def _all_captured(self, mine: bool) -> bool:
+        """Whether every rank captured its step (an eager all-reduce, outside the capture): the
+        ranks must all replay their captured all-reduce or all run it eagerly, never a mix of a
+        half-built communicator plan on one side and a live call on the other."""
+        import torch.distributed as dist
+
+        flag = torch.tensor(1.0 if mine else 0.0, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def __call__(self, step: int) -> None:
         p = self.p
@@ -192,13 +227,13 @@ class TrainStep:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                self._body(step)
-                p.optimizer.zero_grad(set_to_none=True)
+                self._body(step)  # several processes: its all-reduce is an eager NCCL call before capture
+                self._clear_grads()
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._eager_steps += 1
         else:
             self._body(step)
-            p.optimizer.zero_grad(set_to_none=True)
+            self._clear_grads()
         p.scheduler.step()
         if p.ema is not None:
             p.ema.num_updates += 1
@@ -206,19 +241,19 @@ class TrainStep:
 
 def choose_mode(setting: bool | str, *, cuda: bool, world_size: int, mixed_precision: str, default_loss: bool,
                 log=say) -> str:
-    """train.cuda_graph → a mode. "auto" graphs one CUDA process with the default loss (a custom
-    loss closure might read values on the host); true asks for it; "eager" is the graph-ready
-    step uncaptured; false the classic step. What cannot be graphed falls back with a note."""
+    """train.cuda_graph → a mode. "auto" graphs CUDA processes with the default loss (a custom
+    loss closure might read values on the host), one or several (then the gradient all-reduce is
+    in the graph, not DDP); true asks for it; "eager" is the graph-ready step uncaptured; false the
+    classic step (Accelerate, DDP for several processes). What cannot be graphed falls back with
+    a note. ``world_size`` does not matter any more; it stays for callers that pass it."""
     if setting is False:
         return "classic"
     if setting == "auto" and not (cuda and default_loss):
         return "classic"
-    blockers = [why for bad, why in [(world_size > 1, f"{world_size} processes (DDP)"),
-                                     (mixed_precision == "fp16", "fp16 needs a gradient scaler")] if bad]
-    if blockers:
-        if setting is not True and setting != "eager":
-            return "classic"
-        log(f"note: train.cuda_graph={setting} is not possible with {', '.join(blockers)}; training without it")
+    if mixed_precision == "fp16":
+        if setting is True or setting == "eager":
+            log(f"note: train.cuda_graph={setting} is not possible with fp16 (it needs a gradient scaler); "
+                "training without it")
         return "classic"
     if setting == "eager":
         return "graph-ready"
