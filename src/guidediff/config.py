@@ -104,8 +104,8 @@ class TrainConfig:
     checkpoint_every: int = 5000
     keep_last: int = 3
     compile: bool | str = "auto"
-    # the whole step (data, loss, backward, clipping, AdamW, EMA) as one CUDA graph: "auto" = on for
-    # one CUDA process with the default loss; "eager" = the same step without the capture (debugging)
+    # the whole step (data, loss, backward, all-reduce, clipping, AdamW, EMA) as one CUDA graph: "auto" =
+    # on for CUDA with the default loss; "eager" = the same step without the capture (debugging)
     cuda_graph: bool | str = "auto"
     channels_last: bool | str = "auto"
     deterministic: bool = False
