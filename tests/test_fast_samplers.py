@@ -208,6 +208,7 @@ def test_sigma_max_none_is_the_full_grid():
     today["karras"][0], today["karras"][-1] = ends[0], ends[1]
     for kind in schedules.GRIDS:
         assert torch.equal(schedules.lam_grid(sch, 5, kind=kind, sigma_max=None), today[kind].float()), kind
+        assert torch.equal(schedules.lam_grid(sch, 5, kind=kind, dtype=torch.float64), today[kind]), kind
         # σ_max at the schedule's own start (σ/α = e^10 at λ = −20) truncates nothing
         torch.testing.assert_close(schedules.lam_grid(sch, 5, kind=kind, sigma_max=math.exp(10.0),
                                                       dtype=torch.float64), today[kind], rtol=0, atol=1e-9)

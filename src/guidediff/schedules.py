@@ -252,7 +252,7 @@ def _edm_sigma_ends(schedule: Schedule, sigma_max: float | None, sigma_min: floa
     top, bottom = math.exp(-lam_lo / 2), math.exp(-lam_hi / 2)  # σ/α at the noisy and the clean end
     for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
         require(value is None or (isinstance(value, (int, float)) and math.isfinite(value) and value > 0),
-                f"{name} must be a positive number (sigma/alpha, EDM's notation; EDM uses sigma_max=80) or None, "
+                f"{name} must be a positive number (sigma/alpha, EDM's notation; EDM uses sigma_max=80) or left out, "
                 f"got {value!r}")
     hi_edm = top if sigma_max is None else float(sigma_max)
     lo_edm = bottom if sigma_min is None else float(sigma_min)
