@@ -258,9 +258,10 @@ def _edm_sigma_ends(schedule: Schedule, sigma_max: float | None, sigma_min: floa
     lo_edm = bottom if sigma_min is None else float(sigma_min)
     # a relative 1e-9 lets sigma_max = exp(10) name the start of a schedule at λ = −20 despite rounding
     allowed = f"({bottom:.4g}, {top:.6g}]"
+    hint = ", e.g. EDM's 80" if bottom < 80.0 <= top else ""
     require(bottom < hi_edm <= top * (1 + 1e-9),
             f"sigma_max must lie in {allowed}, the sigma/alpha this schedule spans (clean end to its noisiest "
-            f"point, lam={lam_lo:g}), got {hi_edm:g}; pick one inside, e.g. EDM's 80, or leave it out")
+            f"point, lam={lam_lo:g}), got {hi_edm:g}; pick one inside{hint}, or leave it out")
     require(bottom * (1 - 1e-9) <= lo_edm < hi_edm,
             f"sigma_min must lie in [{bottom:.4g}, {hi_edm:.6g}) (the schedule's clean end up to the grid's "
             f"start), got {lo_edm:g}; pick one inside or leave it out")
