@@ -5,11 +5,12 @@ For each configuration (sampler on a grid), each step count and each CFG weight 
 shipped Fashion-MNIST classifier's features (guidediff.metrics.evaluate.evaluate_samples). NFE per
 image is counted by generate (a guided step costs 2; Heun pays 2 per step but the last).
 Writes benchmarks/results/samplers_fid_vs_nfe.{json,png} (or into --out / $BENCH_OUT) after every
-point, so a run cut short keeps what it measured; --resume skips the points already in the JSON.
+point, so a run cut short keeps what it measured; --resume skips the points already in the JSON
+(keyed by config, steps and w; a config's @SIGMA_MAX is part of its name).
 
     PYTHONPATH=src python3 benchmarks/samplers_fid_vs_nfe.py --compile            # one H200, ~6 min
     PYTHONPATH=src python3 benchmarks/samplers_fid_vs_nfe.py --n 20 --steps 2 --w 0.3 \
-        --configs ddim-u,heun-karras --device cpu --out /tmp/bench                   # CPU smoke test
+        --configs ddim-u,heun-karras,dpmpp-2m-karras@80 --device cpu --out /tmp/bench  # CPU smoke test
 """
 
 from __future__ import annotations
@@ -28,14 +29,26 @@ NAME = "samplers_fid_vs_nfe"
 # sampler-grid: every sampler on the schedule's own grid; beside it the grids the solvers' papers use
 # (uniform λ for DPM-Solver++, EDM's ρ = 7 for Heun). Over our λ ∈ [−20, 20] (σ/α up to e^10, EDM's
 # σ_max is 80) those grids spend several steps where x̂ hardly changes, so both are measured.
+# A suffix @S starts the grid at σ/α = S (generate's sigma_max), e.g. dpmpp-2m-karras@80.
 DEFAULT_CONFIGS = "ddim-u,dpmpp-2m-u,dpmpp-2m-lambda,heun-u,heun-karras,unipc-u"
 
 
-def parse_config(text: str) -> tuple[str, str]:
-    sampler, _, grid = text.rpartition("-")
-    if sampler not in ("ddim", "ancestral", "dpmpp-2m", "heun", "unipc") or grid not in ("u", "lambda", "karras"):
-        raise SystemExit(f"bad --configs entry {text!r}: write SAMPLER-GRID, e.g. dpmpp-2m-lambda or heun-karras")
-    return sampler, grid
+def parse_config(text: str) -> tuple[str, str, float | None, str]:
+    """'SAMPLER-GRID[@SIGMA_MAX]' -> (sampler, grid, sigma_max or None, the canonical name that keys
+    the JSON rows, so '@80' and '@80.0' are one point and each sigma_max another)."""
+    import math
+
+    head, at, tail = text.partition("@")
+    sampler, _, grid = head.rpartition("-")
+    try:
+        sigma_max = float(tail) if at else None
+    except ValueError:
+        sigma_max = math.nan
+    if (sampler not in ("ddim", "ancestral", "dpmpp-2m", "heun", "unipc") or grid not in ("u", "lambda", "karras")
+            or (sigma_max is not None and not (math.isfinite(sigma_max) and sigma_max > 0))):
+        raise SystemExit(f"bad --configs entry {text!r}: write SAMPLER-GRID or SAMPLER-GRID@SIGMA_MAX, e.g. "
+                         "dpmpp-2m-lambda, heun-karras or dpmpp-2m-karras@80")
+    return sampler, grid, sigma_max, f"{sampler}-{grid}" + ("" if sigma_max is None else f"@{sigma_max:g}")
 
 
 def plot(payload: dict, path: Path) -> None:
@@ -84,18 +97,23 @@ def main() -> None:
 
     from guidediff.checkpoint import load_model
     from guidediff.metrics.evaluate import evaluate_samples
-    from guidediff.generation import generate
+    from guidediff.errors import UsageError
+    from guidediff.generation import generate, model_lam_grid
     from guidediff.runtime import resolve_device
     from guidediff.sweep import flatten_metrics
 
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    for c in configs:
-        parse_config(c)
+    configs = [parse_config(c.strip())[3] for c in args.configs.split(",") if c.strip()]
     steps_list = [int(s) for s in args.steps.split(",")]
     ws = [float(w) for w in args.w.split(",")]
     device = resolve_device(args.device)
     net, config = load_model(args.model, device)
     num_classes = config.model.num_classes
+    for name in configs:  # a sigma_max outside the model's schedule fails here, before any sampling
+        _, grid, sigma_max, _ = parse_config(name)
+        try:
+            model_lam_grid(config, 1, device, kind=grid, schedule=getattr(net, "schedule", None), sigma_max=sigma_max)
+        except UsageError as error:
+            raise SystemExit(f"--configs {name}: {error}") from None
     per_class = max(1, args.n // num_classes)
     out_dir = Path(args.out or os.environ.get("BENCH_OUT") or common.RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,16 +132,17 @@ def main() -> None:
     start = time.time()
     print(f"{'config':18s} {'w':>4s} {'steps':>5s} {'NFE':>6s} {'FID':>8s} {'floor':>6s} {'CAS':>6s} {'s/img':>8s}")
     for name in configs:
-        sampler, grid = parse_config(name)
+        sampler, grid, sigma_max, _ = parse_config(name)
         for w in ws:
             for steps in steps_list:
                 if (name, steps, w) in done:
                     continue
                 result = generate(net, config, classes=list(range(num_classes)), ws=[w], n=per_class,
-                                  sampler=sampler, steps=steps, grid=grid, device=device,
+                                  sampler=sampler, steps=steps, grid=grid, sigma_max=sigma_max, device=device,
                                   batch_size=args.batch_size, progress=False, compile=args.compile)
                 metrics = flatten_metrics(evaluate_samples(result["x"], result["y"], device=device))
-                point = {"config": name, "sampler": sampler, "grid": grid, "w": w, "steps": steps,
+                point = {"config": name, "sampler": sampler, "grid": grid, "sigma_max": sigma_max, "w": w,
+                         "steps": steps,
                          "nfe_per_image": result["nfe_per_image"], "sec_per_image": result["seconds"] / len(result["x"]),
                          **{k: metrics[k] for k in ("n", "fid", "fid_floor", "is", "cas", "precision", "recall")}}
                 points.append(point)

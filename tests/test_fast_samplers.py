@@ -172,6 +172,113 @@ def test_grids():
         schedules.lam_grid(sch, 4, kind="edm")
 
 
+EDM_SIGMA_MAX = 80.0  # Karras et al. 2022, Table 1: λ = −2·log 80 ≈ −8.76
+
+
+@pytest.mark.parametrize("name", ["cfg", "linear"])
+def test_sigma_max_starts_every_grid_there(name):
+    sch = schedules.make_schedule(name)
+    lam_end = float(sch.lam(torch.zeros(1, dtype=torch.float64)))
+    for kind in schedules.GRIDS:
+        g = schedules.lam_grid(sch, 6, kind=kind, sigma_max=EDM_SIGMA_MAX, dtype=torch.float64)
+        assert len(g) == 7 and bool((g[1:] > g[:-1]).all()), kind
+        assert float(g[0]) == -2.0 * math.log(EDM_SIGMA_MAX) and float(g[-1]) == lam_end, kind
+    # each grid keeps its spacing over the shorter range: uniform in u, in λ, in σ^{1/ρ}
+    u = sch.u_of_lam(schedules.lam_grid(sch, 6, kind="u", sigma_max=EDM_SIGMA_MAX, dtype=torch.float64))
+    torch.testing.assert_close(u[1:] - u[:-1], (u[1] - u[0]).expand(6))
+    lam = schedules.lam_grid(sch, 6, kind="lambda", sigma_max=EDM_SIGMA_MAX, dtype=torch.float64)
+    torch.testing.assert_close(lam, torch.linspace(-2.0 * math.log(EDM_SIGMA_MAX), lam_end, 7, dtype=torch.float64))
+    root = torch.exp(-schedules.lam_grid(sch, 6, kind="karras", sigma_max=EDM_SIGMA_MAX, dtype=torch.float64) / 14)
+    assert float(root[0]) == pytest.approx(EDM_SIGMA_MAX ** (1 / 7), rel=1e-12)
+    torch.testing.assert_close(root[1:] - root[:-1], (root[1] - root[0]).expand(6))
+    # and sigma_min ends it likewise
+    g = schedules.lam_grid(sch, 4, kind="karras", sigma_max=EDM_SIGMA_MAX, sigma_min=0.05, dtype=torch.float64)
+    assert float(g[-1]) == -2.0 * math.log(0.05)
+
+
+def test_sigma_max_none_is_the_full_grid():
+    sch = schedules.make_schedule("cfg")
+    ends = sch.lam(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    today = {  # the grids as they were before sigma_max, recomputed here
+        "u": sch.lam(torch.linspace(1.0, 0.0, 6, dtype=torch.float64)),
+        "lambda": torch.linspace(float(ends[0]), float(ends[1]), 6, dtype=torch.float64),
+        "karras": -2.0 * torch.log(schedules.karras_sigmas(math.exp(-float(ends[1]) / 2),
+                                                           math.exp(-float(ends[0]) / 2), 5)),
+    }
+    today["karras"][0], today["karras"][-1] = ends[0], ends[1]
+    for kind in schedules.GRIDS:
+        assert torch.equal(schedules.lam_grid(sch, 5, kind=kind, sigma_max=None), today[kind].float()), kind
+        assert torch.equal(schedules.lam_grid(sch, 5, kind=kind, dtype=torch.float64), today[kind]), kind
+        # σ_max at the schedule's own start (σ/α = e^10 at λ = −20) truncates nothing
+        torch.testing.assert_close(schedules.lam_grid(sch, 5, kind=kind, sigma_max=math.exp(10.0),
+                                                      dtype=torch.float64), today[kind], rtol=0, atol=1e-9)
+
+
+class _OwnGrid:
+    """A schedule that brings its own discrete u grid (as a diffusers scheduler's timesteps do)."""
+
+    def __init__(self):
+        self.inner = schedules.make_schedule("cfg")
+
+    def lam(self, u):
+        return self.inner.lam(u)
+
+    def lam_grid(self, steps, *, dtype=torch.float32, device=None):
+        return self.inner.lam(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"sigma_max": 1e6}, "sigma_max must lie in (4.54e-05, 22026.5]"),
+    ({"sigma_max": 1e-5}, "sigma_max must lie in"),
+    ({"sigma_max": 0.0}, "sigma_max must be a positive number"),
+    ({"sigma_max": float("nan")}, "sigma_max must be a positive number"),
+    ({"sigma_max": 80.0, "sigma_min": 100.0}, "sigma_min must lie in"),
+    ({"sigma_min": 1e-9}, "sigma_min must lie in"),
+])
+def test_bad_sigma_max_is_a_one_line_usage_error(kwargs, words):
+    for kind in schedules.GRIDS:
+        with pytest.raises(UsageError) as info:
+            schedules.lam_grid(schedules.make_schedule("cfg"), 5, kind=kind, **kwargs)
+        assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sigma_max_refuses_a_schedules_own_discrete_grid():
+    with pytest.raises(UsageError, match="lambda or karras grid"):
+        schedules.lam_grid(_OwnGrid(), 5, kind="u", sigma_max=EDM_SIGMA_MAX)
+    assert float(schedules.lam_grid(_OwnGrid(), 5, kind="karras", sigma_max=EDM_SIGMA_MAX)[0]) == pytest.approx(
+        -2.0 * math.log(EDM_SIGMA_MAX))
+
+
+def _oracle_run(den, c, sampler, steps, kind, sigma_max=None):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(len(c), 2, generator=gen, dtype=torch.float64)  # the same N(0, I) start whatever λ_0
+    lams = schedules.lam_grid(schedules.make_schedule("cfg"), steps, kind=kind, sigma_max=sigma_max,
+                              dtype=torch.float64)
+    with torch.no_grad():
+        return samplers.sample(den, z, lams, c, sampler=sampler, generator=gen)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0])
+def test_sigma_max_80_helps_five_karras_steps_and_n01_stays_the_right_start(gmm3, w):
+    m = gmm3
+    c = torch.arange(300) % m.num_classes
+    den = guidance.cfg(m, w, m.null_class)
+    ref = _oracle_run(den, c, "unipc", 512, "lambda")  # the ODE from λ = −20
+
+    def err(x):
+        return float((x - ref).norm(dim=1).mean())
+
+    # N(0, I) is the VP marginal at σ/α = 80 up to α² ≈ 1.6e-4: the ODE started there lands where the
+    # full one does (seen: 0.007 at w = 0, 0.011 at w = 1); at σ/α = 2 (α² = 0.2) it does not (0.3-0.4)
+    assert err(_oracle_run(den, c, "unipc", 512, "lambda", EDM_SIGMA_MAX)) < 0.03
+    assert err(_oracle_run(den, c, "unipc", 512, "lambda", 2.0)) > 0.2
+    # 5 dpmpp-2m steps on the karras grid: from σ/α = e^10 two steps go above 800 (seen: error
+    # 0.45 at w = 0, 0.51 at w = 1); from 80 they land far closer (0.04, 0.14)
+    full = err(_oracle_run(den, c, "dpmpp-2m", 5, "karras"))
+    truncated = err(_oracle_run(den, c, "dpmpp-2m", 5, "karras", EDM_SIGMA_MAX))
+    assert truncated < 0.5 * full, (truncated, full)
+
+
 def test_fast_sampler_input_errors(gmm3):
     z, c = torch.randn(4, 2), torch.zeros(4, dtype=torch.int64)
     lams = _lams(5).float()

@@ -77,11 +77,20 @@ def test_ancestral_runs_and_repeats(run_dir, tmp_path):
     (["--n", "0"], "--n must be a positive integer"),
     (["--steps", "0"], "--steps must be a positive integer"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--grid", "karras", "--sigma-max", "1e6"], "--sigma-max must lie in (4.54e-05, 22026.5]"),
 ])
 def test_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys, args, message):
     code = main(["sample", str(run_dir), "--out", str(tmp_path), "--device", "cpu", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_sigma_max_starts_the_grid_lower(run_dir, tmp_path, capsys):
+    assert sample(run_dir, tmp_path / "full", "--grid", "karras") == 0
+    assert sample(run_dir, tmp_path / "cut", "--grid", "karras", "--sigma-max", "80") == 0
+    assert "(karras grid from sigma/alpha 80)" in capsys.readouterr().out
+    full, cut = (np.load(tmp_path / d / "samples.npz")["x"] for d in ("full", "cut"))
+    assert full.shape == cut.shape and not np.array_equal(full, cut)
 
 
 def test_truncated_model_file_is_one_line_exit_2(run_dir, tmp_path, capsys):

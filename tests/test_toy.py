@@ -113,6 +113,7 @@ def test_classifier_guidance_equals_cfg_through_the_cli(tmp_path, sampler):
         (["--oracle", "--steps", "0"], "steps"),
         (["--oracle", "--data", "moons"], "gmm3"),
         (["--oracle", "--sampler", "euler"], "sampler"),
+        (["--oracle", "--grid", "karras", "--sigma-max", "1e6"], "sigma_max must lie in"),
         (["--guidance", "classifier", "--classifier-steps", "0"], "classifier_steps"),
         (["--oracle", "--scale", "2"], "--guidance classifier"),
     ],
@@ -145,3 +146,12 @@ def test_saved_model_reproduces_the_samples(trained_run):
     with np.load(trained_run / "samples.npz") as f:
         np.testing.assert_allclose(x.numpy(), f["x"], rtol=0, atol=1e-5)
         np.testing.assert_array_equal(y.numpy(), f["y"])
+
+
+def test_sigma_max_reaches_the_toy_sampler(tmp_path):
+    args = ["--oracle", "--w=1", "--n", "50", "--steps", "5", "--grid", "karras", *COMMON]
+    assert _toy(*args, "--out", str(tmp_path / "full")) == 0
+    assert _toy(*args, "--sigma-max", "80", "--out", str(tmp_path / "cut")) == 0
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["config"]["sigma_max"] == 80.0
+    full, cut = (np.load(tmp_path / d / "samples.npz")["x"] for d in ("full", "cut"))
+    assert not np.allclose(full, cut)

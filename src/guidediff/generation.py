@@ -23,7 +23,13 @@ from guidediff.runtime import derive_seed, resolve_device
 
 
 def initial_noise(seed: int, items: list[tuple[int, int]], shape: tuple[int, ...]) -> torch.Tensor:
-    """z_1 ~ N(0, I) for each (class, index) item, each from its own seeded CPU generator."""
+    """z ~ N(0, I) for each (class, index) item, each from its own seeded CPU generator.
+
+    The samplers take it as the VP latent z = α·x + σ·ε at the grid's first λ_0, whose marginal
+    has per-dimension variance σ² + α²·E[x²] = 1 − α²·(1 − E[x²]). N(0, I) is that to within α²:
+    e^{−20} at the schedules' λ = −20, and 1/(1 + 80²) ≈ 1.6e-4 at EDM's σ_max = 80 (a grid started
+    with ``sigma_max``), a KL of about α⁴/4 per dimension. EDM's own start x = σ_max·ε in its scaled
+    variables is z = α·σ_max·ε = σ·ε here, as close (variance 1 − α²); the same z serves both."""
     g = torch.Generator()
     out = torch.empty((len(items), *shape))
     for k, (c, i) in enumerate(items):
@@ -143,6 +149,7 @@ def generate(
     sampler: str = "ddim",
     steps: int = 50,
     grid: str = "u",
+    sigma_max: float | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     batch_size: int = 256,
@@ -177,7 +184,9 @@ def generate(
     ``eta``, ``v`` and ``clip_x`` reach the samplers that declare them (images live in [−1, 1]:
     clip_x = 1 clips x̂ there, see ``samplers.predict``).
 
-    ``grid`` picks the step grid (``schedules.lam_grid``: u, lambda or karras) for any sampler.
+    ``grid`` picks the step grid (``schedules.lam_grid``: u, lambda or karras) for any sampler;
+    ``sigma_max`` (σ/α, EDM's σ_max, e.g. 80) starts it there instead of at the schedule's noisiest
+    point (None), still from z ~ N(0, I) (``initial_noise`` says why that stays right).
 
     ``compile`` runs the networks through ``torch.compile`` (on CUDA about 3x faster for the
     Fashion-MNIST UNet; the first batch of each shape pays the compilation, before the clock).
@@ -216,7 +225,8 @@ def generate(
     grad = _ClassifierGrad(classifier, device, bf16=bf16, compile=compile) if classifier is not None else None
     context = GuidanceContext(guide=guide, grad_log_prob=grad)
     # a VDM brings its own (learned) schedule, a diffusers model its scheduler; others sample the config's
-    lams = model_lam_grid(config, steps, device, kind=grid, schedule=getattr(net, "schedule", None))
+    lams = model_lam_grid(config, steps, device, kind=grid, schedule=getattr(net, "schedule", None),
+                          sigma_max=sigma_max)
     shape = (mc.in_channels, mc.image_size, mc.image_size)
     items = [(w, c, i) for w in ws for c in classes for i in range(n)]
     batches = _batches(items, spec, batch_size)
@@ -262,9 +272,10 @@ def _sampler_options(sampler_spec, shorthands: dict[str, Any], sampler_options: 
     return sampler_spec.resolve({**options, **(sampler_options or {})})
 
 
-def model_lam_grid(config, steps: int, device, kind: str = "u", schedule=None) -> torch.Tensor:
+def model_lam_grid(config, steps: int, device, kind: str = "u", schedule=None,
+                   sigma_max: float | None = None) -> torch.Tensor:
     """The steps + 1 increasing log-SNRs of the model's schedule that the samplers walk, on the
-    grid ``kind`` (``schedules.lam_grid``). ``schedule`` (a VDM's own, learned) replaces the config's;
+    grid ``kind`` (``schedules.lam_grid``), from σ/α = ``sigma_max`` when given. ``schedule`` (a VDM's own, learned) replaces the config's;
     without it the schedule is ``schedules.schedule_of(config)``: an external model's own schedule
     object where its config carries one (a diffusers scheduler, whose "u" grid is its timesteps),
     else the (possibly shifted) schedule of [diffusion]."""
@@ -272,7 +283,7 @@ def model_lam_grid(config, steps: int, device, kind: str = "u", schedule=None) -
 
     if schedule is None:
         schedule = schedule_of(config)
-    return lam_grid(schedule, steps, kind=kind, device=device).detach()
+    return lam_grid(schedule, steps, kind=kind, sigma_max=sigma_max, device=device).detach()
 
 
 def _with_guidance_options(options: dict, guided, spec, sampler_spec) -> dict:

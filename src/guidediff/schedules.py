@@ -244,28 +244,72 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho
 
 
-def lam_grid(schedule: Schedule, steps: int, *, kind: str = "u", rho: float = 7.0, dtype=torch.float32,
-             device=None) -> Tensor:
+def _edm_sigma_ends(schedule: Schedule, sigma_max: float | None, sigma_min: float | None) -> tuple[float, float]:
+    """(λ_lo, λ_hi): the grid's ends, λ = −2·log σ_edm for a given σ_edm = σ/α, else the schedule's
+    own λ(1), λ(0). UsageError when a given σ_edm lies outside the schedule's range."""
+    ends = schedule.lam(torch.tensor([1.0, 0.0], dtype=torch.float64)).detach()
+    lam_lo, lam_hi = float(ends[0]), float(ends[1])
+    top, bottom = math.exp(-lam_lo / 2), math.exp(-lam_hi / 2)  # σ/α at the noisy and the clean end
+    for name, value in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
+        require(value is None or (isinstance(value, (int, float)) and math.isfinite(value) and value > 0),
+                f"{name} must be a positive number (sigma/alpha, EDM's notation; EDM uses sigma_max=80) or left out, "
+                f"got {value!r}")
+    hi_edm = top if sigma_max is None else float(sigma_max)
+    lo_edm = bottom if sigma_min is None else float(sigma_min)
+    # a relative 1e-9 lets sigma_max = exp(10) name the start of a schedule at λ = −20 despite rounding
+    allowed = f"({bottom:.4g}, {top:.6g}]"
+    hint = ", e.g. EDM's 80" if bottom < 80.0 <= top else ""
+    require(bottom < hi_edm <= top * (1 + 1e-9),
+            f"sigma_max must lie in {allowed}, the sigma/alpha this schedule spans (clean end to its noisiest "
+            f"point, lam={lam_lo:g}), got {hi_edm:g}; pick one inside{hint}, or leave it out")
+    require(bottom * (1 - 1e-9) <= lo_edm < hi_edm,
+            f"sigma_min must lie in [{bottom:.4g}, {hi_edm:.6g}) (the schedule's clean end up to the grid's "
+            f"start), got {lo_edm:g}; pick one inside or leave it out")
+    if sigma_max is not None:
+        lam_lo = max(lam_lo, -2.0 * math.log(hi_edm))
+    if sigma_min is not None:
+        lam_hi = min(lam_hi, -2.0 * math.log(lo_edm))
+    return lam_lo, lam_hi
+
+
+def lam_grid(schedule: Schedule, steps: int, *, kind: str = "u", rho: float = 7.0, sigma_max: float | None = None,
+             sigma_min: float | None = None, dtype=torch.float32, device=None) -> Tensor:
     """The sampling grid: steps + 1 increasing values of λ between the schedule's ends.
 
     ``kind="u"``: the schedule's own grid, λ(u) at u = 1, 1 − 1/steps, …, 0; a schedule with its own
     ``lam_grid`` (a discrete one, e.g. a diffusers scheduler's timesteps) chooses that grid itself.
     ``"lambda"``: uniform in λ (DPM-Solver's choice). ``"karras"``: EDM's ρ-grid (eq. 5) in
     σ_edm = σ/α = e^{−λ/2}, mapped back by λ = −2·log σ_edm; it crowds the steps at low noise.
-    Both take the ends λ(1), λ(0) of the schedule, whatever its own grid."""
+    Both take the ends λ(1), λ(0) of the schedule, whatever its own grid.
+
+    ``sigma_max`` (EDM's σ_max, in σ_edm = σ/α; EDM uses 80, i.e. λ = −8.76) starts the grid at
+    λ = −2·log sigma_max instead of λ(1); None keeps the schedule's start (bit-identical grids).
+    Beyond σ/α ≈ 80 a VP latent is noise to within α² ≈ 1.6e-4 of its variance, so a few-step
+    grid gains nothing by spending steps there; the samplers still start from z ~ N(0, I), the VP
+    marginal at λ_0 up to that α² (see ``generation.initial_noise``). ``sigma_min`` likewise ends the
+    grid at λ = −2·log sigma_min (None: λ(0)). Each must lie inside the schedule's own σ_edm range.
+    The u grid is truncated through the schedule's inverse: uniform in u between u(λ_start) and
+    u(λ_end); a schedule that brings its own discrete grid (a diffusers scheduler's timesteps) has
+    no such u grid, so there the truncation is refused (the lambda and karras grids take it)."""
     require(isinstance(steps, int) and steps >= 1, f"steps must be an integer >= 1, got {steps!r}")
     require(kind in GRIDS, f"unknown grid {kind!r}; choose one of {', '.join(GRIDS)}")
+    truncated = sigma_max is not None or sigma_min is not None
     if kind == "u" and hasattr(schedule, "lam_grid"):
+        require(not truncated, "sigma_max/sigma_min cannot truncate this model's own u grid (its scheduler's "
+                               "timesteps); use the lambda or karras grid with them, or leave them out")
         return schedule.lam_grid(steps, dtype=dtype, device=device)
-    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    if kind == "u":
+    if kind == "u" and not truncated:
+        u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         return schedule.lam(u).to(dtype=dtype, device=device)
     require(rho > 0, f"rho must be > 0, got {rho}")
-    ends = schedule.lam(torch.tensor([1.0, 0.0], dtype=torch.float64)).detach()
-    lam_min, lam_max = float(ends[0]), float(ends[1])
-    if kind == "lambda":
+    lam_min, lam_max = _edm_sigma_ends(schedule, sigma_max, sigma_min)
+    if kind == "u":
+        u_ends = schedule.u_of_lam(torch.tensor([lam_min, lam_max], dtype=torch.float64)).detach()
+        lams = schedule.lam(torch.linspace(float(u_ends[0]), float(u_ends[1]), steps + 1,
+                                           dtype=torch.float64)).detach().double()
+    elif kind == "lambda":
         lams = torch.linspace(lam_min, lam_max, steps + 1, dtype=torch.float64)
     else:
         lams = -2.0 * torch.log(karras_sigmas(math.exp(-lam_max / 2), math.exp(-lam_min / 2), steps, rho))
-        lams[0], lams[-1] = lam_min, lam_max  # exact ends, whatever the rounding of exp/log
+    lams[0], lams[-1] = lam_min, lam_max  # exact ends, whatever the rounding of exp/log (or the inverse)
     return lams.to(dtype=dtype, device=device)

@@ -74,6 +74,7 @@ class SweepSettings:
     sampler: str = "ddim"                 # a name in the sampler registry
     sampler_options: dict | None = None   # options the sampler declares (eta, clip_x, ...)
     grid: str = "u"                       # step grid: u, lambda or karras
+    sigma_max: float | None = None        # the grid's start in sigma/alpha (EDM's 80); None: the schedule's
     seed: int = 0                         # seeds each knob value's sampling and guide_accuracy's noise
     device: str = "auto"                  # auto, cpu, cuda or cuda:N
     batch_size: int = 1000                # images per sampler call
@@ -213,6 +214,7 @@ def _summary(model: str, s: SweepSettings, run: _Prepared) -> dict:
         "steps": s.steps,
         "sampler": s.sampler,
         "grid": s.grid,
+        "sigma_max": s.sigma_max,  # an older sweep.json lacks it, which resume reads as None
         "seed": s.seed,
         "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -238,7 +240,7 @@ def _measure(run: _Prepared, s: SweepSettings, w: float) -> tuple[dict, tuple]:
     cg = run.spec.needs == "classifier"
     result = generate(
         run.net, run.config, classes=list(range(run.num_classes)), ws=[w], n=s.n // run.num_classes,
-        sampler=s.sampler, steps=s.steps, grid=s.grid, seed=s.seed, device=run.device, batch_size=s.batch_size,
+        sampler=s.sampler, steps=s.steps, grid=s.grid, sigma_max=s.sigma_max, seed=s.seed, device=run.device, batch_size=s.batch_size,
         bf16=s.bf16, progress=True, guidance=s.guidance, guidance_options=run.options,
         classifier=run.guide_net if cg else None, cfg_variant=s.cfg_variant, guide_net=run.guide, compile=s.compile,
         sampler_options=s.sampler_options,

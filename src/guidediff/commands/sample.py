@@ -107,17 +107,18 @@ def run(args) -> int:
     sampler = args.sampler or s.sampler
     steps = s.steps if args.steps is None else args.steps
     try:
-        result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, grid=args.grid, seed=args.seed,
-                          device=device, batch_size=args.batch_size, bf16=False if args.no_bf16 else None,
+        result = generate(net, config, classes, ws, args.n, sampler=sampler, steps=steps, grid=args.grid,
+                          sigma_max=args.sigma_max, seed=args.seed, device=device, batch_size=args.batch_size, bf16=False if args.no_bf16 else None,
                           guidance=method, guidance_options=options, classifier=classifier, guide_net=guide_net,
                           sampler_options=sampler_options(args, sampler, {"eta": s.eta, "v": s.v}))
     except UsageError as error:
-        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size"}) from None
+        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size",
+                               "sigma_max": "--sigma-max"}) from None
     written = save_samples(args.out, result, max_cols=args.grid_cols)
     total = len(result["x"])
     knob = "w" if spec.weight == "w" else f"scale ({spec.name}{''.join(f', {v}' for v in options.values())})"
-    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps ({args.grid} grid) "
-          f"on {device}")
+    print(f"wrote {total} images ({len(classes)} classes x {len(ws)} {knob} x {args.n}) with {sampler}, {steps} steps ({args.grid} grid"
+          f"{'' if args.sigma_max is None else f' from sigma/alpha {args.sigma_max:g}'}) on {device}")
     if variant is not None:
         print("guidance: " + ", ".join(f"{k} {v}" for k, v in variant.items() if k != "name") + f" ({variant['name']})"
               if len(variant) > 1 else f"guidance: {variant['name']}")
@@ -134,7 +135,8 @@ def run(args) -> int:
 
 # `guidediff sample` options that DDGAN cannot honour, with the value that means "not given"
 _DIFFUSION_ONLY = (("w", "--w", None), ("guidance", "--guidance", "cfg"), ("cfg_variant", "--cfg-variant", None),
-                   ("sampler", "--sampler", None), ("grid", "--grid", "u"), ("steps", "--steps", None), ("eta", "--eta", None),
+                   ("sampler", "--sampler", None), ("grid", "--grid", "u"),
+                   ("sigma_max", "--sigma-max", None), ("steps", "--steps", None), ("eta", "--eta", None),
                    ("v", "--v", None), ("scale", "--scale", None), ("noisy_classifier", "--classifier", None),
                    ("interval", "--interval", None), ("guide_model", "--guide-model", None),
                    ("guidance_opt", "--guidance-opt", None), ("sampler_opt", "--sampler-opt", None))

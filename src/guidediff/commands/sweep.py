@@ -80,7 +80,8 @@ def run(args) -> int:
     try:
         _sweep(args, knobs, options, variant, guide)
     except UsageError as error:
-        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size"}) from None
+        raise in_flags(error, {"n": "--n", "steps": "--steps", "batch_size": "--batch-size",
+                               "sigma_max": "--sigma-max"}) from None
     return 0
 
 
@@ -89,7 +90,8 @@ def _sweep(args, knobs, options, variant, guide) -> None:
 
     settings = SweepSettings(
         n=args.n, steps=args.steps, out_dir=args.out, sampler=args.sampler,
-        sampler_options=sampler_options(args, args.sampler), grid=args.grid, seed=args.seed, device=args.device,
+        sampler_options=sampler_options(args, args.sampler), grid=args.grid, sigma_max=args.sigma_max, seed=args.seed,
+        device=args.device,
         batch_size=args.batch_size, bf16=not args.no_bf16, compile=args.compile, classifier=args.classifier,
         guidance=args.guidance, guidance_options=options, cfg_variant=variant, guide_model=guide,
         noisy_classifier=args.noisy_classifier, null_class=args.null_class, resume=args.resume,

@@ -102,6 +102,7 @@ def config_from_args(args):
         steps=args.steps,
         sampler=args.sampler,
         grid=args.grid,
+        sigma_max=args.sigma_max,
         seed=args.seed,
         guidance=args.guidance,
         base=args.base,

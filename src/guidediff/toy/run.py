@@ -55,6 +55,7 @@ class ToyConfig:
     steps: int = 100
     sampler: str = "ddim"
     grid: str = "u"
+    sigma_max: float | None = None  # the grid's start in sigma/alpha (EDM's 80); None: the schedule's
     seed: int = 0
     guidance: str = "cfg"  # any method of the guidance registry that needs no guide model
     base: str = "uncond"
@@ -104,7 +105,9 @@ def validate(config: ToyConfig, mixture: GaussianMixture) -> ToyConfig:
     require(isinstance(config.steps, int) and config.steps >= 1, f"steps must be an integer >= 1, got {config.steps!r}")
     require(math.isfinite(config.lam_min) and math.isfinite(config.lam_max) and config.lam_min < config.lam_max,
             f"the log-SNR range needs finite lam_min < lam_max, got [{config.lam_min}, {config.lam_max}]")
-    schedules.make_schedule(config.schedule, config.lam_min, config.lam_max)
+    # the grid's options, checked before any training
+    schedules.lam_grid(schedules.make_schedule(config.schedule, config.lam_min, config.lam_max), 1,
+                       kind=config.grid, sigma_max=config.sigma_max)
     classes = tuple(range(mixture.num_classes)) if config.classes is None else tuple(config.classes)
     require(len(classes) > 0, "give at least one class")
     for c in classes:
@@ -304,6 +307,7 @@ def sample_toy(
     sampler: str = "ddim",
     sampler_options: dict | None = None,
     grid: str = "u",
+    sigma_max: float | None = None,
     schedule=None,
     seed: int = 0,
     dim: int = 2,
@@ -318,7 +322,7 @@ def sample_toy(
     w = torch.tensor(weights, dtype=dtype).repeat_interleave(n * len(classes))
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(y), dim, generator=gen, dtype=dtype)
-    lams = schedules.lam_grid(schedule, steps, kind=grid, dtype=dtype)
+    lams = schedules.lam_grid(schedule, steps, kind=grid, sigma_max=sigma_max, dtype=dtype)
     with torch.no_grad():
         guided_denoiser = denoiser(w)
         options = {**(sampler_options or {}), **getattr(guided_denoiser, "sampler_options", {})}
@@ -459,7 +463,8 @@ def run_toy(config: ToyConfig | None = None, *, log: Callable[[str], None] | Non
         )
 
     common = dict(classes=config.classes, weights=config.w, n=config.n, steps=config.steps,
-                  sampler=config.sampler, sampler_options=config.sampler_options, grid=config.grid, schedule=schedule,
+                  sampler=config.sampler, sampler_options=config.sampler_options, grid=config.grid,
+                  sigma_max=config.sigma_max, schedule=schedule,
                   seed=config.seed, dim=mixture.dim,
                   progress=config.progress)
     model_samples = None
