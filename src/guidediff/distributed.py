@@ -158,8 +158,10 @@ def flat_grad_views(params) -> torch.Tensor:
 def average_gradients(flat: torch.Tensor, world_size: int) -> None:
     """θ's gradient averaged over the ranks, in place: each rank's mean over its equal slice of the
     global batch, summed and divided by the rank count, is the mean over the global batch (what
-    DDP computes; divided first, as DDP's default hook does). Runs on the current stream (a
-    synchronous ``all_reduce``), so inside a CUDA-graph capture it is captured with the step."""
+    DDP computes; divided first, as DDP's default hook does). A synchronous ``all_reduce``: NCCL
+    enqueues it on the current stream (recent torch; older versions fork to their own stream and join
+    back), so inside a CUDA-graph capture it is recorded in order with the rest of the step; an
+    ``async_op=True`` call left un-waited would leave the capture unjoined."""
     import torch.distributed as dist
 
     flat.div_(world_size)
