@@ -194,16 +194,18 @@ def reset_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def refuse_other_device(path: Path) -> None:
+def refuse_other_device(path: Path, device: str | None = None) -> None:
     """A committed result measured on another device (an H200's, say) is not replaced by a run
-    here (a CPU smoke run, say) unless BENCH_OVERWRITE=1: send such runs elsewhere with BENCH_OUT."""
+    here (a CPU smoke run, say) unless BENCH_OVERWRITE=1: send such runs elsewhere with BENCH_OUT.
+    ``device``: the device the new payload says it was measured on (a merge of GPU results run on a
+    CPU keeps the GPU's); default this machine's."""
     if not path.is_file() or os.environ.get("BENCH_OVERWRITE") == "1":
         return
     try:
         theirs = json.loads(path.read_text()).get("device")
     except (OSError, ValueError, AttributeError):
         return
-    ours = environment()["device"]
+    ours = device or environment()["device"]
     if theirs and theirs != ours:
         raise SystemExit(f"error: {path} holds results measured on {theirs}, not on this {ours}; write elsewhere "
                          f"with BENCH_OUT=DIR, or set BENCH_OVERWRITE=1 to replace them")
@@ -214,7 +216,7 @@ def write_result(name: str, payload: dict, out_dir: str | None = None) -> Path:
     target = Path(out_dir or os.environ.get("BENCH_OUT") or RESULTS)
     target.mkdir(parents=True, exist_ok=True)
     path = target / f"{name}.json"
-    refuse_other_device(path)
+    refuse_other_device(path, payload.get("device"))
     path.write_text(json.dumps({**environment(), **payload}, indent=2) + "\n")
     print(f"wrote {path}")
     return path

@@ -60,7 +60,7 @@ def plot(payload: dict, path: Path) -> None:
     ws = sorted({p["w"] for p in payload["points"]})
     fig, axes = plt.subplots(1, len(ws), figsize=(5.5 * len(ws), 4.2), squeeze=False)
     for ax, w in zip(axes[0], ws):
-        for config in payload["configs"]:
+        for config in dict.fromkeys(p["config"] for p in payload["points"]):  # --resume may add configs
             pts = sorted((p for p in payload["points"] if p["w"] == w and p["config"] == config), key=lambda p: p["nfe_per_image"])
             if pts:
                 ax.plot([p["nfe_per_image"] for p in pts], [p["fid"] for p in pts], marker="o", label=config)

@@ -194,12 +194,33 @@ def merge(args) -> None:
             return {"steps": snap["step"], "train_minutes": (snap["clock_s"] or 0) / 60, "points": snap["points"]}
 
         ours = {**final(sides["new"]), "params": sides["new"].get("params"), "config": CONFIGS["new"]}
+        if args.ours_final:
+            ours = ours_from_model_check(args.ours_final, ours)
         theirs = {**final(sides["diffusers"]), **{k: sides["diffusers"][k] for k in ("block_out_channels", "params")
                                                   if k in sides["diffusers"]}}
         result = qvd.compare({**env, "task": {"minutes": sides["new"]["minutes"], **first["task"]}, "sides_run": args.layout,
                               "source": "benchmarks/time_to_quality.py (final snapshots)", "ours": ours,
                               "diffusers": theirs})
         common.write_result("quality_vs_diffusers", result, out_dir=str(results))
+
+
+def ours_from_model_check(spec: str, ours: dict) -> dict:
+    """Our equal-minutes side from a model_check.py JSON (``FILE`` or ``FILE:MODEL``) of the new
+    recipe trained for the full minutes (the shipped model), instead of the 'new' side's last
+    snapshot, when that run stopped at a shorter train.steps."""
+    path, _, name = spec.partition(":")
+    record = json.loads(Path(path).read_text())
+    models = record["models"]
+    name = name or next(iter(models))
+    info = {}
+    if name == "fmnist-cfg":  # the shipped model's provenance: its steps and training minutes
+        from guidediff.models import shipped_path
+
+        info = json.loads(shipped_path(name).with_suffix(".json").read_text())
+    return {**ours, "points": models[name], "model": name, "points_source": f"{path} (commit {record.get('commit')})",
+            "steps": info.get("step", ours["steps"]),
+            "train_minutes": info["training_time_s"] / 60 if "training_time_s" in info else ours["train_minutes"],
+            "trained_at_commit": info.get("commit")}
 
 
 def plot(sides: dict, out: Path) -> None:
@@ -242,6 +263,9 @@ def main() -> None:
     parser.add_argument("--merge", metavar="DIR", help="only join DIR's side files")
     parser.add_argument("--layout", help="with --merge: how the sides ran (recorded as given; say it truthfully)")
     parser.add_argument("--results", default=str(common.RESULTS), help="where --merge writes")
+    parser.add_argument("--ours-final", metavar="JSON[:MODEL]",
+                        help="with --merge: our equal-minutes points from this model_check.py result (the new recipe "
+                             "trained for the full minutes) instead of the 'new' side's last snapshot")
     args = parser.parse_args()
     if args.merge:
         if not args.layout:
