@@ -74,6 +74,71 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+# -- pieces of a graph-ready step, shared with the DDGAN step (ddgan.step) -------------------------
+
+def seat_generator(gen: torch.Generator, step: int, *, philox: bool, seed: int, step_seed: int) -> None:
+    """Position ``gen`` at training step ``step``. philox (a graph-ready step on CUDA): seeded once
+    with ``seed`` and moved to offset ``step * PHILOX_STRIDE``, the position a graph replay reads;
+    otherwise reseeded with ``step_seed``, a seed derived from the step."""
+    if philox:
+        gen.manual_seed(seed)
+        gen.set_offset(step * PHILOX_STRIDE)
+    else:
+        gen.manual_seed(step_seed)
+
+
+class DeviceEMA:
+    """``EMA.update`` with the decay computed on the device from a device update count, in foreach
+    ops: nothing reads a host value, so a CUDA graph can hold it. The caller still counts
+    ``ema.num_updates`` on the host (for checkpoints)."""
+
+    def __init__(self, ema, net: nn.Module):
+        self.ema = ema
+        device = next(net.parameters()).device
+        self.n = torch.full((), float(ema.num_updates), dtype=torch.float64, device=device)
+        self.pairs = (list(ema.module.parameters()), [q.detach() for q in net.parameters()],
+                      list(ema.module.buffers()), list(net.buffers()))
+
+    def update(self) -> None:
+        ema = self.ema
+        shadow, current, shadow_buffers, buffers = self.pairs
+        gamma = getattr(ema, "gamma", None)  # EDM2's power-function EMA (train.ema = "power")
+        d = (ema_decay_tensor(self.n, ema.decay, ema.warmup) if gamma is None
+             else power_decay_tensor(self.n, gamma)).float()
+        # θ_ema ← θ_ema + (1 − d)(θ − θ_ema), the EMA class's lerp with a device weight
+        delta = torch._foreach_sub(current, shadow)
+        torch._foreach_mul_(delta, 1.0 - d)
+        torch._foreach_add_(shadow, delta)
+        for mine, theirs in zip(shadow_buffers, buffers):
+            mine.copy_(theirs)
+        self.n += 1
+
+
+def capture_graph(body, generators: tuple[torch.Generator, ...] = ()):
+    """(graph, None) with ``body()`` captured in a CUDA graph whose replays read the generators'
+    positions, or (None, why) when the capture failed (the caller runs the step uncaptured)."""
+    graph = torch.cuda.CUDAGraph()
+    if hasattr(graph, "register_generator_state"):
+        for gen in generators:
+            graph.register_generator_state(gen)
+    try:
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            body()
+    except Exception as exc:  # noqa: BLE001 - any capture failure: the same step, uncaptured
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return graph, None
+
+
+def on_side_stream(device: torch.device, body) -> None:
+    """``body()`` on a fresh stream that waits for the current one, as a warm-up before capture
+    wants (lazy optimizer state, cuDNN/cuBLAS plans are made outside the default stream)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        body()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
 class TrainStep:
     """``step(i)`` runs training step i; ``loss_sum`` (sum of the losses since the last
     ``loss_sum.zero_()``) and ``grad_norm`` (the last step's, before clipping) stay on the device."""
@@ -98,11 +163,8 @@ class TrainStep:
                           if mode != "classic" and p.world_size > 1 else None)
         if mode != "classic":
             self.static_idx = torch.zeros(p.global_batch, dtype=torch.long, device=self.device)
-            if p.ema is not None:
-                # the EMA's update count as a device number, so its decay needs no host value
-                self.ema_n = torch.full((), float(p.ema.num_updates), dtype=torch.float64, device=self.device)
-                self.ema_pairs = (list(p.ema.module.parameters()), [q.detach() for q in p.net.parameters()],
-                                  list(p.ema.module.buffers()), list(p.net.buffers()))
+            # the EMA's update count as a device number, so its decay needs no host value
+            self.device_ema = DeviceEMA(p.ema, p.net) if p.ema is not None else None
 
     # -- randomness ---------------------------------------------------------------------------
     def _context(self, step: int):
@@ -113,14 +175,13 @@ class TrainStep:
     def _seat_generators(self, step: int) -> None:
         from guidediff.runtime import derive_seed
 
-        if self.cuda and self.mode != "classic":
-            self.gen.manual_seed(self._seeds[0])
-            self.gen.set_offset(step * PHILOX_STRIDE)
+        philox = self.cuda and self.mode != "classic"
+        seat_generator(self.gen, step, philox=philox, seed=self._seeds[0],
+                       step_seed=derive_seed(self.p.seed, "step", step))
+        if philox:
             dropout = torch.cuda.default_generators[self.device.index or 0]
-            dropout.manual_seed(self._seeds[1])
-            dropout.set_offset(step * PHILOX_STRIDE)
+            seat_generator(dropout, step, philox=True, seed=self._seeds[1], step_seed=self._seeds[1])
         else:
-            self.gen.manual_seed(derive_seed(self.p.seed, "step", step))
             torch.manual_seed(derive_seed(self.p.seed, "dropout", step, self.p.rank))
 
     # -- the classic Accelerate step ----------------------------------------------------------
@@ -164,31 +225,13 @@ class TrainStep:
         if p.grad_clip > 0:
             self.grad_norm.copy_(torch.nn.utils.clip_grad_norm_(self.params, p.grad_clip, foreach=self.cuda or None))
         p.optimizer.step()
-        if p.ema is not None:
-            shadow, current, shadow_buffers, buffers = self.ema_pairs
-            gamma = getattr(p.ema, "gamma", None)  # EDM2's power-function EMA (train.ema = "power")
-            d = (ema_decay_tensor(self.ema_n, p.ema.decay, p.ema.warmup) if gamma is None
-                 else power_decay_tensor(self.ema_n, gamma)).float()
-            # θ_ema ← θ_ema + (1 − d)(θ − θ_ema), the EMA class's lerp with a device weight
-            delta = torch._foreach_sub(current, shadow)
-            torch._foreach_mul_(delta, 1.0 - d)
-            torch._foreach_add_(shadow, delta)
-            for mine, theirs in zip(shadow_buffers, buffers):
-                mine.copy_(theirs)
-            self.ema_n += 1
+        if self.device_ema is not None:
+            self.device_ema.update()
         self.loss_sum += loss.detach().float()
 
     def _capture(self, step: int) -> None:
         self._clear_grads()  # one process: the backward inside the capture allocates static grads
-        graph = torch.cuda.CUDAGraph()
-        if hasattr(graph, "register_generator_state"):
-            graph.register_generator_state(self.gen)
-        failure = None
-        try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._body(step)
-        except Exception as exc:  # noqa: BLE001 - any capture failure: the same step, uncaptured
-            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        graph, failure = capture_graph(lambda: self._body(step), (self.gen,))
         if self.p.world_size > 1 and failure is None and not self._all_captured(True):
             failure = "another process could not capture its step"
         elif self.p.world_size > 1 and failure is not None:
@@ -223,13 +266,11 @@ class TrainStep:
         if self._graph is not None:
             self._graph.replay()
         elif self.mode == "graphed":
-            # warm-up outside the default stream, as capture wants (lazy optimizer state, cuDNN/cuBLAS plans)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
+            def warm_up() -> None:
                 self._body(step)  # several processes: its all-reduce is an eager NCCL call before capture
                 self._clear_grads()
-            torch.cuda.current_stream(self.device).wait_stream(side)
+
+            on_side_stream(self.device, warm_up)
             self._eager_steps += 1
         else:
             self._body(step)

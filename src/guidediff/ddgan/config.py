@@ -92,7 +92,9 @@ class TrainSection:
     mixed_precision: auto (bf16 on CUDA) | no | bf16; R1 is always computed in float32.
     finite_check: step (the host reads every loss: one sync per step, stops before a bad update) |
     log (no host sync between log steps: a device flag, read at log and checkpoint steps) | auto
-    (log on CUDA, step on the CPU); see ddgan.train."""
+    (log on CUDA, step on the CPU); see ddgan.train.
+    cuda_graph: auto (the step captured in CUDA graphs on CUDA, the classic step elsewhere) | true |
+    "eager" (the graph-ready step, uncaptured) | false (the classic step); see ddgan.step."""
 
     batch_size: int = 128
     lr_g: float = 1.6e-4
@@ -113,6 +115,7 @@ class TrainSection:
     channels_last: bool | str = "auto"
     compile: bool = False
     finite_check: str = "auto"
+    cuda_graph: bool | str = "auto"
     device: str = "auto"
 
 
@@ -186,6 +189,11 @@ class DDGANConfig:
                 f"train.channels_last must be true, false or \"auto\", got {t.channels_last!r}")
         require(t.finite_check in ("auto", "step", "log"),
                 f"train.finite_check {t.finite_check!r} is unknown; choose auto, step or log")
+        require(isinstance(t.cuda_graph, bool) or t.cuda_graph in ("auto", "eager"),
+                f"train.cuda_graph must be true, false, \"auto\" or \"eager\", got {t.cuda_graph!r}")
+        require(t.finite_check != "step" or t.cuda_graph in ("auto", False),
+                f"train.finite_check=\"step\" reads every loss on the host, which train.cuda_graph={json.dumps(t.cuda_graph)} "
+                "cannot; set train.finite_check=\"log\" or train.cuda_graph=false")
         require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
         if not self.is_toy:
             self.unet_config(channels=1, num_classes=0).validate()

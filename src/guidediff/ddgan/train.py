@@ -133,17 +133,20 @@ class Nets:
 
 
 def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch.Tensor, config: DDGANConfig,
-               g: torch.Generator, *, r1_step: bool, bf16: bool, sync: bool = True) -> dict[str, torch.Tensor]:
+               g: torch.Generator, *, r1_step: bool, bf16: bool, sync: bool = True,
+               autocast_cache: bool = True) -> dict[str, torch.Tensor]:
     """One D update and one G update on the batch x0.
 
     r1_step: add the R1 (and R2) penalty, weighted γ·r1_every (lazy regularisation, StyleGAN2 §4:
     the penalty on every k-th step only, k times as strong, so its average weight stays γ).
     sync: read each loss on the host and raise _NonFinite before a bad update; without it the
-    returned "finite" (a device bool) says whether both losses were finite, and nothing syncs."""
+    returned "finite" (a device bool) says whether both losses were finite, and nothing syncs.
+    autocast_cache: autocast's cache of cast weights (off in a graph-ready step: a cached cast must
+    not outlive a capture; the numbers are the same either way)."""
     t = config.train
     b, T, nz = x0.shape[0], config.diffusion.T, config.generator.nz
     dev = x0.device
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=autocast_cache)
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=g, device=dev)
@@ -276,6 +279,40 @@ def read_ddgan_checkpoint(path: str | Path, parts: tuple[str, ...] = ("model", "
     return ckpt, state, {part: read_tensors(ckpt / TENSOR_FILES[part], device) for part in parts}
 
 
+def build_training(config: DDGANConfig, data: TrainingData, device: torch.device, *,
+                   capturable: bool = False) -> tuple[Nets, Any]:
+    """(Nets, EMA of G) for a run, seeded by train.seed: images channels_last on CUDA (or as
+    train.channels_last says), Adam fused on CUDA and foreach elsewhere; ``capturable``: fused Adam
+    with its step count and learning rate on the device, which a CUDA graph can replay."""
+    from guidediff.ema import EMA
+
+    t = config.train
+    cuda = device.type == "cuda"
+    channels_last = cuda if t.channels_last == "auto" else bool(t.channels_last)
+    torch.manual_seed(t.seed)
+    G, D = build_networks(config, data.sample_shape, data.num_classes)
+    G, D = G.to(device), D.to(device)
+    if channels_last and data.is_images:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # the float32 R1/R2 passes
+        torch.backends.cudnn.allow_tf32 = True
+    adam: dict[str, Any] = {"fused": True} if cuda else {"foreach": True}
+
+    def lr(value: float) -> float | torch.Tensor:
+        return torch.tensor(value, device=device) if capturable else value
+
+    if capturable:
+        adam["capturable"] = True
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr(t.lr_g), betas=(t.beta1, t.beta2), **adam)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr(t.lr_d), betas=(t.beta1, t.beta2), **adam)
+    ema = EMA(G, decay=t.ema_decay, warmup=True)
+    G_run = torch.compile(G) if t.compile else G
+    D_run = torch.compile(D) if t.compile else D
+    return Nets(G, D, G_run, D_run, opt_g, opt_d), ema
+
+
 # -- the loop ----------------------------------------------------------------------------------
 
 @dataclass
@@ -298,7 +335,6 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
           command: str | None = None, data: TrainingData | None = None) -> DDGANResult:
     """Train DDGAN as configured into out_dir (resuming from its latest checkpoint if asked)."""
     from guidediff.checkpoint import latest_checkpoint, save_model
-    from guidediff.ema import EMA
 
     config.validate()
     t = config.train
@@ -307,7 +343,6 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
     device = resolve_device(t.device)
     cuda = device.type == "cuda"
     bf16 = t.mixed_precision == "bf16" or (t.mixed_precision == "auto" and cuda)
-    channels_last = cuda if t.channels_last == "auto" else bool(t.channels_last)
     require(resume or latest_checkpoint(ckpt_root) is None,
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
 
@@ -321,38 +356,32 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
         t = config.train
 
     data = data if data is not None else load_training_data(config, device)
-    torch.manual_seed(t.seed)
-    G, D = build_networks(config, data.sample_shape, data.num_classes)
-    G, D = G.to(device), D.to(device)
-    if channels_last and data.is_images:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True  # the float32 R1/R2 passes
-        torch.backends.cudnn.allow_tf32 = True
-    adam = {"fused": True} if cuda else {"foreach": True}
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), **adam)
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), **adam)
-    ema = EMA(G, decay=t.ema_decay, warmup=True)
+    from guidediff.ddgan.step import DDGANStep, choose_step_mode
+
+    mode = choose_step_mode(config, cuda)
+    nets, ema = build_training(config, data, device, capturable=cuda and mode != "classic")
     step, prior_time, commands = 0, 0.0, []
     if state is not None:
-        G.load_state_dict(unprefixed("G", tensors["model"]))
-        D.load_state_dict(unprefixed("D", tensors["model"]))
+        from guidediff.checkpoint import unflatten_optimizer
+        from guidediff.train import _load_optimizer
+
+        nets.G.load_state_dict(unprefixed("G", tensors["model"]))
+        nets.D.load_state_dict(unprefixed("D", tensors["model"]))
         ema.load_state_dict(tensors["ema"])
         ema.load_meta(state["ema"])
-        from guidediff.checkpoint import unflatten_optimizer
-
+        # this run's Adam implementation (fused, capturable, a device lr), the saved run's numbers
         sd_g, sd_d = split_optimizers(unflatten_optimizer(tensors["optimizer"], state["optimizer"]))
-        opt_g.load_state_dict(sd_g)
-        opt_d.load_state_dict(sd_d)
+        _load_optimizer(nets.opt_g, sd_g)
+        _load_optimizer(nets.opt_d, sd_d)
         step, prior_time = int(state["step"]), float(state.get("training_time_s", 0.0))
         commands = list(state.get("commands", []))
     if command:
         commands.append(command)
-    G_run = torch.compile(G) if t.compile else G
-    D_run = torch.compile(D) if t.compile else D
-    nets = Nets(G, D, G_run, D_run, opt_g, opt_d)
     lams = DiscreteVP(config.diffusion.T, config.diffusion.beta_min, config.diffusion.beta_max).lams(device=device)
+    # finite_check "log": the first step with a non-finite loss, kept on the device (−1: none yet)
+    sync_each_step = t.finite_check == "step" or (t.finite_check == "auto" and not cuda)
+    step_fn = DDGANStep(nets, ema, data, lams, config, mode=mode, bf16=bf16, sync_each_step=sync_each_step)
+    G, D = nets.G, nets.D
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_FILE).write_text(config.to_json() + "\n")
@@ -360,8 +389,7 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
     start = time.perf_counter()
     deadline = start + 60.0 * t.minutes if t.minutes else math.inf
     last: dict[str, float] = {}
-    window: dict[str, torch.Tensor] = {}
-    window_steps, window_start = 0, start
+    window_start = start
     steps_per_sec = None
 
     def extra() -> dict[str, Any]:
@@ -372,9 +400,6 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
         from tqdm.auto import tqdm
 
         bar = tqdm(total=t.steps, initial=step, desc=f"ddgan T={config.diffusion.T}", unit="step")
-    # finite_check "log": the first step with a non-finite loss, kept on the device (−1: none yet)
-    sync_each_step = t.finite_check == "step" or (t.finite_check == "auto" and not cuda)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
     def diverged(what: str) -> TrainingDiverged:
         if _all_finite(G) and _all_finite(D):
@@ -388,7 +413,7 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
                                 "(--set train.lr_d=...), then continue with --resume")
 
     def check_flag() -> None:
-        bad = int(first_bad)  # the one host sync of finite_check "log", at log and checkpoint steps
+        bad = int(step_fn.first_bad)  # the one host sync of finite_check "log", at log and checkpoint steps
         if bad >= 0:
             raise diverged(f"a loss became non-finite at step {bad} (found at step {step})")
 
@@ -398,31 +423,20 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
             if time.perf_counter() >= deadline:
                 stopped_by = "time"
                 break
-            g = torch.Generator(device=device).manual_seed(derive_seed(t.seed, "ddgan-step", step))
-            x0, c = data.batch(t.batch_size, g, hflip=config.data.hflip and not config.is_toy)
-            r1_step = (t.r1_gamma > 0 or t.r2_gamma > 0) and step % t.r1_every == 0
             try:
-                stats = train_step(nets, x0, c if config.data.conditional else None, lams, config, g,
-                                   r1_step=r1_step, bf16=bf16, sync=sync_each_step)
+                step_fn(step)
             except _NonFinite as bad:
                 raise diverged(f"{bad.what} became {bad.value} at step {step}") from None
-            finite = stats.pop("finite")
-            if not sync_each_step:
-                first_bad = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, step), first_bad)
-            ema.update(G)
             step += 1
-            for k, v in stats.items():
-                window[k] = window[k] + v if k in window else v  # device tensors: no sync per step
-            window_steps += 1
             if step % t.log_every == 0 or step == t.steps:
                 check_flag()
                 now = time.perf_counter()
-                steps_per_sec = window_steps / max(now - window_start, 1e-9)
-                last = {k: float(v) / window_steps for k, v in window.items()}
+                steps_per_sec = step_fn.window_steps / max(now - window_start, 1e-9)
+                last = step_fn.take_window()
                 last.update(step=step, steps_per_sec=steps_per_sec, elapsed_s=prior_time + now - start)
                 with open(log_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
-                window, window_steps, window_start = {}, 0, now
+                window_start = now
                 if bar is not None:
                     bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
             if step % t.checkpoint_every == 0 and step < t.steps:
