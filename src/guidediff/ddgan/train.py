@@ -7,6 +7,8 @@ One step, for a batch x_0 with levels i ~ U{1..T} (λ_t = λ_i, λ_s = λ_{i−1
   D step      softplus(−D(x_s, x_t)) + softplus(D(x_s', x_t)) [+ R1 on the real x_s, + R2 on x_s', float32]
   G step      softplus(−D(x_s'', x_t)) with a fresh z (non-saturating)
 then the EMA of G. Randomness is a function of (seed, step), so --resume continues exactly.
+ddgan.step runs this step per step number: as it is (train.cuda_graph = false), graph-ready, or
+captured in CUDA graphs (the default on CUDA).
 
 A non-finite loss stops training with TrainingDiverged (a UsageError) that names the fix. With
 train.finite_check = "step" (the default on the CPU) the host reads each loss and stops before the
