@@ -217,7 +217,6 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("distill: DDGAN teacher", ["distill", "{ddgan}", "--out", "{new}", *M], "DDGAN"),
     ("distill: diffusers teacher", ["distill", "{diffusers}", "--out", "{new}", *M], "diffusers UNet2DModel"),
     ("distill: NaN teacher", ["distill", "{nan_model}", "--out", "{new}", *M], "non-finite"),
-    ("distill: EDM-preconditioned teacher", ["distill", "fmnist-cfg", "--out", "{new}", *M], "preconditioning"),
     ("distill: results in --out", ["distill", "{model}", "--out", "{full}", *M], "--overwrite"),
     ("distill: --out unwritable", ["distill", "{model}", "--out", "{proc}", *M], "cannot"),
     ("distill: --lr nan", ["distill", "{model}", "--out", "{new}", "--lr", "nan", *M], "--lr"),

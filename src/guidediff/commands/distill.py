@@ -8,7 +8,8 @@ def add_parser(subparsers) -> None:
         "distill", help="distill a CFG model into a w-conditioned student that samples guided at one forward per step",
         description="Stage one of guidance distillation (Meng et al. 2023): a student started from the teacher's "
                     "weights, plus an embedding of w, learns the teacher's guided prediction "
-                    "(1+w)*eps(z,c) - w*eps(z,null) for w in [0, --w-max] on the teacher's training data. Writes "
+                    "(1+w)*eps(z,c) - w*eps(z,null) for w in [0, --w-max] on the teacher's training data, inside the "
+                    "teacher's preconditioning (EDM) if it has one. Writes "
                     "DIR/model.safetensors; sample it like any model (guidediff sample DIR/model.safetensors --w 1).")
     p.add_argument("teacher", help="the CFG model: checkpoint or run directory, exported model, or shipped name")
     p.add_argument("--out", required=True, help="output directory")
