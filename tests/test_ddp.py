@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import TINY, tiny_folder
+from train_helpers import TINY, requires_torchrun, tiny_folder, torchrun
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(launcher: list[str], out: Path, folder: Path, cache: Path) -> list[dict]:
@@ -48,14 +41,11 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return {f"{p}/{k}": v for p in ("model", "ema") for k, v in ck.tensors[p].items()}
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed beside this Python")
+@requires_torchrun
 def test_two_processes_match_one(tmp_path):
     folder = tiny_folder(tmp_path / "images")
     cache = tmp_path / "cache"
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    two = _train([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                  str(_free_port())], tmp_path / "two", folder, cache)
+    two = _train(torchrun(2), tmp_path / "two", folder, cache)
     one = _train([sys.executable], tmp_path / "one", folder, cache)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
     for a, b in zip(one, two):

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ import torch
 from torch import nn
 
 from guidediff import distributed
-from train_helpers import tiny_arrays, tiny_config
+from train_helpers import requires_torchrun, tiny_arrays, tiny_config, torchrun
 
 TESTS = Path(__file__).resolve().parent
 # adam_eps = 1: the update ≈ lr·g, linear in the gradient, so all-reduce rounding stays rounding
@@ -71,11 +68,6 @@ print("REPORT " + json.dumps(report), flush=True)
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _result(run_dir: Path):
     from guidediff.checkpoint import load_checkpoint
@@ -94,15 +86,12 @@ def _assert_same(a, b, what):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed beside this Python")
+@requires_torchrun
 def test_two_process_graph_ready_step_matches_one_process_and_ddp(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                           str(_free_port()), str(script), str(tmp_path / "two"), str(TESTS), json.dumps(OVERRIDES)],
+    done = subprocess.run([*torchrun(2), str(script), str(tmp_path / "two"), str(TESTS), json.dumps(OVERRIDES)],
                           env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [json.loads(line[len("REPORT "):]) for line in done.stdout.splitlines() if line.startswith("REPORT ")]

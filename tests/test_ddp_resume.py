@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import TINY, tiny_folder
+from train_helpers import TINY, requires_torchrun, tiny_folder, torchrun
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                       reason="torchrun not installed beside this Python"),
+    requires_torchrun,
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _launch(processes: int, out: Path, folder: Path, cache: Path, steps: int, resume: bool) -> None:
-    launcher = [sys.executable]
-    if processes > 1:
-        launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(processes),
-                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    launcher = torchrun(processes) if processes > 1 else [sys.executable]
     # adam_eps = 1: the update ≈ lr·g, so all-reduce rounding stays rounding in the weights (see test_ddp)
     args = ["train", "--config", str(TINY), "--out", str(out), "--no-progress", "--max-steps", str(steps),
             "--set", f"data.name={folder}", "--set", "data.resolution=8", "--set", "data.channels=1",

@@ -10,19 +10,13 @@ size-1 dimensions (as cuDNN may do)."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                       reason="torchrun not installed beside this Python"),
-]
+from train_helpers import requires_torchrun, torchrun
+
+pytestmark = [pytest.mark.slow, requires_torchrun]
 
 WORKER = r'''
 import atexit, sys
@@ -85,19 +79,12 @@ print(f"same weights: {all(torch.allclose(a, b, atol=1e-6) for a, b in zip(w_fix
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_gradients_are_bucket_views_without_stride_warning(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                           str(_free_port()), str(script)], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*torchrun(2), str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     fixed, _, plain = done.stderr.partition("---- fixed run done")
     assert plain, done.stderr[-3000:]

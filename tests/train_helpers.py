@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_test.toml"
@@ -36,3 +40,17 @@ def tiny_config(*overrides: str):
     from guidediff.config import load_config
 
     return load_config(TINY, ["data.resolution=8", "data.channels=1", *overrides])
+
+
+_TORCHRUN = Path(sys.executable).parent / "torchrun"
+requires_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=str(_TORCHRUN.parent)) is None,
+                                       reason="torchrun not installed beside this Python")
+
+
+def torchrun(processes: int = 2) -> list[str]:
+    """The launch prefix for ``processes`` local CPU processes (gloo) on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(_TORCHRUN), "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1", "--master_port",
+            str(port)]
