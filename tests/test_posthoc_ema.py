@@ -172,3 +172,20 @@ def test_posthoc_cannot_start_on_a_resumed_run(tmp_path):
     config = tiny_config("train.steps=3", "train.checkpoint_every=3", *POSTHOC)
     with pytest.raises(UsageError, match="start a new run"):
         train(config, tmp_path / "r", dataset=tiny_arrays(), progress=False, resume=True, sample_fn=lambda *a: None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_step_keeps_the_same_profiles_on_cuda(tmp_path):
+    """The profiles' updates inside the captured CUDA graph match the uncaptured graph-ready step."""
+    from guidediff.checkpoint import read_tensors
+    from guidediff.posthoc_snapshots import list_snapshots
+
+    runs = {}
+    for mode in ("true", '"eager"'):
+        run_dir = tmp_path / mode.strip('"')
+        _train(run_dir, f"train.cuda_graph={mode}", "train.device=cuda", "train.mixed_precision=no",
+               "train.compile=false")
+        runs[mode] = list_snapshots(run_dir)
+    for a, b in zip(*runs.values()):
+        assert (a.step, a.gamma) == (b.step, b.gamma)
+        assert _max_diff(read_tensors(a.path), read_tensors(b.path)) < 1e-5, a.path.name
