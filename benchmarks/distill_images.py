@@ -27,7 +27,8 @@ from guidediff.distill import distill_model, guided_teacher  # noqa: E402
 from guidediff.metrics.evaluate import evaluate_samples  # noqa: E402
 from guidediff.nets.w_conditioned import WConditionedUNet  # noqa: E402
 from guidediff.generation import generate  # noqa: E402
-from guidediff.schedules import make_schedule  # noqa: E402
+from guidediff.precondition import wrap_for_config  # noqa: E402
+from guidediff.schedules import schedule_from_config  # noqa: E402
 from guidediff.sweep import flatten_metrics  # noqa: E402
 
 
@@ -65,11 +66,13 @@ def main() -> None:
     teacher_net, config = load_model(args.model, device)
     null = config.model.num_classes
     d = config.diffusion
-    lam_of_u = make_schedule(d.schedule, d.lam_min, d.lam_max).lam
+    lam_of_u = schedule_from_config(d).lam
+    # teacher and student are compared as the denoisers they sample as (EDM-preconditioned where the config says)
+    teacher_eps = wrap_for_config(teacher_net, d)
 
     def teacher(z, lam, c):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            return teacher_net(z, lam, c).float()
+            return teacher_eps(z, lam, c).float()
 
     test_images, test_labels = load_fmnist("test")
     xt = torch.from_numpy(test_images[:args.held_out].copy()).to(device).float().div(127.5).sub(1).unsqueeze(1)
@@ -77,8 +80,8 @@ def main() -> None:
     ws = [float(v) for v in args.w.split(",")]
     check_ws = sorted({0.0, *ws, 4.0})
     # before training the student is the teacher's conditional prediction: the error to beat
-    error_at_start = held_out_error(WConditionedUNet.from_teacher(teacher_net).to(device).eval(), teacher, xt, yt,
-                                    lam_of_u, null, check_ws, seed=1)
+    start_student = wrap_for_config(WConditionedUNet.from_teacher(teacher_net).to(device).eval(), d)
+    error_at_start = held_out_error(start_student, teacher, xt, yt, lam_of_u, null, check_ws, seed=1)
     images, labels = load_fmnist("train")
     t0 = time.perf_counter()
     student, losses = distill_model(teacher_net, config, torch.from_numpy(images[..., None].copy()),
@@ -87,7 +90,7 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     print(f"distilled {len(losses)} steps in {train_s:.0f} s; loss first 100 {sum(losses[:100]) / 100:.4f}, "
           f"last 100 {sum(losses[-100:]) / 100:.4f}", flush=True)
-    error = held_out_error(student, teacher, xt, yt, lam_of_u, null, check_ws, seed=1)
+    error = held_out_error(wrap_for_config(student, d), teacher, xt, yt, lam_of_u, null, check_ws, seed=1)
     print("held-out relative error vs teacher's guided eps, at start:", error_at_start, "after:", error, flush=True)
     summary = {**common.environment(), "model": f"distilled student of {args.model}", "n_per_w": args.n - args.n % 10,
                "steps": args.steps, "sampler": "ddim", "seed": 0, "guidance": "cfg", "knob": "w",

@@ -217,7 +217,6 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("distill: DDGAN teacher", ["distill", "{ddgan}", "--out", "{new}", *M], "DDGAN"),
     ("distill: diffusers teacher", ["distill", "{diffusers}", "--out", "{new}", *M], "diffusers UNet2DModel"),
     ("distill: NaN teacher", ["distill", "{nan_model}", "--out", "{new}", *M], "non-finite"),
-    ("distill: EDM-preconditioned teacher", ["distill", "fmnist-cfg", "--out", "{new}", *M], "preconditioning"),
     ("distill: results in --out", ["distill", "{model}", "--out", "{full}", *M], "--overwrite"),
     ("distill: --out unwritable", ["distill", "{model}", "--out", "{proc}", *M], "cannot"),
     ("distill: --lr nan", ["distill", "{model}", "--out", "{new}", "--lr", "nan", *M], "--lr"),
@@ -254,6 +253,10 @@ CASES: list[tuple[str, list[str], str | None]] = [
     ("report: report.html exists", ["report", "{full}"], "--overwrite"),
     ("report: --out is a folder", ["report", "{bad_sweep}", "--out", "{empty}"], "is a folder"),
     ("report: --out unwritable", ["report", "{bad_sweep}", "--out", "{under_file}/r.html"], "file"),
+    # posthoc-ema
+    ("posthoc-ema: missing run", ["posthoc-ema", "{case}/nope", "--sigma-rel", "0.07"], "does not exist"),
+    ("posthoc-ema: run without snapshots", ["posthoc-ema", "{empty}", "--sigma-rel", "0.07"], "no post-hoc EMA"),
+    ("posthoc-ema: --sigma-rel 0.5", ["posthoc-ema", "{empty}", "--sigma-rel", "0.5"], "--sigma-rel"),
     # train
     ("train: malformed TOML", ["train", "--config", "{bad_toml}", "--out", "{new}"], "not valid TOML"),
     ("train: binary TOML", ["train", "--config", "{binary_toml}", "--out", "{new}"], "not text"),

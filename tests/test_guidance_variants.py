@@ -204,3 +204,51 @@ def test_image_student_starts_as_teacher_and_learns_the_guided_prediction():
     with torch.no_grad():
         after = (student(z, lam, c, w) - target).pow(2).mean()
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) and after < 0.5 * before
+
+
+def test_student_of_an_edm_teacher_starts_as_it_and_learns_inside_the_same_preconditioning():
+    """A teacher trained with diffusion.precondition = edm: its student (raw net + w embedding in the
+    same c_in, c_skip, c_out) predicts the teacher's conditional ε at any w before training, and
+    distillation moves the *preconditioned* student toward the teacher's guided ε̃_w."""
+    from guidediff.diffusion import q_sample
+    from guidediff.distill import distill_model
+    from guidediff.nets.unet import UNet
+    from guidediff.nets.w_conditioned import WConditionedUNet
+    from guidediff.precondition import wrap_for_config
+    from train_helpers import tiny_arrays, tiny_config
+
+    config = tiny_config("model.num_classes=3", "model.image_size=8", "model.in_channels=1", "model.base_channels=8",
+                         "model.head_channels=8", 'diffusion.precondition="edm"', "diffusion.sigma_data=0.6")
+    d = config.diffusion
+    torch.manual_seed(0)
+    teacher = UNet(config.model)
+    for p in teacher.parameters():  # ADM zero-inits the output: give the teacher a non-trivial F
+        torch.nn.init.normal_(p, std=0.2)
+    teacher = teacher.double().eval()
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
+    lam = torch.linspace(-8, 8, 6, dtype=torch.float64)
+    c = torch.tensor([0, 1, 2, 3, 1, 2])
+    teacher_eps = wrap_for_config(teacher, d)
+    student_eps = wrap_for_config(WConditionedUNet.from_teacher(teacher).double().eval(), d)
+    with torch.no_grad():
+        want = teacher_eps(z, lam, c)
+        assert not torch.allclose(want, teacher(z, lam, c), atol=1e-2)  # the preconditioning bites
+        for w in (0.0, 1.0, 3.5):
+            _close(student_eps(z, lam, c, torch.full((6,), w, dtype=torch.float64)), want, 1e-10)
+
+    teacher = teacher.float()
+    teacher_eps = wrap_for_config(teacher, d)
+    data = tiny_arrays()
+    student, losses = distill_model(teacher, config, torch.from_numpy(data.images), torch.from_numpy(data.labels),
+                                    steps=20, batch=8, lr=1e-3, w_range=(2.0, 2.0))
+    # held out: noised training images at λ across the range, the guided ε̃ at w = 2 as the target
+    x = torch.from_numpy(data.images[::4]).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    c, lam = torch.from_numpy(data.labels[::4]), torch.linspace(-6, 6, len(x))
+    z, w = q_sample(x, lam, torch.randn(x.shape, generator=g)), torch.full((len(x),), 2.0)
+    with torch.no_grad():
+        target = guided_teacher(teacher_eps, 3)(z, lam, c, w)
+        before = (teacher_eps(z, lam, c) - target).pow(2).mean()
+        after = (wrap_for_config(student, d)(z, lam, c, w) - target).pow(2).mean()
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-5:])
+    assert after < 0.5 * before, (float(after), float(before))

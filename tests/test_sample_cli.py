@@ -193,6 +193,35 @@ def test_distill_command_writes_a_student_that_samples_at_one_forward_per_step(r
     assert "distilled student" in err and "\n" not in err
 
 
+def test_distill_an_edm_preconditioned_teacher(tmp_path, capsys, monkeypatch):
+    """The student of a teacher trained with diffusion.precondition = edm is saved with the same
+    preconditioning and sampled through it exactly once: before training it samples the teacher's
+    conditional model (w = 0) at every w."""
+    import guidediff.data.images as images
+
+    teacher_dir = tmp_path / "edm"
+    train(tiny_config("train.steps=2", "train.sample_every=100", 'diffusion.precondition="edm"',
+                      "diffusion.sigma_data=0.6"), teacher_dir, dataset=tiny_arrays(), progress=False,
+          log=lambda _m: None)
+    teacher, config = load_model(teacher_dir)
+    kw = dict(steps=3, seed=0, device="cpu", progress=False, bf16=False)
+    want = generate(teacher, config, [0, 1], [0.0], 2, **kw)["x"]
+    fresh = generate(WConditionedUNet.from_teacher(teacher), config, [0, 1], [0.0, 2.5], 2, **kw)["x"]
+    assert np.abs(fresh.astype(int) - np.concatenate([want, want]).astype(int)).max() <= 1
+
+    monkeypatch.setattr(images, "load_dataset", lambda *a, **k: tiny_arrays())
+    assert main(["distill", str(teacher_dir), "--steps", "2", "--batch-size", "8", "--device", "cpu",
+                 "--out", str(tmp_path / "student")]) == 0
+    student_file = tmp_path / "student" / "model.safetensors"
+    student, student_config = load_model(student_file)
+    assert isinstance(student, WConditionedUNet)
+    assert (student_config.diffusion.precondition, student_config.diffusion.sigma_data) == ("edm", 0.6)
+    capsys.readouterr()
+    assert sample(student_file, tmp_path / "s") == 0 and "NFE per image: 3.0" in capsys.readouterr().out
+    with np.load(tmp_path / "s" / "samples.npz") as f:
+        assert f["x"].shape == (12, 8, 8, 1) and f["w"].tolist() == [0.0] * 6 + [2.0] * 6
+
+
 def test_the_model_config_can_choose_the_guidance_method(tmp_path, capsys):
     path = tmp_path / "run"
     train(tiny_config("train.steps=2", "train.sample_every=100", 'sample.cfg_variant="rescale"', "sample.phi=0.5"),

@@ -49,6 +49,10 @@ def test_train_resume_bpd_sample_a_vdm(tmp_path, monkeypatch, capsys):
     data = np.load(out / "samples.npz")
     assert data["x"].shape == (4, 8, 8, 1) and data["x"].dtype == np.uint8
     assert list(data["y"]) == [0, 2, 0, 2]
+    capsys.readouterr()
+    assert main(["distill", str(run), "--out", str(tmp_path / "student"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a VDM" in err and "\n" not in err
 
 
 def test_plain_config_still_trains_cfg(tmp_path):

@@ -42,7 +42,8 @@ from guidediff.errors import UsageError, require
 CKPT_PREFIX = "ckpt-"
 LATEST = "latest"
 STATE_FILE = "state.json"
-TENSOR_FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "optimizer": "optimizer.safetensors"}
+TENSOR_FILES = {"model": "model.safetensors", "ema": "ema.safetensors", "optimizer": "optimizer.safetensors",
+                "posthoc": "posthoc_ema.safetensors"}  # posthoc: only with train.posthoc_ema
 CHECKPOINT_FORMAT = "guidediff-checkpoint-v1"
 MODEL_FORMAT = "guidediff-model-v1"
 
@@ -318,10 +319,12 @@ def save_checkpoint(
     optimizer: dict[str, Any],
     state: dict[str, Any],
     keep_last: int = 3,
+    posthoc: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ckpt-{step:07d} atomically under ckpt_root, point `latest` at it, prune old ones.
 
-    ``optimizer`` is the optimizer's state_dict; ``state`` the JSON-able rest (step is added)."""
+    ``optimizer`` is the optimizer's state_dict; ``state`` the JSON-able rest (step is added);
+    ``posthoc`` the post-hoc EMA profiles' weights, when the run keeps them."""
     ckpt_root = Path(ckpt_root)
     ckpt_root.mkdir(parents=True, exist_ok=True)
     for stale in ckpt_root.glob(f".tmp-{CKPT_PREFIX}*"):
@@ -336,6 +339,8 @@ def save_checkpoint(
         _save_tensors(model, tmp / TENSOR_FILES["model"])
         _save_tensors(ema, tmp / TENSOR_FILES["ema"])
         _save_tensors(opt_tensors, tmp / TENSOR_FILES["optimizer"])
+        if posthoc is not None:
+            _save_tensors(posthoc, tmp / TENSOR_FILES["posthoc"])
         # state.json last: a directory without it is never taken for a checkpoint.
         with open(tmp / STATE_FILE, "w") as f:
             json.dump(state, f, indent=1)

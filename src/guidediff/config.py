@@ -79,7 +79,8 @@ class TrainConfig:
     ema_warmup, so a short run averages over about n/9 steps instead of 1/(1−ema_decay).
     lr_schedule "cosine"/"linear" decays the rate after warm-up to lr_final·lr at train.steps
     ("constant": no decay). ema "power" is EDM2's power-function EMA whose length is the fraction
-    ema_sigma_rel of training so far (ema_decay/ema_warmup then unused).
+    ema_sigma_rel of training so far (ema_decay/ema_warmup then unused). posthoc_ema keeps one more
+    power EMA per posthoc_sigma_rels entry and stores them every posthoc_every steps (post-hoc EMA).
     "auto" for mixed_precision/compile/channels_last/cuda_graph means: on for CUDA, off on CPU."""
 
     batch_size: int = 128
@@ -97,6 +98,11 @@ class TrainConfig:
     lr_final: float = 0.1
     ema: str = "exp"
     ema_sigma_rel: float = 0.1
+    # post-hoc EMA (EDM2): more power EMAs, one per σ_rel, stored every posthoc_every steps into
+    # <run>/posthoc/; `guidediff posthoc-ema` then solves for any σ_rel after training
+    posthoc_ema: bool = False
+    posthoc_sigma_rels: list[float] = field(default_factory=lambda: [0.05, 0.10])
+    posthoc_every: int = 1000
     mixed_precision: str = "auto"
     seed: int = 0
     log_every: int = 100
@@ -192,7 +198,12 @@ class Config:
         _choice("train.ema", t.ema, ("exp", "power"))
         require(0.0 < t.ema_sigma_rel < 0.28,
                 f"train.ema_sigma_rel must lie in (0, 0.28) (EDM2 uses 0.05 to 0.15), got {t.ema_sigma_rel}")
-        for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_last"):
+        require(len(t.posthoc_sigma_rels) >= 1 and all(0.0 < r < 0.28 for r in t.posthoc_sigma_rels)
+                and len(set(t.posthoc_sigma_rels)) == len(t.posthoc_sigma_rels),
+                f"train.posthoc_sigma_rels must be distinct numbers in (0, 0.28) (EDM2 stores 0.05 and 0.10), "
+                f"got {t.posthoc_sigma_rels}")
+        for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_last",
+                     "posthoc_every"):
             require(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")
         require(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
         require(t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a positive number, got {t.lr}")

@@ -127,18 +127,24 @@ def distill_images(
     w_range: tuple[float, float] = (0.0, 4.0),
     bf16: bool = False,
     seed: int = 0,
+    student_denoiser: WConditionedDenoiser | None = None,
 ) -> list[float]:
     """Stage-one distillation on images: x, c from (``images`` in [−1, 1], ``labels``) on the
-    student's device, λ = ``lam_of_u``(u) with u ~ U(0, 1) (the teacher's training distribution),
+    student's device, λ = ``lam_of_u``(u) with u ~ U(0, 1) (the schedule the samplers walk),
     w ~ U(w_range), target the teacher's CFG prediction. Adam at a constant rate (the student
     starts from the teacher's weights, see ``nets.w_conditioned.WConditionedUNet.from_teacher``);
-    stops after ``steps`` or ``seconds``. Returns the loss per step."""
+    stops after ``steps`` or ``seconds``. Returns the loss per step.
+
+    ``student_denoiser`` is the student's ε̂(z, λ, c, w) where that is not the module itself: the
+    student of a preconditioned ``teacher`` sits in the same preconditioning
+    (``precondition.wrap_for_config(student, config.diffusion)``, as ``distill_model`` does)."""
     import time
 
     require(steps >= 1 and batch >= 1, "distillation needs steps >= 1 and batch >= 1")
     device = images.device
     gen = torch.Generator(device=device).manual_seed(seed)
     target_of = guided_teacher(teacher, null_class)
+    predict = student if student_denoiser is None else student_denoiser
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     losses, start = [], time.perf_counter()
     student.train()
@@ -149,7 +155,7 @@ def distill_images(
         w = w_range[0] + (w_range[1] - w_range[0]) * torch.rand(batch, device=device, generator=gen)
         z = q_sample(x, lam, torch.randn(x.shape, device=device, generator=gen))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = distill_loss(lambda *a: student(*a).float(), target_of, z, lam, c, w)
+            loss = distill_loss(lambda *a: predict(*a).float(), target_of, z, lam, c, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -161,11 +167,8 @@ def distill_images(
 
 
 def check_teacher(config) -> None:
-    """What a teacher must be for ``distill_model``: checked before any data is loaded."""
-    require(config.diffusion.precondition == "none",
-            "distillation takes a teacher without preconditioning; this one was trained with "
-            "diffusion.precondition = edm, which the student cannot copy yet: distill a model trained with "
-            "configs/fmnist_cfg_v1.toml (or diffusion.precondition = \"none\")")
+    """What a teacher must be for ``distill_model``: checked before any data is loaded. Its
+    schedule (shift included) and preconditioning travel in the config the student is saved with."""
     require(config.model.num_classes > 0 and config.diffusion.p_uncond > 0,
             "the teacher must be a class-conditional model trained with condition dropout (p_uncond > 0)")
 
@@ -180,22 +183,27 @@ def distill_model(
     """A CFG model (UNet ``teacher_net`` with its Config) distilled into a
     ``WConditionedUNet`` started from its weights: λ from the model's own schedule, bf16 on CUDA,
     images uint8 [N, H, W, C] and labels on the teacher's device. ``options`` go to
-    ``distill_images`` (steps, seconds, batch, lr, w_range, seed). Returns (student in eval mode, losses)."""
+    ``distill_images`` (steps, seconds, batch, lr, w_range, seed). A preconditioned teacher
+    (diffusion.precondition = "edm") has the student's raw net learn inside the same
+    preconditioning, so the student saved with ``config`` samples like the teacher.
+    Returns (student in eval mode, losses)."""
     from guidediff.nets.w_conditioned import WConditionedUNet
+    from guidediff.precondition import wrap_for_config
     from guidediff.schedules import schedule_from_config
 
     check_teacher(config)
     device = next(teacher_net.parameters()).device
     bf16 = device.type == "cuda"
+    teacher_eps = wrap_for_config(teacher_net, config.diffusion)
 
     def teacher(z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return teacher_net(z, lam, c).float()
+            return teacher_eps(z, lam, c).float()
 
     x = images.to(device).float().div(127.5).sub(1).permute(0, 3, 1, 2).contiguous()
     student = WConditionedUNet.from_teacher(teacher_net).to(device).requires_grad_(True)
     d = config.diffusion
     lam_of_u = schedule_from_config(d).lam
     losses = distill_images(student, teacher, x, labels.to(device).long(), lam_of_u, config.model.num_classes,
-                            bf16=bf16, **options)
+                            bf16=bf16, student_denoiser=wrap_for_config(student, d), **options)
     return student.requires_grad_(False), losses

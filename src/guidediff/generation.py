@@ -102,14 +102,14 @@ def _network(module, device, *, bf16: bool, channels_last: bool, compile: bool, 
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     forward = torch.compile(module, dynamic=False) if compile else module
-    # EDM preconditioning lives outside the net (a distilled student's extra inputs bypass it)
-    plain = wrap_for_config(forward, diffusion) if diffusion is not None else forward
+    # EDM preconditioning lives outside the net; a distilled student's w passes through it to the net
+    denoiser = wrap_for_config(forward, diffusion) if diffusion is not None else forward
 
     def network(z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         if channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return (forward(z, lam, c, *extra) if extra else plain(z, lam, c)).float()
+            return denoiser(z, lam, c, *extra).float()
 
     return CountingDenoiser(network)
 

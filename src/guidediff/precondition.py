@@ -43,9 +43,9 @@ def edm_loss_weight(lam: Tensor, sigma_data: float) -> Tensor:
     return (sigma_e2 + sigma_data**2) / (sigma_e2 * sigma_data**2)
 
 
-def preconditioned(net: Callable[[Tensor, Tensor, Tensor], Tensor], sigma_data: float,
-                   prediction: str = "eps") -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The denoiser (z, λ, c) -> prediction of the EDM-preconditioned raw net F (EDM eq. 7).
+def preconditioned(net: Callable[..., Tensor], sigma_data: float, prediction: str = "eps") -> Callable[..., Tensor]:
+    """The denoiser (z, λ, c, *extra) -> prediction of the EDM-preconditioned raw net F (EDM eq. 7).
+    ``extra`` (a distilled student's w) goes to F unchanged: only z is scaled.
 
     For ε the VP form below is used: with R = σ² + α²·σ_d² (= α²·(σ_e² + σ_d²)) the input is
     z/√R and ε̂ = (σ/R)·z − (α·σ_d/√R)·F, algebraically (z − α·D)/σ but without dividing by a tiny
@@ -54,13 +54,13 @@ def preconditioned(net: Callable[[Tensor, Tensor, Tensor], Tensor], sigma_data: 
     require(sigma_data > 0, f"diffusion.sigma_data must be > 0, got {sigma_data}")
     require(prediction in ("eps", "x", "v"), f"unknown prediction {prediction!r}; use eps, x or v")
 
-    def denoiser(z: Tensor, lam: Tensor, c: Tensor) -> Tensor:
+    def denoiser(z: Tensor, lam: Tensor, c: Tensor, *extra: Tensor) -> Tensor:
         # coefficients in float32 (or z's wider type) whatever autocast does to the net
         dtype = torch.promote_types(z.dtype, torch.float32)
         zf, lamf = z.to(dtype), lam.to(dtype)
         alpha, sigma = alpha_sigma(per_sample(lamf, zf))
         r = sigma**2 + alpha**2 * sigma_data**2
-        raw = net((zf * r.rsqrt()).to(z.dtype), lam, c).to(dtype)
+        raw = net((zf * r.rsqrt()).to(z.dtype), lam, c, *extra).to(dtype)
         if prediction == "eps":
             return (sigma / r) * zf - (alpha * sigma_data * r.rsqrt()) * raw
         c_skip, c_out, _, _ = (per_sample(t, zf) for t in edm_coefficients(lamf, sigma_data))
@@ -72,7 +72,8 @@ def preconditioned(net: Callable[[Tensor, Tensor, Tensor], Tensor], sigma_data: 
 
 def wrap_for_config(net, diffusion_config):
     """``net`` as the config's denoiser: unchanged for precondition = "none" (every checkpoint made
-    before the option existed), EDM-preconditioned for "edm"."""
+    before the option existed), EDM-preconditioned for "edm". A w-conditioned ``net`` (a distilled
+    student) stays one: its w passes through the preconditioning to the net."""
     kind = getattr(diffusion_config, "precondition", "none")
     require(kind in PRECONDITIONINGS, f"diffusion.precondition {kind!r} is unknown; choose none or edm")
     if kind == "none":

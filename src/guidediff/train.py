@@ -35,7 +35,9 @@ from guidediff.checkpoint import (
     check_state_dict,
     environment,
     latest_checkpoint,
+    TENSOR_FILES,
     load_checkpoint,
+    read_tensors,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -404,7 +406,7 @@ class _Run:
         if not resume and latest is not None:
             raise UsageError(f"{run_dir} already holds a run (latest {latest.name}); pass --resume "
                              "to continue it, or choose another output directory")
-        ema_state = None
+        ema_state = posthoc_state = None
         if resume_from is not None:
             ck = load_checkpoint(resume_from, device="cpu")
             check_state_dict(ck.model, self.net.state_dict(), str(resume_from / "model.safetensors"))
@@ -420,13 +422,15 @@ class _Run:
             st.commands = list(ck.state.get("commands", []))
             st.metrics = ck.state.get("metrics", {})
             ema_state = (ck.ema, ck.state["ema"])
+            if "posthoc_ema" in ck.state:
+                posthoc_state = (read_tensors(ck.path / TENSOR_FILES["posthoc"]), ck.state["posthoc_ema"])
             self.say(f"resuming {run_dir} from {resume_from.name} (step {st.step})")
         elif resume:
             self.say(f"no checkpoint in {self.ckpt_root} yet: starting a new run")
         if command:
             st.commands.append(command)
 
-        self.ema = None
+        self.ema = self.posthoc = None
         if self.main:
             # before prepare: accelerate patches forward for autocast, which a deepcopy would carry over
             self.ema = ema_from_config(self.net, tc)
@@ -434,11 +438,27 @@ class _Run:
                 check_state_dict(ema_state[0], self.ema.state_dict(), str(resume_from / "ema.safetensors"))
                 self.ema.load_state_dict(ema_state[0])
                 self.ema.load_meta(ema_state[1])
+            self._restore_posthoc(posthoc_state, resume_from)
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / CONFIG_FILE).write_text(self.config.to_json() + "\n")
             log_records = _read_log(run_dir / LOG_FILE, st.step)
             with open(run_dir / LOG_FILE, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in log_records)
+
+    def _restore_posthoc(self, saved, resume_from: Path | None) -> None:
+        """Post-hoc EMA's profiles (train.posthoc_ema): continued from the checkpoint; they must
+        run from step 0, since a snapshot's weights are those of a power EMA over all steps."""
+        from guidediff.posthoc_snapshots import posthoc_from_config
+
+        self.posthoc = posthoc_from_config(self.net, self.config.train, self.run_dir)
+        if self.posthoc is None:
+            return
+        if saved is None:
+            require(self.state.step == 0, f"{resume_from} was trained without train.posthoc_ema, whose profiles must "
+                                          "start at step 0; start a new run to keep them")
+        else:
+            self.posthoc.load(*saved, where=str(resume_from))
+        self.posthoc.forget_after(self.state.step)
 
     # -- The step: data parallelism, compilation, the (maybe graphed) step function. ---------------
     def _start_step(self) -> None:
@@ -452,7 +472,8 @@ class _Run:
         parts = StepParts(model=model, net=self.net, optimizer=opt, scheduler=self.scheduler, loss_fn=self.loss_fn,
                           batches=self.batches, ema=self.ema, accelerator=self.accelerator, grad_clip=tc.grad_clip,
                           amp_dtype=self.amp_dtype, hflip=self.config.data.hflip, seed=tc.seed, rank=self.rank,
-                          world_size=self.world, global_batch=tc.batch_size)
+                          world_size=self.world, global_batch=tc.batch_size,
+                          extra_emas=tuple(self.posthoc.emas) if self.posthoc is not None else ())
         self.step_fn = TrainStep(parts, self.mode)
         if self.mode != "classic":
             self.say(f"training step: {'one CUDA graph per step' if self.mode == 'graphed' else 'graph-ready, eager'}")
@@ -492,7 +513,9 @@ class _Run:
                 for key, value in group.items():
                     if torch.is_tensor(value):
                         group[key] = float(value)
+            posthoc = self.posthoc
             state = {
+                **({"posthoc_ema": posthoc.meta()} if posthoc is not None else {}),
                 "config": self.config.to_dict(),
                 "optimizer": {"param_names": self.param_names},
                 "scheduler": self.scheduler.state_dict(),
@@ -506,7 +529,8 @@ class _Run:
                 "images_seen": st.step * tc.batch_size,
             }
             path = save_checkpoint(self.ckpt_root, st.step, model=self.net.state_dict(), ema=self.ema.state_dict(),
-                                   optimizer=opt_state, state=state, keep_last=tc.keep_last)
+                                   optimizer=opt_state, state=state, keep_last=tc.keep_last,
+                                   posthoc=posthoc.state_dict() if posthoc is not None else None)
         self.accelerator.wait_for_everyone()
         return path
 
@@ -550,6 +574,8 @@ class _Run:
                 bar.update(1)
             if main and (st.step % tc.sample_every == 0 or st.step == tc.steps):
                 self.sample_fn(self.ema.module, st.step, self.run_dir / "samples")
+            if main and self.posthoc is not None and self.posthoc.due(st.step, last):
+                self.posthoc.snapshot(st.step)
             # Checkpoint.
             if st.step % tc.checkpoint_every == 0 or last:
                 st.saved = self._checkpoint(time.time() - self.t0)

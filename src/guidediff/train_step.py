@@ -58,6 +58,12 @@ class StepParts:
     rank: int
     world_size: int
     global_batch: int
+    # more power EMAs updated beside ``ema`` (post-hoc EMA's profiles, ``posthoc_snapshots``)
+    extra_emas: tuple = ()
+
+    def emas(self) -> list:
+        """Every EMA the step updates (none on the other ranks)."""
+        return [] if self.ema is None else [self.ema, *self.extra_emas]
 
 
 def ema_decay_tensor(n: torch.Tensor, decay: float, warmup: bool) -> torch.Tensor:
@@ -68,6 +74,21 @@ def ema_decay_tensor(n: torch.Tensor, decay: float, warmup: bool) -> torch.Tenso
 def power_decay_tensor(n: torch.Tensor, gamma: float) -> torch.Tensor:
     """``ema.power_decay`` on the device: (1 − 1/(n + 1))^(γ + 1) for update number n."""
     return (1.0 - 1.0 / (n + 1.0)) ** (gamma + 1.0)
+
+
+def _update_ema_on_device(ema, n: torch.Tensor, pairs) -> None:
+    """``EMA.update`` with the decay computed on the device from the update count ``n`` (which it
+    advances): nothing waits for the host, so it can sit in a CUDA graph."""
+    shadow, current, shadow_buffers, buffers = pairs
+    gamma = getattr(ema, "gamma", None)  # EDM2's power-function EMA (train.ema = "power", post-hoc profiles)
+    d = (ema_decay_tensor(n, ema.decay, ema.warmup) if gamma is None else power_decay_tensor(n, gamma)).float()
+    # θ_ema ← θ_ema + (1 − d)(θ − θ_ema), the EMA class's lerp with a device weight
+    delta = torch._foreach_sub(current, shadow)
+    torch._foreach_mul_(delta, 1.0 - d)
+    torch._foreach_add_(shadow, delta)
+    for mine, theirs in zip(shadow_buffers, buffers):
+        mine.copy_(theirs)
+    n += 1
 
 
 def say(message: str) -> None:
@@ -88,9 +109,9 @@ def seat_generator(gen: torch.Generator, step: int, *, philox: bool, seed: int, 
 
 
 class DeviceEMA:
-    """``EMA.update`` with the decay computed on the device from a device update count, in foreach
-    ops: nothing reads a host value, so a CUDA graph can hold it. The caller still counts
-    ``ema.num_updates`` on the host (for checkpoints)."""
+    """One EMA updated on the device (``_update_ema_on_device``): its update count as a device
+    number and its (shadow, current) tensor lists. The caller still counts ``ema.num_updates`` on
+    the host (for checkpoints)."""
 
     def __init__(self, ema, net: nn.Module):
         self.ema = ema
@@ -100,18 +121,7 @@ class DeviceEMA:
                       list(ema.module.buffers()), list(net.buffers()))
 
     def update(self) -> None:
-        ema = self.ema
-        shadow, current, shadow_buffers, buffers = self.pairs
-        gamma = getattr(ema, "gamma", None)  # EDM2's power-function EMA (train.ema = "power")
-        d = (ema_decay_tensor(self.n, ema.decay, ema.warmup) if gamma is None
-             else power_decay_tensor(self.n, gamma)).float()
-        # θ_ema ← θ_ema + (1 − d)(θ − θ_ema), the EMA class's lerp with a device weight
-        delta = torch._foreach_sub(current, shadow)
-        torch._foreach_mul_(delta, 1.0 - d)
-        torch._foreach_add_(shadow, delta)
-        for mine, theirs in zip(shadow_buffers, buffers):
-            mine.copy_(theirs)
-        self.n += 1
+        _update_ema_on_device(self.ema, self.n, self.pairs)
 
 
 def capture_graph(body, generators: tuple[torch.Generator, ...] = ()):
@@ -163,8 +173,13 @@ class TrainStep:
                           if mode != "classic" and p.world_size > 1 else None)
         if mode != "classic":
             self.static_idx = torch.zeros(p.global_batch, dtype=torch.long, device=self.device)
-            # the EMA's update count as a device number, so its decay needs no host value
-            self.device_ema = DeviceEMA(p.ema, p.net) if p.ema is not None else None
+            current = [q.detach() for q in p.net.parameters()]
+            # per EMA: its update count as a device number (so its decay needs no host value) and its
+            # (shadow, current) tensor lists
+            self.ema_tracks = [(ema, torch.full((), float(ema.num_updates), dtype=torch.float64, device=self.device),
+                                (list(ema.module.parameters()), current, list(ema.module.buffers()),
+                                 list(p.net.buffers())))
+                               for ema in p.emas()]
 
     # -- randomness ---------------------------------------------------------------------------
     def _context(self, step: int):
@@ -198,8 +213,8 @@ class TrainStep:
         p.optimizer.step()
         p.scheduler.step()
         distributed.zero_grad(p.optimizer, p.world_size)  # under DDP the gradients stay its bucket views
-        if p.ema is not None:
-            p.ema.update(p.net)
+        for ema in p.emas():
+            ema.update(p.net)
         self.loss_sum += loss.detach().float()
 
     # -- the graph-ready step: nothing inside reads a device value on the host -------------------
@@ -225,8 +240,8 @@ class TrainStep:
         if p.grad_clip > 0:
             self.grad_norm.copy_(torch.nn.utils.clip_grad_norm_(self.params, p.grad_clip, foreach=self.cuda or None))
         p.optimizer.step()
-        if self.device_ema is not None:
-            self.device_ema.update()
+        for ema, n, pairs in self.ema_tracks:
+            _update_ema_on_device(ema, n, pairs)
         self.loss_sum += loss.detach().float()
 
     def _capture(self, step: int) -> None:
@@ -276,8 +291,8 @@ class TrainStep:
             self._body(step)
             self._clear_grads()
         p.scheduler.step()
-        if p.ema is not None:
-            p.ema.num_updates += 1
+        for ema in p.emas():
+            ema.num_updates += 1
 
 
 def choose_mode(setting: bool | str, *, cuda: bool, world_size: int, mixed_precision: str, default_loss: bool,

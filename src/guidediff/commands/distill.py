@@ -8,7 +8,8 @@ def add_parser(subparsers) -> None:
         "distill", help="distill a CFG model into a w-conditioned student that samples guided at one forward per step",
         description="Stage one of guidance distillation (Meng et al. 2023): a student started from the teacher's "
                     "weights, plus an embedding of w, learns the teacher's guided prediction "
-                    "(1+w)*eps(z,c) - w*eps(z,null) for w in [0, --w-max] on the teacher's training data. Writes "
+                    "(1+w)*eps(z,c) - w*eps(z,null) for w in [0, --w-max] on the teacher's training data, inside the "
+                    "teacher's preconditioning (EDM) if it has one. Writes "
                     "DIR/model.safetensors; sample it like any model (guidediff sample DIR/model.safetensors --w 1).")
     p.add_argument("teacher", help="the CFG model: checkpoint or run directory, exported model, or shipped name")
     p.add_argument("--out", required=True, help="output directory")
@@ -35,6 +36,7 @@ def run(args) -> int:
     from guidediff.distill import check_teacher, distill_model
     from guidediff.errors import require
     from guidediff.nets.w_conditioned import WConditionedUNet
+    from guidediff.vdm.model import VDMSamplingNet
     from guidediff.commands._outputs import check_device, claim_out_dir
 
     require(args.steps >= 1 and args.batch_size >= 1, "--steps and --batch-size must be >= 1")
@@ -52,6 +54,10 @@ def run(args) -> int:
     teacher_net, config = load_model(args.teacher, device)
     require(not isinstance(teacher_net, WConditionedUNet),
             f"{args.teacher} is already a distilled student; pass the CFG model it came from")
+    # a VDM's denoiser adds Fourier features and a learned schedule around its UNet: the student has neither
+    require(not isinstance(teacher_net, VDMSamplingNet),
+            f"{args.teacher} is a VDM, whose learned schedule and Fourier features the student cannot copy; "
+            "distill a CFG model (guidediff train without a [vdm] table)")
     check_teacher(config)
     d = config.data
     data = load_dataset(d.name, "train", data_dir=args.data_dir or d.data_dir, resolution=d.resolution,
