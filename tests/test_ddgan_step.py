@@ -57,9 +57,12 @@ def test_graph_ready_step_equals_classic_step_on_cpu(tmp_path, kind):
             torch.testing.assert_close(eager[1][part][k], v, rtol=tol, atol=tol, msg=f"{part}.{k}")
 
 
-def test_graph_ready_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("first_half", ["\"eager\"", "false"])
+def test_graph_ready_run_resumes_exactly(tmp_path, first_half):
+    """6 graph-ready steps = 3 steps (graph-ready, or classic: a run may change its step mode when
+    it resumes) + resume + 3 graph-ready steps."""
     once = _run(tmp_path / "once", _config("toy", "\"eager\"", 6, "train.device=\"cpu\""))
-    _run(tmp_path / "twice", _config("toy", "\"eager\"", 3, "train.device=\"cpu\""))
+    _run(tmp_path / "twice", _config("toy", first_half, 3, "train.device=\"cpu\""))
     twice = _run(tmp_path / "twice", _config("toy", "\"eager\"", 6, "train.device=\"cpu\""), resume=True)
     torch.testing.assert_close(torch.tensor(twice[0]), torch.tensor(once[0]), rtol=1e-6, atol=1e-6)
     for part in ("model", "ema", "optimizer"):

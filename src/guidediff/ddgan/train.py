@@ -352,8 +352,11 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
     if resume and latest_checkpoint(ckpt_root) is not None:
         _, state, tensors = read_ddgan_checkpoint(out_dir, device="cpu")
         saved = DDGANConfig.from_dict(state["config"], source=str(ckpt_root))
-        # The run's architecture and data are fixed; its length, time budget and device may change.
+        # The run's architecture and data are fixed; its length, time budget, device and step mode
+        # (train.cuda_graph: the same training function, run another way) may change.
         saved.train.steps, saved.train.minutes, saved.train.device = t.steps, t.minutes, t.device
+        saved.train.cuda_graph = t.cuda_graph
+        saved.validate()
         config = saved
         t = config.train
 
