@@ -91,9 +91,10 @@ def test_step_mode_follows_cuda_graph_and_finite_check():
     def mode(cuda: bool, *overrides: str) -> str:
         return choose_step_mode(load_config("grid25", None, list(overrides)), cuda, log=notes.append)
 
-    assert mode(False) == "classic"  # the CPU default is today's step
-    assert mode(True) == "graphed"
-    assert mode(True, "train.finite_check=\"step\"") == "classic"
+    assert mode(False) == mode(True) == "classic"  # the default is today's step until measured on a GPU
+    assert mode(False, "train.cuda_graph=\"auto\"") == "classic"
+    assert mode(True, "train.cuda_graph=\"auto\"") == "graphed"
+    assert mode(True, "train.cuda_graph=\"auto\"", "train.finite_check=\"step\"") == "classic"
     assert mode(True, "train.cuda_graph=false") == "classic"
     assert mode(True, "train.cuda_graph=\"eager\"") == mode(False, "train.cuda_graph=\"eager\"") == "graph-ready"
     assert not notes
