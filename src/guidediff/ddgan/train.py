@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -336,40 +336,72 @@ def _all_finite(module: nn.Module) -> bool:
 def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
           command: str | None = None, data: TrainingData | None = None) -> DDGANResult:
     """Train DDGAN as configured into out_dir (resuming from its latest checkpoint if asked)."""
-    from guidediff.checkpoint import latest_checkpoint, save_model
+    run = _Run(config, Path(out_dir), resume=resume, command=command, data=data)
+    return run.loop(progress)
 
-    config.validate()
-    t = config.train
-    out_dir = Path(out_dir)
-    ckpt_root = out_dir / CHECKPOINTS
-    device = resolve_device(t.device)
-    cuda = device.type == "cuda"
-    bf16 = t.mixed_precision == "bf16" or (t.mixed_precision == "auto" and cuda)
-    require(resume or latest_checkpoint(ckpt_root) is None,
-            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
 
-    state: dict[str, Any] | None = None
-    if resume and latest_checkpoint(ckpt_root) is not None:
-        _, state, tensors = read_ddgan_checkpoint(out_dir, device="cpu")
-        saved = DDGANConfig.from_dict(state["config"], source=str(ckpt_root))
+@dataclass
+class _RunState:
+    """What changes while a run goes: the step, the bookkeeping a checkpoint carries, and the
+    current log window."""
+
+    step: int = 0
+    prior_time: float = 0.0  # training seconds of earlier invocations (resume)
+    commands: list = field(default_factory=list)
+    last: dict = field(default_factory=dict)  # the last log record (a checkpoint's "metrics")
+    steps_per_sec: float | None = None  # of the last log window
+    start: float = 0.0  # perf_counter when this invocation's loop began
+    window_start: float = 0.0
+    stopped_by: str = "steps"  # "steps" | "time"
+
+
+class _Run:
+    """One invocation of the DDGAN loop, in phases: restore, build, step, log, checkpoint, finish."""
+
+    def __init__(self, config: DDGANConfig, out_dir: Path, *, resume: bool, command: str | None,
+                 data: TrainingData | None):
+        from guidediff.checkpoint import latest_checkpoint
+
+        config.validate()
+        t = config.train
+        self.out_dir, self.ckpt_root = out_dir, out_dir / CHECKPOINTS
+        self.device = resolve_device(t.device)
+        self.cuda = self.device.type == "cuda"
+        # taken from the config as given, before a resumed run's saved config replaces it
+        self.bf16 = t.mixed_precision == "bf16" or (t.mixed_precision == "auto" and self.cuda)
+        require(resume or latest_checkpoint(self.ckpt_root) is None,
+                f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        self.state = _RunState()
+        saved_state = tensors = None
+        if resume and latest_checkpoint(self.ckpt_root) is not None:
+            # read before the data and networks are built: they follow the saved run's config
+            config, saved_state, tensors = self._read_resume_point(config)
+        self.config = config
+        self._build(data)
+        if saved_state is not None:
+            self._restore(saved_state, tensors)
+        if command:
+            self.state.commands.append(command)
+        # after the restore: the step keeps a device copy of the (restored) EMA in graph modes
+        self._make_step()
+
+    # -- Restore: the saved run's config, then its weights and bookkeeping. ----------------------
+    def _read_resume_point(self, config: DDGANConfig) -> tuple[DDGANConfig, dict[str, Any], dict[str, dict]]:
+        t = config.train
+        _, state, tensors = read_ddgan_checkpoint(self.out_dir, device="cpu")
+        saved = DDGANConfig.from_dict(state["config"], source=str(self.ckpt_root))
         # The run's architecture and data are fixed; its length, time budget, device and step mode
         # (train.cuda_graph: the same training function, run another way) may change.
         saved.train.steps, saved.train.minutes, saved.train.device = t.steps, t.minutes, t.device
         saved.train.cuda_graph = t.cuda_graph
         saved.validate()
-        config = saved
-        t = config.train
+        return saved, state, tensors
 
-    data = data if data is not None else load_training_data(config, device)
-    from guidediff.ddgan.step import DDGANStep, choose_step_mode
-
-    mode = choose_step_mode(config, cuda)
-    nets, ema = build_training(config, data, device, capturable=cuda and mode != "classic")
-    step, prior_time, commands = 0, 0.0, []
-    if state is not None:
+    def _restore(self, state: dict[str, Any], tensors: dict[str, dict]) -> None:
         from guidediff.checkpoint import unflatten_optimizer
         from guidediff.train import _load_optimizer
 
+        nets, ema = self.nets, self.ema
         nets.G.load_state_dict(unprefixed("G", tensors["model"]))
         nets.D.load_state_dict(unprefixed("D", tensors["model"]))
         ema.load_state_dict(tensors["ema"])
@@ -378,84 +410,120 @@ def train(config: DDGANConfig, out_dir: str | Path, *, resume: bool = False, pro
         sd_g, sd_d = split_optimizers(unflatten_optimizer(tensors["optimizer"], state["optimizer"]))
         _load_optimizer(nets.opt_g, sd_g)
         _load_optimizer(nets.opt_d, sd_d)
-        step, prior_time = int(state["step"]), float(state.get("training_time_s", 0.0))
-        commands = list(state.get("commands", []))
-    if command:
-        commands.append(command)
-    lams = DiscreteVP(config.diffusion.T, config.diffusion.beta_min, config.diffusion.beta_max).lams(device=device)
-    # finite_check "log": the first step with a non-finite loss, kept on the device (−1: none yet)
-    sync_each_step = t.finite_check == "step" or (t.finite_check == "auto" and not cuda)
-    step_fn = DDGANStep(nets, ema, data, lams, config, mode=mode, bf16=bf16, sync_each_step=sync_each_step)
-    G, D = nets.G, nets.D
+        self.state.step, self.state.prior_time = int(state["step"]), float(state.get("training_time_s", 0.0))
+        self.state.commands = list(state.get("commands", []))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(config.to_json() + "\n")
-    log_path = out_dir / LOG_FILE
-    start = time.perf_counter()
-    deadline = start + 60.0 * t.minutes if t.minutes else math.inf
-    last: dict[str, float] = {}
-    window_start = start
-    steps_per_sec = None
+    # -- Build the data, networks, optimizers and the step. --------------------------------------
+    def _build(self, data: TrainingData | None) -> None:
+        from guidediff.ddgan.step import choose_step_mode
 
-    def extra() -> dict[str, Any]:
-        return {"training_time_s": prior_time + time.perf_counter() - start, "metrics": last, "commands": commands}
+        self.data = data if data is not None else load_training_data(self.config, self.device)
+        self.mode = choose_step_mode(self.config, self.cuda)
+        # graph modes keep Adam's step count and lr on the device, where a CUDA graph can replay them
+        capturable = self.cuda and self.mode != "classic"
+        self.nets, self.ema = build_training(self.config, self.data, self.device, capturable=capturable)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def _make_step(self) -> None:
+        from guidediff.ddgan.step import DDGANStep
 
-        bar = tqdm(total=t.steps, initial=step, desc=f"ddgan T={config.diffusion.T}", unit="step")
+        config, t = self.config, self.config.train
+        diffusion = config.diffusion
+        lams = DiscreteVP(diffusion.T, diffusion.beta_min, diffusion.beta_max).lams(device=self.device)
+        # finite_check "log": the step keeps the first bad step on the device (first_bad, −1: none yet)
+        sync_each_step = t.finite_check == "step" or (t.finite_check == "auto" and not self.cuda)
+        self.step_fn = DDGANStep(self.nets, self.ema, self.data, lams, config, mode=self.mode, bf16=self.bf16,
+                                 sync_each_step=sync_each_step)
 
-    def diverged(what: str) -> TrainingDiverged:
-        if _all_finite(G) and _all_finite(D):
-            where = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
+    # -- The loop. -------------------------------------------------------------------------------
+    def loop(self, progress: bool) -> DDGANResult:
+        t, s = self.config.train, self.state
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / CONFIG_FILE).write_text(self.config.to_json() + "\n")
+        s.start = s.window_start = time.perf_counter()
+        deadline = s.start + 60.0 * t.minutes if t.minutes else math.inf
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t.steps, initial=s.step, desc=f"ddgan T={self.config.diffusion.T}", unit="step")
+        try:
+            while s.step < t.steps:
+                if time.perf_counter() >= deadline:
+                    s.stopped_by = "time"
+                    break
+                self._step()
+                if s.step % t.log_every == 0 or s.step == t.steps:
+                    self._log(bar)
+                if s.step % t.checkpoint_every == 0 and s.step < t.steps:
+                    self._checkpoint()
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._finish()
+
+    def _step(self) -> None:
+        try:
+            self.step_fn(self.state.step)
+        except _NonFinite as bad:  # finite_check "step": caught before the optimizer step that would spread it
+            raise self._diverged(f"{bad.what} became {bad.value} at step {self.state.step}") from None
+        self.state.step += 1
+
+    # -- Log: one record per window of log_every steps. ------------------------------------------
+    def _log(self, bar) -> None:
+        s = self.state
+        self._check_flag()
+        now = time.perf_counter()
+        s.steps_per_sec = self.step_fn.window_steps / max(now - s.window_start, 1e-9)
+        s.last = self.step_fn.take_window()
+        s.last.update(step=s.step, steps_per_sec=s.steps_per_sec, elapsed_s=s.prior_time + now - s.start)
+        with open(self.out_dir / LOG_FILE, "a") as f:
+            f.write(json.dumps(s.last) + "\n")
+        s.window_start = now
+        if bar is not None:
+            bar.set_postfix(loss_d=f"{s.last['loss_d']:.3f}", loss_g=f"{s.last['loss_g']:.3f}")
+
+    # -- Checkpoint: only after the divergence flag was read clean. ------------------------------
+    def _checkpoint(self) -> Path:
+        self._check_flag()
+        return save_ddgan_checkpoint(self.out_dir, self.state.step, self.nets, self.ema, self.config, self._extra())
+
+    def _extra(self) -> dict[str, Any]:
+        """The bookkeeping a checkpoint's state.json carries besides the config and the EMA."""
+        s = self.state
+        return {"training_time_s": s.prior_time + time.perf_counter() - s.start, "metrics": s.last,
+                "commands": s.commands}
+
+    # -- Divergence: stop with an error that names the last good state and the fix. --------------
+    def _check_flag(self) -> None:
+        bad = int(self.step_fn.first_bad)  # the one host sync of finite_check "log", at log and checkpoint steps
+        if bad >= 0:
+            raise self._diverged(f"a loss became non-finite at step {bad} (found at step {self.state.step})")
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        from guidediff.checkpoint import latest_checkpoint
+
+        step = self.state.step
+        if _all_finite(self.nets.G) and _all_finite(self.nets.D):
+            where = save_ddgan_checkpoint(self.out_dir, step, self.nets, self.ema, self.config, self._extra())
             saved = f"saved the last finite state (step {step}) to {where}"
         else:
-            where = latest_checkpoint(ckpt_root)
+            where = latest_checkpoint(self.ckpt_root)
             saved = ("the weights are no longer finite; " + (f"the last good checkpoint is {where}" if where else
                                                               "no checkpoint was written yet, so train again"))
         return TrainingDiverged(f"{what}; {saved}; lower train.lr_g/train.lr_d or raise train.r1_gamma "
                                 "(--set train.lr_d=...), then continue with --resume")
 
-    def check_flag() -> None:
-        bad = int(step_fn.first_bad)  # the one host sync of finite_check "log", at log and checkpoint steps
-        if bad >= 0:
-            raise diverged(f"a loss became non-finite at step {bad} (found at step {step})")
+    # -- Finish: the last checkpoint and the exported EMA generator. -----------------------------
+    def _finish(self) -> DDGANResult:
+        from guidediff.checkpoint import save_model
 
-    stopped_by = "steps"
-    try:
-        while step < t.steps:
-            if time.perf_counter() >= deadline:
-                stopped_by = "time"
-                break
-            try:
-                step_fn(step)
-            except _NonFinite as bad:
-                raise diverged(f"{bad.what} became {bad.value} at step {step}") from None
-            step += 1
-            if step % t.log_every == 0 or step == t.steps:
-                check_flag()
-                now = time.perf_counter()
-                steps_per_sec = step_fn.window_steps / max(now - window_start, 1e-9)
-                last = step_fn.take_window()
-                last.update(step=step, steps_per_sec=steps_per_sec, elapsed_s=prior_time + now - start)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(last) + "\n")
-                window_start = now
-                if bar is not None:
-                    bar.set_postfix(loss_d=f"{last['loss_d']:.3f}", loss_g=f"{last['loss_g']:.3f}")
-            if step % t.checkpoint_every == 0 and step < t.steps:
-                check_flag()
-                save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    check_flag()
-    ckpt = save_ddgan_checkpoint(out_dir, step, nets, ema, config, extra())
-    # float32: the exported generator samples exactly what the run's EMA samples
-    model_file = save_model(ema.state_dict(), config, out_dir / MODEL_FILE, "float32", model_format=MODEL_FORMAT,
-                            step=step, training_time_s=extra()["training_time_s"], commands=commands)
-    elapsed = time.perf_counter() - start
-    return DDGANResult(out_dir, step, stopped_by, ckpt, model_file, elapsed, steps_per_sec, last)
+        s = self.state
+        ckpt = self._checkpoint()
+        # float32: the exported generator samples exactly what the run's EMA samples
+        model_file = save_model(self.ema.state_dict(), self.config, self.out_dir / MODEL_FILE, "float32",
+                                model_format=MODEL_FORMAT, step=s.step, training_time_s=self._extra()["training_time_s"],
+                                commands=s.commands)
+        elapsed = time.perf_counter() - s.start
+        return DDGANResult(self.out_dir, s.step, s.stopped_by, ckpt, model_file, elapsed, s.steps_per_sec, s.last)
