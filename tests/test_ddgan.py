@@ -303,6 +303,14 @@ def test_resume_continues_exactly(tmp_path):
         ddgan_train.train(_toy_config(6, **small), tmp_path / "once", progress=False)
 
 
+def test_resume_keeps_the_runs_mixed_precision(tmp_path):
+    """A resumed run trains in the precision it was started with, not the resuming command's default."""
+    small = {"generator.hidden": 16, "discriminator.hidden": 16}
+    ddgan_train.train(_toy_config(2, **small, **{"train.mixed_precision": '"bf16"'}), tmp_path / "run", progress=False)
+    resumed = ddgan_train._Run(_toy_config(4, **small), tmp_path / "run", resume=True, command=None, data=None)
+    assert resumed.bf16 and resumed.config.train.mixed_precision == "bf16"
+
+
 def test_image_run_checkpoints_and_samples_uint8(tmp_path):
     config = _image_config(**{"train.steps": 2, "train.batch_size": 4, "train.device": '"cpu"',
                               "data.conditional": "true"})

@@ -367,8 +367,6 @@ class _Run:
         self.out_dir, self.ckpt_root = out_dir, out_dir / CHECKPOINTS
         self.device = resolve_device(t.device)
         self.cuda = self.device.type == "cuda"
-        # taken from the config as given, before a resumed run's saved config replaces it
-        self.bf16 = t.mixed_precision == "bf16" or (t.mixed_precision == "auto" and self.cuda)
         require(resume or latest_checkpoint(self.ckpt_root) is None,
                 f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
         self.state = _RunState()
@@ -377,6 +375,9 @@ class _Run:
             # read before the data and networks are built: they follow the saved run's config
             config, saved_state, tensors = self._read_resume_point(config)
         self.config = config
+        # the run's own precision (a resumed run keeps the one it was trained with), on this device
+        mp = config.train.mixed_precision
+        self.bf16 = mp == "bf16" or (mp == "auto" and self.cuda)
         self._build(data)
         if saved_state is not None:
             self._restore(saved_state, tensors)
