@@ -295,11 +295,22 @@ class TrainStep:
             ema.num_updates += 1
 
 
+def graph_safe(loss_fn) -> bool:
+    """Whether a custom loss closure declared itself safe in a captured step, by the attribute
+    ``loss_fn.graph_safe = True``. The declaration promises what a CUDA graph replay needs: no
+    host read of a device value (``.item()``, ``float(t)``, ``if t``, numpy), randomness only from
+    ``ctx.generator`` and the global generator (dropout), no use of ``ctx.step`` (a replay keeps
+    the captured one), the same shapes and no host-side state changed from step to step. Its
+    owner backs it with a test that the graph-ready step equals the classic one for it and, on
+    CUDA, that the graphed step equals its eager run."""
+    return getattr(loss_fn, "graph_safe", False) is True
+
+
 def choose_mode(setting: bool | str, *, cuda: bool, world_size: int, mixed_precision: str, default_loss: bool,
                 log=say) -> str:
-    """train.cuda_graph → a mode. "auto" graphs CUDA processes with the default loss (a custom
-    loss closure might read values on the host), one or several (then the gradient all-reduce is
-    in the graph, not DDP); true asks for it; "eager" is the graph-ready step uncaptured; false the
+    """train.cuda_graph → a mode. "auto" graphs CUDA processes with the default loss or a closure
+    declared graph-safe (``default_loss`` true; any other closure might read values on the host),
+    one or several (then the gradient all-reduce is in the graph, not DDP); true asks for it; "eager" is the graph-ready step uncaptured; false the
     classic step (Accelerate, DDP for several processes). What cannot be graphed falls back with
     a note. ``world_size`` does not matter any more; it stays for callers that pass it."""
     if setting is False:

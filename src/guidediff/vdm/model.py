@@ -29,6 +29,12 @@ from guidediff.vdm.fourier import FourierFeatures, VDMDenoiser
 from guidediff.vdm.schedule import LearnedSchedule
 
 CONFIG_BUFFER = "vdm_config"
+# Whether the VDM loss closure declares itself graph-safe (guidediff.train_step.graph_safe), so
+# that train.cuda_graph = "auto" captures its step on CUDA. The closure reads nothing on the host
+# and its graph-ready step equals the classic one (docs/vdm.md, "Training speed";
+# tests/test_vdm_train_step.py), but its capture has not yet run on a GPU: until the CUDA test
+# there has passed on one, "auto" keeps the classic step and train.cuda_graph=true asks for the graph.
+GRAPH_SAFE = False
 
 
 def vdm_unet_config(unet: UNetConfig, vdm: VDMConfig) -> UNetConfig:
@@ -120,6 +126,7 @@ def vdm_loss(vdm: VDMConfig, *, p_uncond: float, null_class: int) -> Callable:
         terms = model(x, c, u, eps, eps_0)
         return bits_per_dim(terms.total.mean(), dims_of(x))
 
+    loss_fn.graph_safe = GRAPH_SAFE
     return loss_fn
 
 

@@ -91,7 +91,9 @@ class LearnedSchedule(nn.Module):
     def shape(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """s(u) ∈ [0, 1] and s'(u) > 0: the normalised monotone part, depending on the shape
         parameters only."""
-        ends = torch.tensor([0.0, 1.0], dtype=u.dtype, device=u.device)
+        # arange, not torch.tensor([0., 1.]): made on the device, with no host-to-device copy (a
+        # copy from pageable memory synchronises, which a CUDA graph capture cannot contain)
+        ends = torch.arange(2, dtype=u.dtype, device=u.device)
         g_ends, _ = self._raw(ends)
         g, dg = self._raw(u)
         span = g_ends[1] - g_ends[0]
@@ -160,6 +162,7 @@ def lam_endpoints(schedule, like: Tensor) -> tuple[Tensor, Tensor]:
     if isinstance(schedule, LearnedSchedule):
         g0, g1 = schedule.endpoints()
         return (-g0).to(device=like.device, dtype=like.dtype), (-g1).to(device=like.device, dtype=like.dtype)
-    u = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    ends = schedule.lam(u).to(device=like.device, dtype=like.dtype)
+    # on like's device (no host-to-device copy inside a training step, see LearnedSchedule.shape)
+    u = torch.arange(2, dtype=torch.float64, device=like.device)
+    ends = schedule.lam(u).to(dtype=like.dtype)
     return ends[0], ends[1]
