@@ -441,6 +441,25 @@ def test_sync_free_finite_check_gives_the_same_run(tmp_path):
         torch.testing.assert_close(runs["log"][1][k], v, rtol=0, atol=0)
 
 
+def test_sync_free_finite_check_reads_the_flag_at_log_steps(tmp_path, monkeypatch):
+    """No checkpoint step before the log step: the log step itself must find the bad loss."""
+    _poison_fourth_d_loss(monkeypatch)
+    config = _toy_config(20, **{"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 2,
+                                "train.checkpoint_every": 100, "train.finite_check": '"log"'})
+    with pytest.raises(ddgan_train.TrainingDiverged, match=r"non-finite at step 3 \(found at step 4\)"):
+        ddgan_train.train(config, tmp_path / "run", progress=False)
+
+
+def test_resumed_log_counts_the_earlier_training_time(tmp_path):
+    small = {"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 1}
+    ddgan_train.train(_toy_config(3, **small), tmp_path / "run", progress=False)
+    _, state, _ = ddgan_train.read_ddgan_checkpoint(tmp_path / "run")
+    ddgan_train.train(_toy_config(6, **small), tmp_path / "run", resume=True, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / ddgan_train.LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[3]["elapsed_s"] >= state["training_time_s"]
+
+
 def test_sync_free_finite_check_stops_at_the_next_log_step(tmp_path, monkeypatch):
     _poison_fourth_d_loss(monkeypatch)
     config = _toy_config(20, **{"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 5,
