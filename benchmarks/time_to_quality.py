@@ -185,23 +185,27 @@ def merge(args) -> None:
                "note": "each side trained for the wall-clock minutes given; our sides' clock excludes the "
                        "startup (data loading, torch.compile) reported as startup_s"}
     common.write_result("time_to_quality", payload, out_dir=str(results))
-    plot(sides, results / "time_to_quality.png")
-    if "new" in sides and "diffusers" in sides:
-        import quality_vs_diffusers as qvd
-
-        def final(rec: dict) -> dict:
-            snap = rec["snapshots"][-1]
-            return {"steps": snap["step"], "train_minutes": (snap["clock_s"] or 0) / 60, "points": snap["points"]}
-
-        ours = {**final(sides["new"]), "params": sides["new"].get("params"), "config": CONFIGS["new"]}
+    ours = None
+    if "new" in sides:
+        ours = {**final_snapshot(sides["new"]), "params": sides["new"].get("params"), "config": CONFIGS["new"]}
         if args.ours_final:
             ours = ours_from_model_check(args.ours_final, ours)
-        theirs = {**final(sides["diffusers"]), **{k: sides["diffusers"][k] for k in ("block_out_channels", "params")
-                                                  if k in sides["diffusers"]}}
+    plot(sides, results / "time_to_quality.png", ours if args.ours_final else None)
+    if ours is not None and "diffusers" in sides:
+        import quality_vs_diffusers as qvd
+
+        theirs = {**final_snapshot(sides["diffusers"]),
+                  **{k: sides["diffusers"][k] for k in ("block_out_channels", "params") if k in sides["diffusers"]}}
         result = qvd.compare({**env, "task": {"minutes": sides["new"]["minutes"], **first["task"]}, "sides_run": args.layout,
                               "source": "benchmarks/time_to_quality.py (final snapshots)", "ours": ours,
                               "diffusers": theirs})
         common.write_result("quality_vs_diffusers", result, out_dir=str(results))
+
+
+def final_snapshot(rec: dict) -> dict:
+    """A side's last snapshot as the equal-minutes comparison reads it."""
+    snap = rec["snapshots"][-1]
+    return {"steps": snap["step"], "train_minutes": (snap["clock_s"] or 0) / 60, "points": snap["points"]}
 
 
 def ours_from_model_check(spec: str, ours: dict) -> dict:
@@ -223,7 +227,9 @@ def ours_from_model_check(spec: str, ours: dict) -> dict:
             "trained_at_commit": info.get("commit")}
 
 
-def plot(sides: dict, out: Path) -> None:
+def plot(sides: dict, out: Path, ours_final: dict | None = None) -> None:
+    """FID against training minutes per side and w; ``ours_final`` (the --ours-final model, trained
+    past the 'new' side's last step) is drawn as one more marker."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,11 +242,15 @@ def plot(sides: dict, out: Path) -> None:
             pts = [(s["minute"], p["fid"]) for s in rec["snapshots"] for p in s["points"] if p["w"] == w]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=side)
+        final = [p["fid"] for p in (ours_final or {}).get("points", []) if p["w"] == w]
+        if final:
+            ax.plot([ours_final["train_minutes"]], final, marker="*", markersize=12, ls="none", color="C0",
+                    label=f"new, {ours_final['steps']} steps ({ours_final.get('model', 'final')})")
         ax.set_xlabel("training minutes")
         ax.set_ylabel("FID-FMNIST")
         ax.set_yscale("log")
         ax.set_title(f"w = {w:g}")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
