@@ -18,7 +18,6 @@ Three references per (w, class), all sliced Wasserstein-2 distances (``toy.dista
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -32,6 +31,7 @@ from torch import Tensor
 from guidediff import guidance as guidance_lib
 from guidediff import losses, samplers, schedules
 from guidediff.data.toy2d import load_toy
+from guidediff.ema import EMA
 from guidediff.errors import UsageError, require
 from guidediff.nets.mlp import MLPConfig, MLPDenoiser
 from guidediff.toy.distances import sliced_wasserstein
@@ -164,7 +164,7 @@ def train_toy_denoiser(
     schedule = schedule if schedule is not None else schedules.make_schedule("cfg")
     torch.manual_seed(seed)
     net = MLPDenoiser(MLPConfig(num_classes=mixture.num_classes, dim=mixture.dim, hidden=hidden, depth=depth))
-    averaged = copy.deepcopy(net) if ema > 0 else None
+    averaged = EMA(net, decay=ema, warmup=True) if ema > 0 else None
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     warmup = min(100, steps)
     lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * (1.0 - i / steps))
@@ -179,15 +179,11 @@ def train_toy_denoiser(
         opt.step()
         lr_at.step()
         if averaged is not None:
-            # EMA with the usual warm-up (1+i)/(10+i), so early averages do not remember the init.
-            decay = min(ema, (1 + i) / (10 + i))
-            with torch.no_grad():
-                for pa, p in zip(averaged.parameters(), net.parameters()):
-                    pa.lerp_(p, 1.0 - decay)
+            averaged.update(net)  # with warm-up, so early averages do not remember the init
         running = 0.98 * running + 0.02 * float(loss.detach())
         if log is not None and ((i + 1) % max(1, steps // 5) == 0 or i + 1 == steps):
             log(f"  train step {i + 1}/{steps}  loss {running / (1 - 0.98 ** (i + 1)):.4f}  ({time.time() - start:.0f} s)")
-    model = averaged if averaged is not None else net
+    model = averaged.module if averaged is not None else net
     return model.eval().requires_grad_(False)
 
 
