@@ -441,15 +441,6 @@ def test_sync_free_finite_check_gives_the_same_run(tmp_path):
         torch.testing.assert_close(runs["log"][1][k], v, rtol=0, atol=0)
 
 
-def test_sync_free_finite_check_reads_the_flag_at_log_steps(tmp_path, monkeypatch):
-    """No checkpoint step before the log step: the log step itself must find the bad loss."""
-    _poison_fourth_d_loss(monkeypatch)
-    config = _toy_config(20, **{"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 2,
-                                "train.checkpoint_every": 100, "train.finite_check": '"log"'})
-    with pytest.raises(ddgan_train.TrainingDiverged, match=r"non-finite at step 3 \(found at step 4\)"):
-        ddgan_train.train(config, tmp_path / "run", progress=False)
-
-
 def test_resumed_log_counts_the_earlier_training_time(tmp_path):
     small = {"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 1}
     ddgan_train.train(_toy_config(3, **small), tmp_path / "run", progress=False)
@@ -460,12 +451,16 @@ def test_resumed_log_counts_the_earlier_training_time(tmp_path):
     assert log[3]["elapsed_s"] >= state["training_time_s"]
 
 
-def test_sync_free_finite_check_stops_at_the_next_log_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every, checkpoint_every", [(5, 2), (2, 100)], ids=["at-a-checkpoint", "at-a-log-step"])
+def test_sync_free_finite_check_stops_at_the_next_log_step(tmp_path, monkeypatch, log_every, checkpoint_every):
+    """The device flag is read at the next checkpoint or log step, whichever comes first."""
     _poison_fourth_d_loss(monkeypatch)
-    config = _toy_config(20, **{"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": 5,
-                                "train.checkpoint_every": 2, "train.finite_check": '"log"'})
-    with pytest.raises(ddgan_train.TrainingDiverged, match=r"non-finite at step 3 \(found at step 4\).*ckpt-0000002"):
+    config = _toy_config(20, **{"generator.hidden": 16, "discriminator.hidden": 16, "train.log_every": log_every,
+                                "train.checkpoint_every": checkpoint_every, "train.finite_check": '"log"'})
+    names = ".*ckpt-0000002" if checkpoint_every == 2 else ".*no checkpoint was written yet"
+    with pytest.raises(ddgan_train.TrainingDiverged, match=r"non-finite at step 3 \(found at step 4\)" + names):
         ddgan_train.train(config, tmp_path / "run", progress=False)
-    _, state, tensors = ddgan_train.read_ddgan_checkpoint(tmp_path / "run")
-    assert state["step"] == 2  # no checkpoint of the poisoned weights
-    assert all(torch.isfinite(v).all() for v in tensors["model"].values())
+    if checkpoint_every == 2:
+        _, state, tensors = ddgan_train.read_ddgan_checkpoint(tmp_path / "run")
+        assert state["step"] == 2  # no checkpoint of the poisoned weights
+        assert all(torch.isfinite(v).all() for v in tensors["model"].values())
