@@ -174,16 +174,22 @@ def test_compiled_sampling_matches_eager_and_keeps_honest_counts(run_dir, monkey
     assert compiled["nfe_per_image"] == eager["nfe_per_image"] == 4.5
 
 
-def test_distill_command_writes_a_student_that_samples_at_one_forward_per_step(run_dir, tmp_path, capsys, monkeypatch):
+def _distill(teacher, tmp_path, monkeypatch):
+    """`guidediff distill` for a few CPU steps on the tiny arrays; returns (file, student, config)."""
     import guidediff.data.images as images
 
     # the tiny run trained on in-memory arrays: serve the same arrays as its dataset
     monkeypatch.setattr(images, "load_dataset", lambda *a, **k: tiny_arrays())
-    assert main(["distill", str(run_dir), "--steps", "3", "--batch-size", "8", "--device", "cpu",
+    assert main(["distill", str(teacher), "--steps", "3", "--batch-size", "8", "--device", "cpu",
                  "--out", str(tmp_path / "student")]) == 0
     student_file = tmp_path / "student" / "model.safetensors"
     student, config = load_model(student_file)
     assert isinstance(student, WConditionedUNet)
+    return student_file, student, config
+
+
+def test_distill_command_writes_a_student_that_samples_at_one_forward_per_step(run_dir, tmp_path, capsys, monkeypatch):
+    student_file, student, config = _distill(run_dir, tmp_path, monkeypatch)
     result = generate(student, config, [0, 1], [0.0, 2.0], 2, steps=3, seed=0, device="cpu", progress=False)
     assert result["nfe_per_image"] == 3 and result["x"].shape == (8, 8, 8, 1)
     capsys.readouterr()
@@ -197,8 +203,6 @@ def test_distill_an_edm_preconditioned_teacher(tmp_path, capsys, monkeypatch):
     """The student of a teacher trained with diffusion.precondition = edm is saved with the same
     preconditioning and sampled through it exactly once: before training it samples the teacher's
     conditional model (w = 0) at every w."""
-    import guidediff.data.images as images
-
     teacher_dir = tmp_path / "edm"
     train(tiny_config("train.steps=2", "train.sample_every=100", 'diffusion.precondition="edm"',
                       "diffusion.sigma_data=0.6"), teacher_dir, dataset=tiny_arrays(), progress=False,
@@ -209,12 +213,7 @@ def test_distill_an_edm_preconditioned_teacher(tmp_path, capsys, monkeypatch):
     fresh = generate(WConditionedUNet.from_teacher(teacher), config, [0, 1], [0.0, 2.5], 2, **kw)["x"]
     assert np.abs(fresh.astype(int) - np.concatenate([want, want]).astype(int)).max() <= 1
 
-    monkeypatch.setattr(images, "load_dataset", lambda *a, **k: tiny_arrays())
-    assert main(["distill", str(teacher_dir), "--steps", "2", "--batch-size", "8", "--device", "cpu",
-                 "--out", str(tmp_path / "student")]) == 0
-    student_file = tmp_path / "student" / "model.safetensors"
-    student, student_config = load_model(student_file)
-    assert isinstance(student, WConditionedUNet)
+    student_file, _, student_config = _distill(teacher_dir, tmp_path, monkeypatch)
     assert (student_config.diffusion.precondition, student_config.diffusion.sigma_data) == ("edm", 0.6)
     capsys.readouterr()
     assert sample(student_file, tmp_path / "s") == 0 and "NFE per image: 3.0" in capsys.readouterr().out
