@@ -211,6 +211,22 @@ def refuse_other_device(path: Path, device: str | None = None) -> None:
                          f"with BENCH_OUT=DIR, or set BENCH_OVERWRITE=1 to replace them")
 
 
+def claim_result(name: str, out_dir: str | None = None) -> Path:
+    """Before any work: the path ``write_result`` will write, checked now — its folder writable and
+    no committed result from another device in the way — so a run does not find out at its end."""
+    target = Path(out_dir or os.environ.get("BENCH_OUT") or RESULTS)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot create the results folder {target} ({exc.strerror or exc}); "
+                         "pass a writable --out or BENCH_OUT") from None
+    if not os.access(target, os.W_OK):
+        raise SystemExit(f"error: the results folder {target} is not writable; pass a writable --out or BENCH_OUT")
+    path = target / f"{name}.json"
+    refuse_other_device(path)
+    return path
+
+
 def write_result(name: str, payload: dict, out_dir: str | None = None) -> Path:
     """Write benchmarks/results/<name>.json (or into $OUT when set) and return the path."""
     target = Path(out_dir or os.environ.get("BENCH_OUT") or RESULTS)

@@ -128,6 +128,8 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    out = args.out or os.environ.get("BENCH_OUT") or (tempfile.mkdtemp(prefix="ddgan_speed_") if args.tiny else None)
+    common.claim_result("ddgan_speed", out)
     batch = 4 if args.tiny else args.batch
     windows, window_steps = (2, 2) if args.tiny else (args.windows, args.window_steps)
     warmup = 2 if args.tiny and args.warmup is None else args.warmup
@@ -165,7 +167,6 @@ def main() -> None:
                "batch": batch, "T": 4, "data": "random uint8 images of Fashion-MNIST's shape (speed does not "
                "depend on the pixels)", "windows": windows, "rows": rows, "ratios": ratios,
                "gpu_sharing": sharing, "note": note}
-    out = args.out or os.environ.get("BENCH_OUT") or (tempfile.mkdtemp(prefix="ddgan_speed_") if args.tiny else None)
     common.write_result("ddgan_speed", payload, out)
 
 

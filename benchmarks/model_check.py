@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--name", default="model_check")
     args = p.parse_args()
+    common.claim_result(args.name)
     device = fmnist_eval.device_name()
     ws = [float(v) for v in args.w.split(",")]
     record = {"task": {"n_per_w": args.n, "sampler": args.sampler, "grid": args.grid, "steps": args.steps, "w": ws},

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -115,9 +114,8 @@ def main() -> None:
         except UsageError as error:
             raise SystemExit(f"--configs {name}: {error}") from None
     per_class = max(1, args.n // num_classes)
-    out_dir = Path(args.out or os.environ.get("BENCH_OUT") or common.RESULTS)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{NAME}.json"
+    json_path = common.claim_result(NAME, args.out)
+    out_dir = json_path.parent
     points: list[dict] = []
     if args.resume and json_path.exists():
         points = json.loads(json_path.read_text())["points"]

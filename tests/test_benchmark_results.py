@@ -1,0 +1,40 @@
+"""benchmarks/common.py's output policy: a benchmark checks before its work that it may write its
+JSON, and a committed result measured on another device is not replaced by accident."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_common", Path(__file__).resolve().parents[1] / "benchmarks" / "common.py")
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def test_a_result_from_another_device_is_refused_before_the_work(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
+    (tmp_path / "x.json").write_text(json.dumps({"device": "NVIDIA H200"}))
+    with pytest.raises(SystemExit, match="measured on NVIDIA H200.*BENCH_OVERWRITE=1"):
+        common.claim_result("x", str(tmp_path))
+    monkeypatch.setenv("BENCH_OVERWRITE", "1")
+    assert common.claim_result("x", str(tmp_path)) == tmp_path / "x.json"
+
+
+def test_a_merge_keeps_the_measuring_device(tmp_path, monkeypatch):
+    """A payload that says it was measured on the GPU may replace that GPU's result from a CPU."""
+    monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
+    (tmp_path / "x.json").write_text(json.dumps({"device": "NVIDIA H200", "v": 1}))
+    common.write_result("x", {"device": "NVIDIA H200", "v": 2}, str(tmp_path))
+    assert json.loads((tmp_path / "x.json").read_text())["v"] == 2
+    with pytest.raises(SystemExit, match="measured on NVIDIA H200"):
+        common.write_result("x", {"v": 3}, str(tmp_path))  # this machine's device, not the H200
+
+
+def test_an_unusable_results_folder_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="cannot create the results folder.*--out"):
+        common.claim_result("x", str(tmp_path / "file" / "sub"))
