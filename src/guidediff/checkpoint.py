@@ -100,6 +100,19 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[s
     _fsync_path(path)
 
 
+def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``_save_tensors`` through a temporary file renamed into place: a reader (or a killed writer)
+    never leaves a half-written file under ``path``."""
+    _remove_stale_tmp(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _save_tensors(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -457,15 +470,8 @@ def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str |
     # metadata values must be strings: plain strings stay as they are, everything else is JSON
     meta = {"format": model_format, "config": json.dumps(config.to_dict()),
             **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}}
-    _remove_stale_tmp(out_file)
-    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
-    try:
-        _save_tensors({k: v.detach().to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v.detach()
-                       for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, out_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    save_tensors_atomic({k: v.detach().to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v.detach()
+                         for k, v in tensors.items()}, out_file, metadata=meta)
     readable = {"format": model_format, "config": config.to_dict(), **info}
     _write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
     return out_file

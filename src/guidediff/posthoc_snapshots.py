@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,21 +45,14 @@ class PosthocEMA:
         return step % self.every == 0 or last
 
     def snapshot(self, step: int) -> None:
-        from guidediff.checkpoint import _save_tensors
+        from guidediff.checkpoint import save_tensors_atomic
 
         self.folder.mkdir(parents=True, exist_ok=True)
         for ema in self.emas:
             meta = {"format": SNAPSHOT_FORMAT, "step": str(step), "t": str(ema.num_updates),
                     "gamma": repr(ema.gamma), "sigma_rel": repr(ema.sigma_rel), "buffers": json.dumps(self.buffers)}
-            final = self.folder / snapshot_name(step, ema.gamma)
-            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-            try:
-                _save_tensors({k: v.float() if v.is_floating_point() else v for k, v in ema.state_dict().items()},
-                              tmp, metadata=meta)
-                os.replace(tmp, final)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            save_tensors_atomic({k: v.float() if v.is_floating_point() else v for k, v in ema.state_dict().items()},
+                                self.folder / snapshot_name(step, ema.gamma), metadata=meta)
 
     def forget_after(self, step: int) -> None:
         """Remove snapshots of steps after ``step``: a resumed run takes those steps again."""
