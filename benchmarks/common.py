@@ -288,3 +288,21 @@ def report_against_peer(name: str, task: dict, rows: dict[str, dict], forwards_p
     summary["mfu_peak_used"] = f"{PEAK_BF16_TFLOPS:g} TFLOP/s dense bf16 (H200 SXM datasheet)"
     summary["measured_bf16_matmul_tflops"] = matmul_tflops()
     write_result(name, {"task": task, **summary, **(extra or {})})
+
+
+def parse_sampler_config(text: str) -> tuple[str, str, float | None, str]:
+    """'SAMPLER-GRID[@SIGMA_MAX]' -> (sampler, grid, sigma_max or None, the canonical name that keys
+    the JSON rows, so '@80' and '@80.0' are one point and each sigma_max another)."""
+    import math
+
+    head, at, tail = text.partition("@")
+    sampler, _, grid = head.rpartition("-")
+    try:
+        sigma_max = float(tail) if at else None
+    except ValueError:
+        sigma_max = math.nan
+    if (sampler not in ("ddim", "ancestral", "dpmpp-2m", "heun", "unipc") or grid not in ("u", "lambda", "karras")
+            or (sigma_max is not None and not (math.isfinite(sigma_max) and sigma_max > 0))):
+        raise SystemExit(f"bad sampler config {text!r}: write SAMPLER-GRID or SAMPLER-GRID@SIGMA_MAX, e.g. "
+                         "dpmpp-2m-lambda, heun-karras or dpmpp-2m-karras@80")
+    return sampler, grid, sigma_max, f"{sampler}-{grid}" + ("" if sigma_max is None else f"@{sigma_max:g}")

@@ -11,7 +11,8 @@ Parts (choose with --parts; each trains its own DDGAN for a time or step budget,
                over --n-stacked (26k) samples, each channel classified by the evaluation classifier.
   fmnist       DDGAN at T = --fmnist-T (1 2 4 8): FID-FMNIST (with its real-data floor), precision,
                recall and seconds per image over --n-eval samples. Grids ddgan_fmnist_T{T}.png.
-  diffusion    the reference CFG model (--cfg-model, w = 0, DDIM) at --nfe (4 10 50) on the same metrics.
+  diffusion    the reference CFG model (--cfg-model, w = 0) with --diffusion-samplers (DDIM) at --nfe (4 10 50)
+               steps on the same metrics.
 
 Results merge into <out>/ddgan.json (out: --out, else $BENCH_OUT, else benchmarks/results), so the
 parts can run in separate calls; --merge A.json B.json combines files written elsewhere. Parts that
@@ -240,17 +241,22 @@ def part_diffusion(args, classifier) -> Iterator[dict]:
     num_classes = cfg_config.model.num_classes
     classes = list(range(num_classes)) if num_classes else [-1]
     per_class = -(-args.n_eval // len(classes))
-    for nfe in args.nfe:
-        kwargs = dict(sampler="ddim", steps=nfe, device=args.device, batch_size=args.sample_batch, progress=False)
-        cfg_generate(net, cfg_config, classes[:1], [0.0], min(per_class, args.sample_batch), seed=123, **kwargs)
-        res = cfg_generate(net, cfg_config, classes, [0.0], per_class, seed=0, **kwargs)
-        metrics = evaluate_samples(res["x"], None, classifier, device=args.device, data_dir=args.data_dir)
-        entry = {"method": "diffusion-ddim", "w": 0.0, "nfe": int(round(res["nfe_per_image"])), "fid": metrics["fid"],
-                 "fid_floor": metrics["fid_floor"], "precision": metrics["precision"], "recall": metrics["recall"],
-                 "n": metrics["n"], "sec_per_image": res["seconds"] / len(res["x"])}
-        log(f"  diffusion DDIM {nfe} NFE: FID-FMNIST {entry['fid']:.2f}, recall {entry['recall']:.3f}, "
-            f"{entry['sec_per_image'] * 1e3:.3f} ms/image")
-        yield entry
+    for spec in args.diffusion_samplers:
+        sampler, grid, sigma_max, name = common.parse_sampler_config(spec)
+        for nfe in args.nfe:
+            kwargs = dict(sampler=sampler, grid=grid, sigma_max=sigma_max, steps=nfe, device=args.device,
+                          batch_size=args.sample_batch, progress=False)
+            cfg_generate(net, cfg_config, classes[:1], [0.0], min(per_class, args.sample_batch), seed=123, **kwargs)
+            res = cfg_generate(net, cfg_config, classes, [0.0], per_class, seed=0, **kwargs)
+            metrics = evaluate_samples(res["x"], None, classifier, device=args.device, data_dir=args.data_dir)
+            method = "diffusion-ddim" if name == "ddim-u" else f"diffusion-{name}"
+            entry = {"method": method, "w": 0.0, "nfe": int(round(res["nfe_per_image"])), "steps": nfe,
+                     "fid": metrics["fid"], "fid_floor": metrics["fid_floor"], "precision": metrics["precision"],
+                     "recall": metrics["recall"], "n": metrics["n"], "sec_per_image": res["seconds"] / len(res["x"]),
+                     "model": str(args.cfg_model)}
+            log(f"  diffusion {name} {nfe} steps ({entry['nfe']} NFE): FID-FMNIST {entry['fid']:.2f}, "
+                f"recall {entry['recall']:.3f}, {entry['sec_per_image'] * 1e3:.3f} ms/image")
+            yield entry
 
 
 def _grid(path: Path, x: np.ndarray, k: int = 64) -> None:
@@ -282,9 +288,9 @@ def print_table(result: dict) -> None:
         s = result["stacked"]
         log(f"stacked FMNIST  modes {s['modes']}/1000  KL {s['kl']:.3f}  n={s['n']}")
     if result.get("fmnist"):
-        log(f"{'method':<16}{'NFE':>5}{'FID':>9}{'floor':>8}{'recall':>8}{'ms/img':>9}")
+        log(f"{'method':<30}{'NFE':>5}{'FID':>9}{'floor':>8}{'recall':>8}{'ms/img':>9}")
         for e in result["fmnist"]:
-            log(f"{e['method']:<16}{e['nfe']:>5}{e['fid']:>9.2f}{e['fid_floor']:>8.2f}{e['recall']:>8.3f}"
+            log(f"{e['method']:<30}{e['nfe']:>5}{e['fid']:>9.2f}{e['fid_floor']:>8.2f}{e['recall']:>8.3f}"
                 f"{e['sec_per_image'] * 1e3:>9.3f}")
 
 
@@ -308,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256, help="image batch size (fmnist and stacked)")
     p.add_argument("--set", action="append", default=[], help="extra DDGAN config override for image runs")
     p.add_argument("--n-eval", type=int, default=10_000, help="samples per FID evaluation")
-    p.add_argument("--nfe", type=int, nargs="+", default=[4, 10, 50], help="DDIM steps of the diffusion baseline")
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 10, 50], help="steps of the diffusion baseline")
+    p.add_argument("--diffusion-samplers", nargs="+", default=["ddim-u"], metavar="SAMPLER-GRID[@S]",
+                   help="samplers of the diffusion baseline, e.g. ddim-u unipc-karras@80 (w = 0: one network "
+                        "evaluation per step, except Heun's two)")
     p.add_argument("--sample-batch", type=int, default=1000)
     p.add_argument("--toy-T", type=int, nargs="+", default=[2, 4])
     p.add_argument("--toy-steps", type=int, default=100_000, help="step cap per toy T (minutes usually stop first)")

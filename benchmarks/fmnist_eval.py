@@ -26,16 +26,18 @@ def metrics(images, labels, device) -> dict:
 
 def evaluate_at(net, config, ws: list[float], per_class: int, *, ddim_steps: int, device: str, seed: int = 0,
                 on_point: Callable[[dict], None] | None = None, sampler: str = "ddim", grid: str = "u",
-                batch_size: int = 1000) -> list[dict]:
+                sigma_max: float | None = None, batch_size: int = 1000, compile: bool | None = None) -> list[dict]:
     """One point per w: FID-FMNIST, CAS, ... of per_class × 10 samples of ``sampler`` on ``grid``
-    with ``ddim_steps`` steps (torch.compile on CUDA). ``on_point`` sees each point as soon as it
-    exists (write JSON incrementally)."""
+    with ``ddim_steps`` steps, the grid starting at ``sigma_max`` if given (torch.compile on CUDA unless
+    ``compile`` says otherwise).
+    ``on_point`` sees each point as soon as it exists (write JSON incrementally)."""
     points = []
     for w in ws:
         t0 = time.perf_counter()
         out = generate(net, config, list(range(config.model.num_classes)), [w], per_class, sampler=sampler,
-                       steps=ddim_steps, grid=grid, seed=seed, device=device, batch_size=batch_size, progress=False,
-                       compile=device == "cuda")
+                       steps=ddim_steps, grid=grid, sigma_max=sigma_max, seed=seed, device=device,
+                       batch_size=batch_size, progress=False,
+                       compile=device == "cuda" if compile is None else compile)
         point = {"w": w, **metrics(out["x"], out["y"], device), "sample_seconds": out["seconds"],
                  "sample_and_eval_seconds": time.perf_counter() - t0}
         points.append(point)

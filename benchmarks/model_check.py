@@ -27,19 +27,24 @@ def main() -> None:
     p.add_argument("--sampler", default="dpmpp-2m")
     p.add_argument("--grid", default="lambda")
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--sigma-max", type=float, default=None, help="start the grid at this sigma/alpha (EDM: 80)")
     p.add_argument("--name", default="model_check")
+    p.add_argument("--no-compile", action="store_true",
+                   help="sample eagerly on a GPU too (cheaper than compiling each model for a few thousand samples)")
     args = p.parse_args()
     common.claim_result(args.name)
     device = fmnist_eval.device_name()
     ws = [float(v) for v in args.w.split(",")]
-    record = {"task": {"n_per_w": args.n, "sampler": args.sampler, "grid": args.grid, "steps": args.steps, "w": ws},
+    record = {"task": {"n_per_w": args.n, "sampler": args.sampler, "grid": args.grid, "steps": args.steps,
+                     "sigma_max": args.sigma_max, "w": ws},
               "models": {}}
     for source in args.models:
         net, config = load_model(source, device)
         print(source, flush=True)
         record["models"][source] = fmnist_eval.evaluate_at(
             net, config, ws, max(args.n // 10, 1), ddim_steps=args.steps, device=device, sampler=args.sampler,
-            grid=args.grid, batch_size=250)
+            grid=args.grid, sigma_max=args.sigma_max, batch_size=250,
+            compile=False if args.no_compile else None)
         common.write_result(args.name, record)
 
 

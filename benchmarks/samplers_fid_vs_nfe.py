@@ -28,26 +28,9 @@ NAME = "samplers_fid_vs_nfe"
 # sampler-grid: every sampler on the schedule's own grid; beside it the grids the solvers' papers use
 # (uniform λ for DPM-Solver++, EDM's ρ = 7 for Heun). Over our λ ∈ [−20, 20] (σ/α up to e^10, EDM's
 # σ_max is 80) those grids spend several steps where x̂ hardly changes, so both are measured.
-# A suffix @S starts the grid at σ/α = S (generate's sigma_max), e.g. dpmpp-2m-karras@80.
+# A suffix @S starts the grid at σ/α = S (generate's sigma_max), e.g. dpmpp-2m-karras@80
+# (common.parse_sampler_config).
 DEFAULT_CONFIGS = "ddim-u,dpmpp-2m-u,dpmpp-2m-lambda,heun-u,heun-karras,unipc-u"
-
-
-def parse_config(text: str) -> tuple[str, str, float | None, str]:
-    """'SAMPLER-GRID[@SIGMA_MAX]' -> (sampler, grid, sigma_max or None, the canonical name that keys
-    the JSON rows, so '@80' and '@80.0' are one point and each sigma_max another)."""
-    import math
-
-    head, at, tail = text.partition("@")
-    sampler, _, grid = head.rpartition("-")
-    try:
-        sigma_max = float(tail) if at else None
-    except ValueError:
-        sigma_max = math.nan
-    if (sampler not in ("ddim", "ancestral", "dpmpp-2m", "heun", "unipc") or grid not in ("u", "lambda", "karras")
-            or (sigma_max is not None and not (math.isfinite(sigma_max) and sigma_max > 0))):
-        raise SystemExit(f"bad --configs entry {text!r}: write SAMPLER-GRID or SAMPLER-GRID@SIGMA_MAX, e.g. "
-                         "dpmpp-2m-lambda, heun-karras or dpmpp-2m-karras@80")
-    return sampler, grid, sigma_max, f"{sampler}-{grid}" + ("" if sigma_max is None else f"@{sigma_max:g}")
 
 
 def plot(payload: dict, path: Path) -> None:
@@ -101,14 +84,14 @@ def main() -> None:
     from guidediff.runtime import resolve_device
     from guidediff.sweep import flatten_metrics
 
-    configs = [parse_config(c.strip())[3] for c in args.configs.split(",") if c.strip()]
+    configs = [common.parse_sampler_config(c.strip())[3] for c in args.configs.split(",") if c.strip()]
     steps_list = [int(s) for s in args.steps.split(",")]
     ws = [float(w) for w in args.w.split(",")]
     device = resolve_device(args.device)
     net, config = load_model(args.model, device)
     num_classes = config.model.num_classes
     for name in configs:  # a sigma_max outside the model's schedule fails here, before any sampling
-        _, grid, sigma_max, _ = parse_config(name)
+        _, grid, sigma_max, _ = common.parse_sampler_config(name)
         try:
             model_lam_grid(config, 1, device, kind=grid, schedule=getattr(net, "schedule", None), sigma_max=sigma_max)
         except UsageError as error:
@@ -130,7 +113,7 @@ def main() -> None:
     start = time.time()
     print(f"{'config':18s} {'w':>4s} {'steps':>5s} {'NFE':>6s} {'FID':>8s} {'floor':>6s} {'CAS':>6s} {'s/img':>8s}")
     for name in configs:
-        sampler, grid, sigma_max, _ = parse_config(name)
+        sampler, grid, sigma_max, _ = common.parse_sampler_config(name)
         for w in ws:
             for steps in steps_list:
                 if (name, steps, w) in done:
