@@ -71,3 +71,26 @@ def test_a_guided_ddim_trajectory_makes_no_tensor_from_host_data(w):
     with torch.no_grad(), _HostData() as host:
         sample_ddim(cfg(net, w, null_class=config.model.num_classes), z, lams, c, clip_x=1.0)
     assert host.seen == 0
+
+
+@pytest.mark.parametrize("w", [3.0, "one per row"])
+def test_a_captured_ddim_trajectory_reads_nothing_from_the_device(monkeypatch, w):
+    """The trajectory as a capture records it (``capturing()`` true), run on the meta device: there a
+    host read of a value (.item(), .tolist(), bool()) fails, and so does mixing in a tensor made on
+    the host, as both do inside a CUDA graph capture. A check message built from w.tolist() before
+    the check made every capture with one weight per row fall back on the H200."""
+    from guidediff import cuda_graphs
+    from guidediff.generation import model_lam_grid
+    from guidediff.guidance import cfg
+    from guidediff.samplers import sample_ddim
+
+    monkeypatch.setattr(cuda_graphs, "capturing", lambda: True)
+    net, config = _net_and_config()
+    meta = torch.device("meta")
+    net = net.to(meta)
+    lams = model_lam_grid(config, 4, meta)
+    z, c = torch.empty(4, 1, 8, 8, device=meta), torch.empty(4, dtype=torch.long, device=meta)
+    weights = torch.empty(4, device=meta) if w == "one per row" else w
+    with torch.no_grad():
+        x = sample_ddim(cfg(net, weights, null_class=config.model.num_classes), z, lams, c, clip_x=1.0)
+    assert x.shape == z.shape and x.device == meta

@@ -51,8 +51,11 @@ def _weights(w: float | Tensor, batch: int, device, dtype) -> Tensor:
         require(math.isfinite(float(w)), f"guidance weight w must be finite, got {w}")
         return torch.full((batch,), float(w), dtype=dtype, device=device)
     w = w.to(dtype=dtype, device=device)
-    # a graph capture cannot read w on the host: its eager warm-up call checked it
-    require(capturing() or bool(torch.isfinite(w).all()), f"guidance weight w must be finite, got {w.tolist()}")
+    # a graph capture cannot read w on the host: its eager warm-up call checked it. The message is
+    # built only on failure: w.tolist() is itself a device-to-host copy, which a capture refuses
+    # (seen on the H200: every trajectory capture with one weight per row fell back)
+    if not capturing() and not bool(torch.isfinite(w).all()):
+        require(False, f"guidance weight w must be finite, got {w.tolist()}")
     return w.expand(batch) if w.dim() == 0 else w
 
 
