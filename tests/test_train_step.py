@@ -37,6 +37,20 @@ def _assert_same(a, b, rtol):
         torch.testing.assert_close(ema_a[name], ema_b[name], rtol=rtol, atol=rtol)
 
 
+def test_a_second_training_in_one_process_may_change_the_precision(tmp_path):
+    """accelerate keeps one precision per process; a later train() (a notebook, a test session after
+    a CPU run) gets its own instead of an error (seen on the H200, where the CPU tests ran first)."""
+    steps = ("train.steps=2", "train.log_every=1")
+    train(tiny_config("train.mixed_precision=no", *steps), tmp_path / "fp32", dataset=tiny_arrays(),
+          sample_fn=lambda *a: None, progress=False, log=lambda _m: None)
+    train(tiny_config("train.mixed_precision=bf16", *steps), tmp_path / "bf16", dataset=tiny_arrays(),
+          sample_fn=lambda *a: None, progress=False, log=lambda _m: None)
+    from accelerate.state import AcceleratorState
+
+    assert str(AcceleratorState().mixed_precision) == "bf16"
+    assert (tmp_path / "bf16" / "log.jsonl").read_text().count("loss") == 2
+
+
 def test_graph_ready_step_equals_classic_step(tmp_path):
     classic = _run(tmp_path / "classic", "train.cuda_graph=false")
     ready = _run(tmp_path / "ready", "train.cuda_graph=eager")

@@ -214,9 +214,20 @@ def _make_accelerator(config: Config):
     mp = t.mixed_precision
     if mp == "auto":
         mp = "no" if cpu else "bf16"
+    make = lambda: Accelerator(mixed_precision=mp, cpu=cpu, kwargs_handlers=[distributed.ddp_kwargs()])  # noqa: E731
     try:
-        return Accelerator(mixed_precision=mp, cpu=cpu, kwargs_handlers=[distributed.ddp_kwargs()])
+        return make()
     except ValueError as exc:
+        if "already been initialized" in str(exc):
+            # an earlier training in this process (a notebook, a test session) fixed accelerate's
+            # process-wide precision; that run is over, so its state is dropped, the process group kept
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=False)
+            try:
+                return make()
+            except ValueError as again:
+                exc = again
         raise UsageError(f"cannot set up training with mixed_precision={mp!r} ({exc}); set train.mixed_precision=no") from None
 
 
