@@ -176,16 +176,25 @@ def test_posthoc_cannot_start_on_a_resumed_run(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_step_keeps_the_same_profiles_on_cuda(tmp_path):
-    """The profiles' updates inside the captured CUDA graph match the uncaptured graph-ready step."""
-    from guidediff.checkpoint import read_tensors
+    """The profiles' updates inside the captured CUDA graph match the uncaptured graph-ready step.
+    The two runs' weights themselves differ by GPU rounding (Adam's first steps magnify it: 7e-4
+    after 3 steps was seen on the H200), and a profile, a weighted mean of the weights, can differ
+    by no more: the bound is twice the weights' difference, far below the profile's own movement,
+    which is what a profile left out of the graph would show."""
+    from guidediff.checkpoint import latest_checkpoint, read_tensors
     from guidediff.posthoc_snapshots import list_snapshots
 
-    runs = {}
+    runs, weights = {}, {}
     for mode in ("true", '"eager"'):
         run_dir = tmp_path / mode.strip('"')
         _train(run_dir, f"train.cuda_graph={mode}", "train.device=cuda", "train.mixed_precision=no",
-               "train.compile=false")
+               "train.compile=false", "train.deterministic=true")
         runs[mode] = list_snapshots(run_dir)
+        weights[mode] = read_tensors(latest_checkpoint(run_dir / "checkpoints") / "model.safetensors")
+    rounding = _max_diff(*weights.values())
+    first = read_tensors(runs["true"][0].path)
+    moved = max(_max_diff(read_tensors(s.path), first) for s in runs["true"])
+    assert moved > 3 * (2 * rounding + 1e-5), "the profiles hardly moved: the test cannot tell them apart"
     for a, b in zip(*runs.values()):
         assert (a.step, a.gamma) == (b.step, b.gamma)
-        assert _max_diff(read_tensors(a.path), read_tensors(b.path)) < 1e-5, a.path.name
+        assert _max_diff(read_tensors(a.path), read_tensors(b.path)) <= 2 * rounding + 1e-5, a.path.name
