@@ -93,17 +93,32 @@ def mfu(images_per_s: float, flops_per_image: float | None) -> dict | None:
             "peak_bf16_dense_tflops": PEAK_BF16_TFLOPS, "mfu_vs_peak": achieved / PEAK_BF16_TFLOPS}
 
 
+def other_processes_on(smi_csv: str, device_uuid: str | None, own_pid: int) -> list[str]:
+    """The "pid, used_memory" of other compute processes on our GPU, from the lines of
+    ``nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory --format=csv,noheader``. nvidia-smi lists
+    the processes of every GPU of the machine; without our GPU's UUID all of them count."""
+    ours = device_uuid.lower().removeprefix("gpu-") if device_uuid else None
+    others = []
+    for line in smi_csv.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 3 or fields[1] == str(own_pid):
+            continue
+        if ours is None or fields[0].lower().removeprefix("gpu-") == ours:
+            others.append(f"{fields[1]}, {fields[2]}")
+    return others
+
+
 def gpu_sharing() -> dict:
-    """Who else is on the GPU: other compute processes (nvidia-smi) and memory not ours."""
+    """Who else is on our GPU: other compute processes (nvidia-smi) and memory not ours."""
     import subprocess
 
     if not torch.cuda.is_available():
         return {"alone": None, "note": "no GPU"}
-    others = []
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20).stdout
-        others = [line.strip() for line in out.splitlines() if line.strip() and line.split(",")[0].strip() != str(os.getpid())]
+        others = other_processes_on(out, str(uuid) if uuid is not None else None, os.getpid())
     except Exception as exc:  # noqa: BLE001 - a missing nvidia-smi must not end the benchmark
         others = [f"nvidia-smi failed: {exc}"]
     free, total = torch.cuda.mem_get_info()

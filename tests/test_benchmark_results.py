@@ -38,3 +38,28 @@ def test_an_unusable_results_folder_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match="cannot create the results folder.*--out"):
         common.claim_result("x", str(tmp_path / "file" / "sub"))
+
+
+def test_only_processes_on_our_gpu_count_as_sharing_it():
+    # nvidia-smi lists every GPU's processes; a job on the machine's other GPU does not share ours
+    smi = ("GPU-aaaa-1111, 705, 1404 MiB\n"
+           "GPU-bbbb-2222, 812, 900 MiB\n"
+           "GPU-bbbb-2222, 42, 5068 MiB\n")
+    assert common.other_processes_on(smi, "bbbb-2222", own_pid=42) == ["812, 900 MiB"]
+    assert common.other_processes_on(smi, "GPU-AAAA-1111", own_pid=42) == ["705, 1404 MiB"]
+    assert common.other_processes_on(smi, None, own_pid=42) == ["705, 1404 MiB", "812, 900 MiB"]
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("ddim-u", ("ddim", "u", None, "ddim-u")),
+    ("dpmpp-2m-karras@80.0", ("dpmpp-2m", "karras", 80.0, "dpmpp-2m-karras@80")),
+    ("unipc-lambda@2.5", ("unipc", "lambda", 2.5, "unipc-lambda@2.5")),
+])
+def test_sampler_configs_parse_to_one_canonical_name(text, parsed):
+    assert common.parse_sampler_config(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["ddim", "euler-u", "ddim-karras@-1", "heun-karras@x", "unipc-u@inf"])
+def test_a_bad_sampler_config_is_refused_in_one_line(text):
+    with pytest.raises(SystemExit, match="bad sampler config"):
+        common.parse_sampler_config(text)
