@@ -30,11 +30,10 @@ from guidediff.vdm.schedule import LearnedSchedule
 
 CONFIG_BUFFER = "vdm_config"
 # Whether the VDM loss closure declares itself graph-safe (guidediff.train_step.graph_safe), so
-# that train.cuda_graph = "auto" captures its step on CUDA. The closure reads nothing on the host
-# and its graph-ready step equals the classic one (docs/vdm.md, "Training speed";
-# tests/test_vdm_train_step.py), but its capture has not yet run on a GPU: until the CUDA test
-# there has passed on one, "auto" keeps the classic step and train.cuda_graph=true asks for the graph.
-GRAPH_SAFE = False
+# that train.cuda_graph = "auto" captures its step on CUDA. The closure reads nothing on the host,
+# its graph-ready step equals the classic one (tests/test_vdm_train_step.py), and its capture was
+# verified on an H200 (the CUDA test there, then a 24k-step run; docs/vdm.md, "Training speed").
+GRAPH_SAFE = True
 
 
 def vdm_unet_config(unet: UNetConfig, vdm: VDMConfig) -> UNetConfig:
