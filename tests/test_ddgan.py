@@ -464,3 +464,40 @@ def test_sync_free_finite_check_stops_at_the_next_log_step(tmp_path, monkeypatch
         _, state, tensors = ddgan_train.read_ddgan_checkpoint(tmp_path / "run")
         assert state["step"] == 2  # no checkpoint of the poisoned weights
         assert all(torch.isfinite(v).all() for v in tensors["model"].values())
+
+
+def test_minibatch_std_appends_each_groups_spread():
+    from guidediff.ddgan.discriminator import minibatch_std
+
+    torch.manual_seed(0)
+    h = torch.randn(6, 3, 2, 2)
+    out = minibatch_std(h, 4)  # 6 samples: groups of 3 (the largest divisor of 6 up to 4)
+    assert out.shape == (6, 4, 2, 2)
+    torch.testing.assert_close(out[:, :3], h)
+    hd = h.double()
+    for i in range(6):
+        members = [j for j in range(6) if j % 2 == i % 2]  # sample i joins group i mod B/g
+        spread = (hd[members].var(0, unbiased=False) + 1e-8).sqrt().mean()
+        torch.testing.assert_close(out[i, 3], torch.full((2, 2), float(spread), dtype=torch.float32))
+    assert minibatch_std(h[:5], 4).shape == (5, 4, 2, 2)  # a prime batch: groups of one
+
+
+def test_discriminator_options_minibatch_std_and_zero_init():
+    torch.manual_seed(0)
+    D = ImageDiscriminator(1, 8, (1, 2), minibatch_std=2, zero_init_residual=True).eval()
+    assert all(not b.conv2.weight.detach().any() for b in D.blocks)
+    x_prev, x_t, lam = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.full((4,), -2.0)
+    out = D(x_prev, x_t, lam)
+    x2 = x_prev.clone()
+    x2[2] += 1.0  # sample 2 shares a group with sample 0 (4 samples, groups of 2: {0, 2}, {1, 3})
+    moved = D(x2, x_t, lam)
+    assert (moved[0] - out[0]).abs() > 1e-6 and torch.allclose(moved[1], out[1]) and torch.allclose(moved[3], out[3])
+
+
+def test_discriminator_options_are_checked_in_one_line():
+    with pytest.raises(UsageError, match="discriminator.minibatch_std must be a group size"):
+        _image_config(**{"discriminator.minibatch_std": -1})
+    with pytest.raises(UsageError, match="discriminator.zero_init_residual.*must be true or false"):
+        _image_config(**{"discriminator.zero_init_residual": 1})
+    config = _image_config(**{"discriminator.minibatch_std": 4, "discriminator.zero_init_residual": "true"})
+    assert (config.discriminator.minibatch_std, config.discriminator.zero_init_residual) == (4, True)

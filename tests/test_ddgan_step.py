@@ -44,11 +44,15 @@ def _run(run_dir, config, resume: bool = False):
     return [[d[k] for k in STATS] for d in logs], ddgan_train.read_ddgan_checkpoint(run_dir)[2]
 
 
-@pytest.mark.parametrize("kind", ["toy", "image"])
-def test_graph_ready_step_equals_classic_step_on_cpu(tmp_path, kind):
+@pytest.mark.parametrize("kind, extra", [
+    ("toy", ()), ("image", ()),
+    # DDGAN's own discriminator options: the minibatch spread and zero-initialised residual convs
+    ("image", ("discriminator.minibatch_std=2", "discriminator.zero_init_residual=true")),
+])
+def test_graph_ready_step_equals_classic_step_on_cpu(tmp_path, kind, extra):
     steps = 6 if kind == "toy" else 2
-    classic = _run(tmp_path / "classic", _config(kind, "false", steps, "train.device=\"cpu\""))
-    eager = _run(tmp_path / "eager", _config(kind, "\"eager\"", steps, "train.device=\"cpu\""))
+    classic = _run(tmp_path / "classic", _config(kind, "false", steps, "train.device=\"cpu\"", *extra))
+    eager = _run(tmp_path / "eager", _config(kind, "\"eager\"", steps, "train.device=\"cpu\"", *extra))
     assert classic[0] == eager[0] and len(classic[0]) == steps  # every logged loss, exactly
     assert any(row[2] > 0 for row in classic[0]) and any(row[2] == 0 for row in classic[0])  # R1 and plain steps
     for part, tol in (("model", 0), ("optimizer", 0), ("ema", 1e-6)):

@@ -73,11 +73,15 @@ class GeneratorSection:
 
 @dataclass
 class DiscriminatorSection:
-    """Images: one residual down block per channel_mult entry; 2-D: an MLP (hidden, layers) on
-    `fourier` octaves of Fourier features of x_{t−1}."""
+    """Images: one residual down block per channel_mult entry; minibatch_std > 0 adds the minibatch
+    standard deviation over groups of that size and a last conv (DDGAN's own discriminator: 4),
+    zero_init_residual starts each block's second conv at zero (as there). 2-D: an MLP (hidden,
+    layers) on `fourier` octaves of Fourier features of x_{t−1}."""
 
     base_channels: int = 64
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
+    minibatch_std: int = 0
+    zero_init_residual: bool = False
     hidden: int = 128
     layers: int = 3
     fourier: int = 6
@@ -176,6 +180,11 @@ class DDGANConfig:
                 f"generator.channel_mult must hold positive integers, got {g.channel_mult}")
         require(len(dsc.channel_mult) >= 1 and min(dsc.channel_mult) >= 1,
                 f"discriminator.channel_mult must hold positive integers, got {dsc.channel_mult}")
+        require(isinstance(dsc.minibatch_std, int) and not isinstance(dsc.minibatch_std, bool)
+                and dsc.minibatch_std >= 0,
+                f"discriminator.minibatch_std must be a group size >= 0 (0 = off, DDGAN uses 4), got {dsc.minibatch_std!r}")
+        require(isinstance(dsc.zero_init_residual, bool),
+                f"discriminator.zero_init_residual must be true or false, got {dsc.zero_init_residual!r}")
         for name in ("lr_g", "lr_d"):
             value = getattr(t, name)
             require(value > 0 and math.isfinite(value), f"train.{name} must be a positive number, got {value}")

@@ -119,7 +119,8 @@ def build_networks(config: DDGANConfig, sample_shape: tuple[int, ...], num_class
                 MLPDiscriminator(sample_shape[0], d.hidden, d.layers, k, fourier=d.fourier))
     channels = sample_shape[0]
     return (ImageGenerator(config.unet_config(channels, k), g.nz, g.mapping_layers),
-            ImageDiscriminator(channels, d.base_channels, tuple(d.channel_mult), k))
+            ImageDiscriminator(channels, d.base_channels, tuple(d.channel_mult), k, minibatch_std=d.minibatch_std,
+                               zero_init_residual=d.zero_init_residual))
 
 
 # -- one step ----------------------------------------------------------------------------------
