@@ -200,6 +200,7 @@ def part_stacked(args, work: Path, out: Path, classifier) -> dict | None:
 
 
 def part_fmnist(args, work: Path, out: Path, classifier) -> Iterator[dict]:
+    from guidediff.ddgan.diagnostics import discriminator_report
     from guidediff.metrics.evaluate import evaluate_samples
 
     if classifier is None:
@@ -216,6 +217,10 @@ def part_fmnist(args, work: Path, out: Path, classifier) -> Iterator[dict]:
                  "train_seconds": round(result.training_time_s, 1), "steps_per_sec": result.steps_per_sec}
         log(f"  DDGAN T={T}: FID-FMNIST {entry['fid']:.2f} (floor {entry['fid_floor']:.2f}), recall "
             f"{entry['recall']:.3f}, {entry['sec_per_image'] * 1e3:.3f} ms/image")
+        # is the game still on? D's accuracy per level on real and generated pairs (ddgan.diagnostics)
+        entry["discriminator_by_level"] = discriminator_report(work / f"fmnist_T{T}", n=512, device=args.device)
+        log("  D accuracy by level: " + ", ".join(f"t={r['t']} {r['accuracy']:.2f}"
+                                                  for r in entry["discriminator_by_level"]))
         yield entry
 
 

@@ -501,3 +501,27 @@ def test_discriminator_options_are_checked_in_one_line():
         _image_config(**{"discriminator.zero_init_residual": 1})
     config = _image_config(**{"discriminator.minibatch_std": 4, "discriminator.zero_init_residual": "true"})
     assert (config.discriminator.minibatch_std, config.discriminator.zero_init_residual) == (4, True)
+
+
+def test_discriminator_by_level_scores_each_level():
+    from guidediff.ddgan.diagnostics import discriminator_by_level
+    from guidediff.ddgan.schedule import DiscreteVP
+
+    lams = DiscreteVP(4).lams()
+    x0 = torch.rand(64, 1, 8, 8) * 1.6 - 0.8  # real images never reach the generator's +1
+
+    def white(x_t, z, lam, c):  # a generator that always draws the all-white image
+        return torch.ones_like(x_t)
+
+    def sees_white(x_prev, x_t, lam, c):  # +1 unless the candidate is the white image
+        return torch.where((x_prev - 1).abs().flatten(1).max(1).values < 1e-6, -1.0, 1.0)
+
+    rows = discriminator_by_level(white, sees_white, x0, None, lams, 2, torch.Generator().manual_seed(0))
+    assert [r["t"] for r in rows] == [1, 2, 3, 4] and [r["lam"] for r in rows] == lams[1:].tolist()
+    # at t = 1 the generated x_0 is G's output exactly (zero posterior variance): told apart every time
+    assert rows[0]["accuracy"] == 1.0 and rows[0]["d_real"] == 1.0 and rows[0]["d_fake"] == -1.0
+    # above it the posterior adds noise, this D calls everything real: accuracy one half
+    assert all(r["accuracy"] == 0.5 for r in rows[1:])
+    constant = discriminator_by_level(white, lambda *a: torch.full((64,), 5.0), x0, None, lams, 2,
+                                      torch.Generator().manual_seed(0))
+    assert all(r["accuracy"] == 0.5 and r["d_real"] == r["d_fake"] == 5.0 for r in constant)

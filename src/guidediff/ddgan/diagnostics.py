@@ -1,0 +1,56 @@
+"""How well a DDGAN's discriminator tells the real pair (x_{t−1}, x_t) from the generated one at
+each denoising level t: its mean logits on both and its accuracy (the share of real pairs with a
+positive logit and of generated ones with a negative logit, averaged). The training log's d_real
+and d_fake average over the levels, where per-level offsets of D can hide that it separates
+nothing, or that it prefers the fakes (accuracy below 0.5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from guidediff.ddgan.schedule import DiscreteVP, forward_pair, posterior_sample
+
+
+@torch.no_grad()
+def discriminator_by_level(G, D, x0: torch.Tensor, c: torch.Tensor | None, lams: torch.Tensor, nz: int,
+                           generator: torch.Generator) -> list[dict]:
+    """One row per level t = 1 … T for the batch x0: real pairs from q(x_{t−1} | x_0) q(x_t | x_{t−1}),
+    generated x′_{t−1} from q(x_{t−1} | x_t, x̂_0 = G(x_t, z, t)), both judged by D at λ_t."""
+    b, dev = x0.shape[0], x0.device
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=dev)
+
+    rows = []
+    for t in range(1, len(lams)):
+        lam_t, lam_s = lams[t].expand(b), lams[t - 1].expand(b)
+        x_s, x_t = forward_pair(x0, lam_s, lam_t, randn(*x0.shape), randn(*x0.shape))
+        x_fake = posterior_sample(x_t, G(x_t, randn(b, nz), lam_t, c).float(), lam_t, lam_s, randn(*x0.shape))
+        d_real, d_fake = D(x_s, x_t, lam_t, c).float(), D(x_fake, x_t, lam_t, c).float()
+        rows.append({"t": t, "lam": float(lams[t]), "d_real": float(d_real.mean()), "d_fake": float(d_fake.mean()),
+                     "accuracy": float(((d_real > 0).float().mean() + (d_fake < 0).float().mean()) / 2)})
+    return rows
+
+
+def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
+                         device: str | torch.device = "cpu") -> list[dict]:
+    """``discriminator_by_level`` for the latest checkpoint of a DDGAN run: its raw generator and
+    discriminator (the pair that was playing), n training images drawn with ``seed``."""
+    from guidediff.ddgan.config import DDGANConfig
+    from guidediff.ddgan.train import build_networks, load_training_data, read_ddgan_checkpoint, unprefixed
+
+    device = torch.device(device)
+    _, state, parts = read_ddgan_checkpoint(run_dir, parts=("model",), device=device)
+    config = DDGANConfig.from_dict(state["config"], source=str(run_dir))
+    data = load_training_data(config, device)
+    G, D = build_networks(config, data.sample_shape, data.num_classes)
+    G.load_state_dict(unprefixed("G", parts["model"]))
+    D.load_state_dict(unprefixed("D", parts["model"]))
+    G, D = G.to(device).eval(), D.to(device).eval()
+    g = torch.Generator(device=device).manual_seed(seed)
+    x0, c = data.batch(n, g)
+    df = config.diffusion
+    lams = DiscreteVP(df.T, df.beta_min, df.beta_max).lams(device=device)
+    return discriminator_by_level(G, D, x0, c if config.data.conditional else None, lams, config.generator.nz, g)
