@@ -214,7 +214,9 @@ def _make_accelerator(config: Config):
     mp = t.mixed_precision
     if mp == "auto":
         mp = "no" if cpu else "bf16"
-    make = lambda: Accelerator(mixed_precision=mp, cpu=cpu, kwargs_handlers=[distributed.ddp_kwargs()])  # noqa: E731
+    def make():
+        return Accelerator(mixed_precision=mp, cpu=cpu, kwargs_handlers=[distributed.ddp_kwargs()])
+
     try:
         return make()
     except ValueError as exc:

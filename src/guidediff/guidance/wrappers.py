@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from guidediff.diffusion import per_sample
-from guidediff.errors import require
+from guidediff.errors import UsageError, require
 from guidediff.schedules import alpha_sigma
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -55,7 +55,7 @@ def _weights(w: float | Tensor, batch: int, device, dtype) -> Tensor:
     # built only on failure: w.tolist() is itself a device-to-host copy, which a capture refuses
     # (seen on the H200: every trajectory capture with one weight per row fell back)
     if not capturing() and not bool(torch.isfinite(w).all()):
-        require(False, f"guidance weight w must be finite, got {w.tolist()}")
+        raise UsageError(f"guidance weight w must be finite, got {w.tolist()}")
     return w.expand(batch) if w.dim() == 0 else w
 
 
