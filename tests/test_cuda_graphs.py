@@ -94,3 +94,16 @@ def test_a_captured_ddim_trajectory_reads_nothing_from_the_device(monkeypatch, w
     with torch.no_grad():
         x = sample_ddim(cfg(net, weights, null_class=config.model.num_classes), z, lams, c, clip_x=1.0)
     assert x.shape == z.shape and x.device == meta
+
+
+def test_a_non_finite_weight_per_row_is_refused_in_one_line():
+    from guidediff.errors import UsageError
+    from guidediff.guidance import cfg
+    from guidediff.samplers import sample_ddim
+    from guidediff.schedules import lam_grid, make_schedule
+
+    net, config = _net_and_config()
+    weights = torch.tensor([1.0, float("nan")])
+    with torch.no_grad(), pytest.raises(UsageError, match=r"guidance weight w must be finite, got \[1.0, nan\]"):
+        sample_ddim(cfg(net, weights, null_class=config.model.num_classes), torch.randn(2, 1, 8, 8),
+                    lam_grid(make_schedule("cfg"), 2), torch.tensor([0, 2]), clip_x=1.0)
