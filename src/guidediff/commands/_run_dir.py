@@ -1,4 +1,5 @@
-"""Where a training command runs and with which config (shared by the training commands)."""
+"""Where a training command runs and with which config (shared by the training commands), and the
+run directory a command reads."""
 
 from __future__ import annotations
 
@@ -33,3 +34,13 @@ def resolve_run(config_path: str | None, overrides: list[str], out: str | None, 
         raise UsageError(f"{run_dir} holds no checkpoint to resume; pass --config FILE to start a new run there")
     config.out_dir = str(run_dir)
     return config, run_dir
+
+
+def existing_dir(path: str, what: str) -> Path:
+    """The folder ``path`` given on the command line, or a one-line error that says it is a file or
+    missing and what to pass instead (``what``)."""
+    from guidediff.errors import require
+
+    folder = Path(path).expanduser()
+    require(folder.is_dir(), f"{folder} {'is a file' if folder.exists() else 'does not exist'}; pass {what}")
+    return folder

@@ -26,16 +26,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from guidediff.checkpoint import load_checkpoint, save_model
     from guidediff.commands._outputs import check_out_file
+    from guidediff.commands._run_dir import existing_dir
     from guidediff.errors import require
     from guidediff.posthoc_snapshots import DEFAULT_MAX_FIT_ERROR, posthoc_ema
 
-    run_dir = Path(args.run_dir).expanduser()
-    require(run_dir.is_dir(), f"{run_dir} {'is a file' if run_dir.exists() else 'does not exist'}; pass the "
-                              "directory of a run trained with --set train.posthoc_ema=true")
+    run_dir = existing_dir(args.run_dir, "the directory of a run trained with --set train.posthoc_ema=true")
     max_fit = DEFAULT_MAX_FIT_ERROR if args.max_fit_error is None else args.max_fit_error
     require(max_fit > 0, f"--max-fit-error must be > 0, got {max_fit}")
     out = check_out_file(args.out or run_dir / f"model-sigma_rel{args.sigma_rel:g}.safetensors", flag="--out",

@@ -12,15 +12,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from guidediff.commands._outputs import check_out_file
-    from guidediff.errors import require
+    from guidediff.commands._run_dir import existing_dir
     from guidediff.report import write_report
 
-    run_dir = Path(args.run_dir).expanduser()
-    require(run_dir.is_dir(), f"{run_dir} {'is a file' if run_dir.exists() else 'does not exist'}; pass the run, "
-                              "sweep or eval output directory")
+    run_dir = existing_dir(args.run_dir, "the run, sweep or eval output directory")
     check_out_file(args.out or run_dir / "report.html", flag="--out", suffix=".html", overwrite=args.overwrite)
     path = write_report(args.run_dir, args.out)
     print(f"wrote {path}")
