@@ -61,12 +61,16 @@ def test_graph_ready_step_equals_classic_step_on_cpu(tmp_path, kind, extra):
             torch.testing.assert_close(eager[1][part][k], v, rtol=tol, atol=tol, msg=f"{part}.{k}")
 
 
-@pytest.mark.parametrize("first_half", ["\"eager\"", "false"])
-def test_graph_ready_run_resumes_exactly(tmp_path, first_half):
-    """6 graph-ready steps = 3 steps (graph-ready, or classic: a run may change its step mode when
-    it resumes) + resume + 3 graph-ready steps."""
+@pytest.mark.parametrize("first_half, first_extra", [
+    ("\"eager\"", ()), ("false", ()),
+    # a classic run with the host's finite check per step may resume graph-ready, which needs "log"
+    ("false", ("train.finite_check=\"step\"",)),
+])
+def test_graph_ready_run_resumes_exactly(tmp_path, first_half, first_extra):
+    """6 graph-ready steps = 3 steps (graph-ready, or classic: a run may change its step mode and
+    finite check when it resumes) + resume + 3 graph-ready steps."""
     once = _run(tmp_path / "once", _config("toy", "\"eager\"", 6, "train.device=\"cpu\""))
-    _run(tmp_path / "twice", _config("toy", first_half, 3, "train.device=\"cpu\""))
+    _run(tmp_path / "twice", _config("toy", first_half, 3, "train.device=\"cpu\"", *first_extra))
     twice = _run(tmp_path / "twice", _config("toy", "\"eager\"", 6, "train.device=\"cpu\""), resume=True)
     torch.testing.assert_close(torch.tensor(twice[0]), torch.tensor(once[0]), rtol=1e-6, atol=1e-6)
     for part in ("model", "ema", "optimizer"):

@@ -129,7 +129,7 @@ def test_resumed_optimizer_moments_take_the_parameter_layout():
     # fused AdamW on CUDA rejects channels_last parameters whose moments are contiguous
     import torch
 
-    from guidediff.train import _match_state_layout
+    from guidediff.checkpoint import match_state_layout
 
     conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(conv.parameters())
@@ -139,7 +139,7 @@ def test_resumed_optimizer_moments_take_the_parameter_layout():
     state["state"][0]["exp_avg"] = state["state"][0]["exp_avg"].contiguous()
     opt.load_state_dict(state)
     assert opt.state[conv.weight]["exp_avg"].stride() != conv.weight.stride()
-    _match_state_layout(opt)
+    match_state_layout(opt)
     for key in ("exp_avg", "exp_avg_sq"):
         assert opt.state[conv.weight][key].stride() == conv.weight.stride()
     torch.testing.assert_close(opt.state[conv.weight]["exp_avg"], state["state"][0]["exp_avg"])

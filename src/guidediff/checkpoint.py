@@ -173,6 +173,38 @@ def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer moments their parameter's memory layout: safetensors stores them
+    contiguous, and fused AdamW refuses channels_last parameters with contiguous moments."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state into THIS run's optimizer: the implementation (fused,
+    capturable, a device learning rate) is this run's choice, not the saving run's."""
+    keep = [{k: g[k] for k in (*_IMPLEMENTATION_KEYS, "lr") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, mine in zip(optimizer.param_groups, keep):
+        saved_lr = group["lr"]
+        group.update({k: v for k, v in mine.items() if k != "lr"})
+        if torch.is_tensor(mine.get("lr")):
+            group["lr"] = mine["lr"]
+            group["lr"].fill_(float(saved_lr))
+        on_device = group.get("capturable") or group.get("fused")
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+    match_state_layout(optimizer)
+
+
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():

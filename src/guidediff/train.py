@@ -37,6 +37,7 @@ from guidediff.checkpoint import (
     latest_checkpoint,
     TENSOR_FILES,
     load_checkpoint,
+    load_optimizer_state,
     read_tensors,
     rng_state,
     save_checkpoint,
@@ -233,38 +234,6 @@ def _make_accelerator(config: Config):
         raise UsageError(f"cannot set up training with mixed_precision={mp!r} ({exc}); set train.mixed_precision=no") from None
 
 
-def _match_state_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give loaded optimizer moments their parameter's memory layout: safetensors stores them
-    contiguous, and fused AdamW refuses channels_last parameters with contiguous moments."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-
-
-_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a saved optimizer state into THIS run's optimizer: the implementation (fused,
-    capturable, a device learning rate) is this run's choice, not the saving run's."""
-    keep = [{k: g[k] for k in (*_IMPLEMENTATION_KEYS, "lr") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, mine in zip(optimizer.param_groups, keep):
-        saved_lr = group["lr"]
-        group.update({k: v for k, v in mine.items() if k != "lr"})
-        if torch.is_tensor(mine.get("lr")):
-            group["lr"] = mine["lr"]
-            group["lr"].fill_(float(saved_lr))
-        on_device = group.get("capturable") or group.get("fused")
-        for p in group["params"]:
-            st = optimizer.state.get(p, {})
-            if torch.is_tensor(st.get("step")):
-                st["step"] = st["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
-    _match_state_layout(optimizer)
-
-
 def _make_optimizer(config: Config, net: nn.Module, cuda: bool, capturable: bool):
     """AdamW with linear warm-up. ``capturable``: fused AdamW whose step count and learning rate
     live on the device, so a CUDA graph can replay it (the scheduler fills the lr tensor)."""
@@ -427,7 +396,7 @@ class _Run:
                     f"{resume_from} was written for other parameters than this model has; "
                     "resume with the config it was trained with")
             self.net.load_state_dict(ck.model)
-            _load_optimizer(self.optimizer, ck.optimizer_state())
+            load_optimizer_state(self.optimizer, ck.optimizer_state())
             self.scheduler.load_state_dict(ck.state["scheduler"])
             set_rng_state(ck.state["rng"])
             st.step = ck.step

@@ -392,16 +392,16 @@ class _Run:
         t = config.train
         _, state, tensors = read_ddgan_checkpoint(self.out_dir, device="cpu")
         saved = DDGANConfig.from_dict(state["config"], source=str(self.ckpt_root))
-        # The run's architecture and data are fixed; its length, time budget, device and step mode
-        # (train.cuda_graph: the same training function, run another way) may change.
+        # The run's architecture and data are fixed; its length, time budget, device, step mode and
+        # finite check (train.cuda_graph, train.finite_check: the same training function, run and
+        # watched another way; the two are checked together) may change.
         saved.train.steps, saved.train.minutes, saved.train.device = t.steps, t.minutes, t.device
-        saved.train.cuda_graph = t.cuda_graph
+        saved.train.cuda_graph, saved.train.finite_check = t.cuda_graph, t.finite_check
         saved.validate()
         return saved, state, tensors
 
     def _restore(self, state: dict[str, Any], tensors: dict[str, dict]) -> None:
-        from guidediff.checkpoint import unflatten_optimizer
-        from guidediff.train import _load_optimizer
+        from guidediff.checkpoint import load_optimizer_state, unflatten_optimizer
 
         nets, ema = self.nets, self.ema
         nets.G.load_state_dict(unprefixed("G", tensors["model"]))
@@ -410,8 +410,8 @@ class _Run:
         ema.load_meta(state["ema"])
         # this run's Adam implementation (fused, capturable, a device lr), the saved run's numbers
         sd_g, sd_d = split_optimizers(unflatten_optimizer(tensors["optimizer"], state["optimizer"]))
-        _load_optimizer(nets.opt_g, sd_g)
-        _load_optimizer(nets.opt_d, sd_d)
+        load_optimizer_state(nets.opt_g, sd_g)
+        load_optimizer_state(nets.opt_d, sd_d)
         self.state.step, self.state.prior_time = int(state["step"]), float(state.get("training_time_s", 0.0))
         self.state.commands = list(state.get("commands", []))
 
