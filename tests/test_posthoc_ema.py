@@ -9,6 +9,7 @@ import torch
 from train_helpers import tiny_arrays, tiny_config
 
 from guidediff.ema import EMA, power_gamma
+from guidediff.errors import UsageError
 from guidediff.posthoc_ema import PosthocBasis, power_ema_weights, profile_inner_product, solve_continuous
 
 STEPS, EVERY, SIGMA_MAIN = 24, 3, 0.07  # the run's own EMA (σ_rel 0.07) is the in-between reference
@@ -198,3 +199,71 @@ def test_graphed_step_keeps_the_same_profiles_on_cuda(tmp_path):
     for a, b in zip(*runs.values()):
         assert (a.step, a.gamma) == (b.step, b.gamma)
         assert _max_diff(read_tensors(a.path), read_tensors(b.path)) <= 2 * rounding + 1e-5, a.path.name
+
+
+def _buffered_snapshots(folder, steps: int = 12, every: int = 2):
+    """A tiny module with a non-float buffer (as the VDM's config buffer), its two profiles stored
+    every ``every`` steps, and a directly tracked σ_rel 0.07 power EMA beside them."""
+    from torch import nn
+
+    from guidediff.ema import EMA
+    from guidediff.posthoc_snapshots import PosthocEMA
+
+    torch.manual_seed(0)
+    module = nn.Linear(3, 2)
+    module.register_buffer("tag", torch.tensor([7, 1], dtype=torch.uint8))
+    profiles = PosthocEMA(module, [0.05, 0.10], every, folder / "posthoc")
+    direct = EMA(module, sigma_rel=0.07)
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn_like(p))
+        for ema in (*profiles.emas, direct):
+            ema.update(module)
+        if profiles.due(step, step == steps):
+            profiles.snapshot(step)
+    return direct
+
+
+def test_a_model_with_a_buffer_is_solved_and_keeps_its_buffer(tmp_path):
+    from guidediff.posthoc_snapshots import posthoc_ema
+
+    direct = _buffered_snapshots(tmp_path)
+    weights, info = posthoc_ema(tmp_path, 0.07)
+    assert weights["tag"].tolist() == [7, 1] and weights["tag"].dtype == torch.uint8
+    want = direct.state_dict()
+    assert max((weights[k] - want[k]).abs().max().item() for k in ("weight", "bias")) < 0.05
+    assert info["fit_error"] < 0.05 and info["snapshots"] == 12
+
+
+def test_snapshot_folder_mistakes_are_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from guidediff.posthoc_snapshots import SNAPSHOT_FORMAT, posthoc_ema
+
+    _buffered_snapshots(tmp_path)
+    folder = tmp_path / "posthoc"
+    damaged = folder / "phema-0000099-gamma6.9372.safetensors"
+    save_file({"weight": torch.zeros(2, 3)}, str(damaged), metadata={"format": SNAPSHOT_FORMAT})
+    with pytest.raises(UsageError, match="damaged post-hoc EMA snapshot"):
+        posthoc_ema(tmp_path, 0.07)
+    damaged.unlink()
+    (folder / "phema-0000002-gamma6.9372.safetensors").unlink()
+    other = _buffered_snapshots(tmp_path / "other")  # noqa: F841 - another run's snapshot, other shapes below
+    import shutil
+
+    from guidediff.checkpoint import read_tensors, safetensors_header, save_tensors_atomic
+
+    src = tmp_path / "other" / "posthoc" / "phema-0000002-gamma6.9372.safetensors"
+    tensors = read_tensors(src)
+    tensors["weight"] = torch.zeros(4, 3)
+    save_tensors_atomic(tensors, folder / src.name, metadata=safetensors_header(src)["__metadata__"])
+    with pytest.raises(UsageError, match="holds other weights than the other snapshots"):
+        posthoc_ema(tmp_path, 0.07)
+    shutil.rmtree(tmp_path / "other")
+
+
+def test_profiles_that_would_share_a_snapshot_file_are_refused():
+    with pytest.raises(UsageError, match="too close to keep apart"):
+        tiny_config("train.posthoc_ema=true", "train.posthoc_sigma_rels=[0.1, 0.10000001]")
+    tiny_config("train.posthoc_ema=true", "train.posthoc_sigma_rels=[0.1, 0.101]")

@@ -202,6 +202,15 @@ class Config:
                 and len(set(t.posthoc_sigma_rels)) == len(t.posthoc_sigma_rels),
                 f"train.posthoc_sigma_rels must be distinct numbers in (0, 0.28) (EDM2 stores 0.05 and 0.10), "
                 f"got {t.posthoc_sigma_rels}")
+        if t.posthoc_ema:
+            from guidediff.ema import power_gamma
+            from guidediff.posthoc_snapshots import snapshot_name
+
+            # the snapshot files are named by γ to 4 decimals: two profiles must not share a name
+            names = {snapshot_name(0, power_gamma(r)) for r in t.posthoc_sigma_rels}
+            require(len(names) == len(t.posthoc_sigma_rels),
+                    f"train.posthoc_sigma_rels {t.posthoc_sigma_rels} holds values too close to keep apart (their "
+                    "snapshots would share a file name); make them differ by at least 0.001")
         for name in ("batch_size", "steps", "log_every", "sample_every", "checkpoint_every", "keep_last",
                      "posthoc_every"):
             require(getattr(t, name) >= 1, f"train.{name} must be >= 1, got {getattr(t, name)}")

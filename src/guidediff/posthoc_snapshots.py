@@ -110,8 +110,12 @@ def list_snapshots(run_dir: str | Path) -> list[Snapshot]:
     for path in paths:
         meta = safetensors_header(path).get("__metadata__") or {}
         require(meta.get("format") == SNAPSHOT_FORMAT, f"{path} is not a post-hoc EMA snapshot; remove it")
-        snaps.append(Snapshot(path, int(meta["step"]), int(meta["t"]), float(meta["gamma"]),
-                              float(meta["sigma_rel"]), tuple(json.loads(meta.get("buffers", "[]")))))
+        try:
+            snaps.append(Snapshot(path, int(meta["step"]), int(meta["t"]), float(meta["gamma"]),
+                                  float(meta["sigma_rel"]), tuple(json.loads(meta.get("buffers", "[]")))))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise UsageError(f"{path} is a damaged post-hoc EMA snapshot (its metadata lacks or garbles "
+                             f"{exc}); remove it") from None
     return sorted(snaps, key=lambda s: (s.step, s.gamma))
 
 
@@ -121,6 +125,14 @@ def representable_range(basis, max_fit_error: float) -> tuple[float, float] | No
     grid = [0.0025 * k for k in range(2, 112)]  # 0.005 .. 0.2775, inside power_gamma's domain
     ok = [s for s in grid if basis.fit_error(power_gamma(s)) <= max_fit_error]
     return (min(ok), max(ok)) if ok else None
+
+
+def check_sigma_rel(sigma_rel: float) -> float:
+    """σ_rel as a float inside the power EMA's domain (0, √(1/12)), else a one-line UsageError."""
+    sigma_rel, limit = float(sigma_rel), math.sqrt(1 / 12)
+    require(0.0 < sigma_rel < limit, f"--sigma-rel must lie in (0, {limit:.4f}) (EDM2 uses 0.05 to 0.15), "
+                                     f"got {sigma_rel}")
+    return sigma_rel
 
 
 def posthoc_ema(run_dir: str | Path, sigma_rel: float,
@@ -136,10 +148,7 @@ def posthoc_ema(run_dir: str | Path, sigma_rel: float,
 
     from guidediff.posthoc_ema import PosthocBasis
 
-    sigma_rel = float(sigma_rel)
-    limit = math.sqrt(1 / 12)
-    require(0.0 < sigma_rel < limit, f"--sigma-rel must lie in (0, {limit:.4f}) (EDM2 uses 0.05 to 0.15), "
-                                     f"got {sigma_rel}")
+    sigma_rel = check_sigma_rel(sigma_rel)
     snaps = list_snapshots(run_dir)
     basis = PosthocBasis(tuple(s.t for s in snaps), tuple(s.gamma for s in snaps))
     gamma_r = power_gamma(sigma_rel)
@@ -155,11 +164,13 @@ def posthoc_ema(run_dir: str | Path, sigma_rel: float,
     from guidediff.checkpoint import read_tensors
 
     out: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple[int, ...]] | None = None  # the first snapshot's names and shapes, buffers included
     for snap, coeff in zip(snaps, x):
         tensors = read_tensors(snap.path)
-        if out:
-            require(tensors.keys() == out.keys(), f"{snap.path} holds other weights than the other snapshots; "
-                                                  "remove the snapshots of other runs from the folder")
+        mine = {k: tuple(v.shape) for k, v in tensors.items()}
+        shapes = shapes or mine
+        require(mine == shapes, f"{snap.path} holds other weights than the other snapshots; remove the snapshots "
+                                "of other runs from the folder")
         for name, value in tensors.items():
             if name in snap.buffers or not value.is_floating_point():
                 continue
@@ -168,6 +179,5 @@ def posthoc_ema(run_dir: str | Path, sigma_rel: float,
     for name, value in read_tensors(last.path).items():
         out[name] = value if name in last.buffers or not value.is_floating_point() else out[name].float()
     info = {"sigma_rel": sigma_rel, "gamma": gamma_r, "step": last.step, "fit_error": fit,
-            "snapshots": len(snaps), "coefficients": [float(c) for c in np.asarray(x)],
-            "coefficient_l1": float(np.abs(x).sum())}
+            "snapshots": len(snaps), "coefficients": [float(c) for c in np.asarray(x)]}
     return out, info

@@ -26,20 +26,24 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from guidediff.checkpoint import load_checkpoint, save_model
     from guidediff.commands._outputs import check_out_file
     from guidediff.commands._run_dir import existing_dir
     from guidediff.errors import require
-    from guidediff.posthoc_snapshots import DEFAULT_MAX_FIT_ERROR, posthoc_ema
+    from guidediff.posthoc_snapshots import DEFAULT_MAX_FIT_ERROR, check_sigma_rel, list_snapshots, posthoc_ema
 
+    check_sigma_rel(args.sigma_rel)
     run_dir = existing_dir(args.run_dir, "the directory of a run trained with --set train.posthoc_ema=true")
     max_fit = DEFAULT_MAX_FIT_ERROR if args.max_fit_error is None else args.max_fit_error
-    require(max_fit > 0, f"--max-fit-error must be > 0, got {max_fit}")
-    out = check_out_file(args.out or run_dir / f"model-sigma_rel{args.sigma_rel:g}.safetensors", flag="--out",
-                         suffix=".safetensors", overwrite=args.overwrite)
-    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
-    tensors, info = posthoc_ema(run_dir, args.sigma_rel, max_fit)
+    require(0 < max_fit < 1, f"--max-fit-error must lie in (0, 1) (a relative error; default 0.05), got {max_fit}")
+    out_path = Path(args.out or run_dir / f"model-sigma_rel{args.sigma_rel:g}.safetensors")
+    require(out_path.suffix == ".safetensors", f"--out must end in .safetensors, got {out_path}")
+    list_snapshots(run_dir)  # before the checkpoint: a run without snapshots is told how to get them
     ck = load_checkpoint(run_dir, parts=())  # the config, commands and commit that go with the weights
+    out = check_out_file(out_path, flag="--out", suffix=".safetensors", overwrite=args.overwrite)
+    tensors, info = posthoc_ema(run_dir, args.sigma_rel, max_fit)
     path = save_model(tensors, ck.config, out, args.dtype, commands=ck.state.get("commands", []),
                       commit=ck.state.get("commit"), training_time_s=ck.state.get("training_time_s"),
                       step=info["step"], weights="posthoc-ema", torch=ck.state.get("torch"),
