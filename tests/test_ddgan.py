@@ -495,10 +495,16 @@ def test_discriminator_options_minibatch_std_and_zero_init():
 
 
 def test_discriminator_options_are_checked_in_one_line():
-    with pytest.raises(UsageError, match="discriminator.minibatch_std must be a group size"):
+    with pytest.raises(UsageError, match="discriminator.minibatch_std must be 0"):
         _image_config(**{"discriminator.minibatch_std": -1})
     with pytest.raises(UsageError, match="discriminator.zero_init_residual.*must be true or false"):
         _image_config(**{"discriminator.zero_init_residual": 1})
+    with pytest.raises(UsageError, match="0 \\(off\\) or a group size >= 2"):
+        _image_config(**{"discriminator.minibatch_std": 1})
+    with pytest.raises(UsageError, match="must divide train.batch_size"):
+        _image_config(**{"discriminator.minibatch_std": 4, "train.batch_size": 6})
+    with pytest.raises(UsageError, match="options of the image discriminator"):
+        load_config("grid25", None, ["discriminator.minibatch_std=4"])
     config = _image_config(**{"discriminator.minibatch_std": 4, "discriminator.zero_init_residual": "true"})
     assert (config.discriminator.minibatch_std, config.discriminator.zero_init_residual) == (4, True)
 

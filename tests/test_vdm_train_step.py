@@ -1,7 +1,7 @@
 """The VDM's loss closure (bound in bits/dim, learned schedule with the variance hooks, Fourier
 features) in the graph-ready training step: it computes what the classic step computes, so the
 VDM may declare itself graph-safe; on a GPU, the captured graph computes what the same step
-computes eagerly (the capture is what docs/vdm.md says is still to be verified on a GPU run)."""
+computes eagerly (passed on an H200; docs/vdm.md)."""
 
 from __future__ import annotations
 

@@ -181,10 +181,17 @@ class DDGANConfig:
         require(len(dsc.channel_mult) >= 1 and min(dsc.channel_mult) >= 1,
                 f"discriminator.channel_mult must hold positive integers, got {dsc.channel_mult}")
         require(isinstance(dsc.minibatch_std, int) and not isinstance(dsc.minibatch_std, bool)
-                and dsc.minibatch_std >= 0,
-                f"discriminator.minibatch_std must be a group size >= 0 (0 = off, DDGAN uses 4), got {dsc.minibatch_std!r}")
+                and (dsc.minibatch_std == 0 or dsc.minibatch_std >= 2),
+                f"discriminator.minibatch_std must be 0 (off) or a group size >= 2 (DDGAN uses 4), "
+                f"got {dsc.minibatch_std!r}")
+        require(dsc.minibatch_std == 0 or t.batch_size % dsc.minibatch_std == 0,
+                f"discriminator.minibatch_std {dsc.minibatch_std} must divide train.batch_size {t.batch_size}; "
+                "change either")
         require(isinstance(dsc.zero_init_residual, bool),
                 f"discriminator.zero_init_residual must be true or false, got {dsc.zero_init_residual!r}")
+        require(not self.is_toy or (dsc.minibatch_std == 0 and not dsc.zero_init_residual),
+                "discriminator.minibatch_std and discriminator.zero_init_residual are options of the image "
+                "discriminator; the 2-D data's MLP discriminator has neither")
         for name in ("lr_g", "lr_d"):
             value = getattr(t, name)
             require(value > 0 and math.isfinite(value), f"train.{name} must be a positive number, got {value}")
