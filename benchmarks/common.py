@@ -108,19 +108,25 @@ def other_processes_on(smi_csv: str, device_uuid: str | None, own_pid: int) -> l
     return others
 
 
-def gpu_sharing() -> dict:
-    """Who else is on our GPU: other compute processes (nvidia-smi) and memory not ours."""
+def gpu_processes(device_uuid: str | None = None) -> list[str]:
+    """Other compute processes on the GPU ``device_uuid`` (None: on any GPU of the machine), as
+    "pid, used_memory" lines, or one "nvidia-smi failed: ..." line."""
     import subprocess
 
-    if not torch.cuda.is_available():
-        return {"alone": None, "note": "no GPU"}
-    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
     try:
         out = subprocess.run(["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20).stdout
-        others = other_processes_on(out, str(uuid) if uuid is not None else None, os.getpid())
+        return other_processes_on(out, device_uuid, os.getpid())
     except Exception as exc:  # noqa: BLE001 - a missing nvidia-smi must not end the benchmark
-        others = [f"nvidia-smi failed: {exc}"]
+        return [f"nvidia-smi failed: {exc}"]
+
+
+def gpu_sharing() -> dict:
+    """Who else is on our GPU: other compute processes (nvidia-smi) and memory not ours."""
+    if not torch.cuda.is_available():
+        return {"alone": None, "note": "no GPU"}
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+    others = gpu_processes(str(uuid) if uuid is not None else None)
     free, total = torch.cuda.mem_get_info()
     not_ours = (total - free - torch.cuda.memory_reserved()) / 2**20
     # our CUDA context itself takes ~0.5-1 GiB that memory_reserved does not count
@@ -226,9 +232,12 @@ def refuse_other_device(path: Path, device: str | None = None) -> None:
                          f"with BENCH_OUT=DIR, or set BENCH_OVERWRITE=1 to replace them")
 
 
-def claim_result(name: str, out_dir: str | None = None) -> Path:
-    """Before any work: the path ``write_result`` will write, checked now — its folder writable and
-    no committed result from another device in the way — so a run does not find out at its end."""
+def claim_result(name: str, out_dir: str | None = None, *, resume: bool = False, device: str | None = None) -> Path:
+    """Before any work: the path ``write_result`` will write, checked now — its folder writable, no
+    committed result from another device in the way (``device``: the one the new numbers come from,
+    default this machine's) and no earlier result at all unless ``resume`` (the benchmark continues
+    or merges into it) or BENCH_OVERWRITE=1 — so a run neither replaces what it did not make nor
+    finds out at its end."""
     target = Path(out_dir or os.environ.get("BENCH_OUT") or RESULTS)
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -238,7 +247,10 @@ def claim_result(name: str, out_dir: str | None = None) -> Path:
     if not os.access(target, os.W_OK):
         raise SystemExit(f"error: the results folder {target} is not writable; pass a writable --out or BENCH_OUT")
     path = target / f"{name}.json"
-    refuse_other_device(path)
+    refuse_other_device(path, device)
+    if path.is_file() and not resume and os.environ.get("BENCH_OVERWRITE") != "1":
+        raise SystemExit(f"error: {path} already holds a result; write elsewhere (BENCH_OUT=DIR, or the benchmark's "
+                         "own output option), or set BENCH_OVERWRITE=1 to replace it")
     return path
 
 
@@ -248,7 +260,9 @@ def write_result(name: str, payload: dict, out_dir: str | None = None) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     path = target / f"{name}.json"
     refuse_other_device(path, payload.get("device"))
-    path.write_text(json.dumps({**environment(), **payload}, indent=2) + "\n")
+    tmp = path.with_suffix(f".json.tmp-{os.getpid()}")  # a reader, or a run cut off mid-write, never sees half a file
+    tmp.write_text(json.dumps({**environment(), **payload}, indent=2) + "\n")
+    os.replace(tmp, path)
     print(f"wrote {path}")
     return path
 

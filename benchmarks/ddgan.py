@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -338,13 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only merge these result files into <out>")
     args = p.parse_args(argv)
 
-    out = Path(args.out or os.environ.get("BENCH_OUT") or common.RESULTS)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "ddgan.json"
+    if args.tiny and not args.out:  # a smoke run never lands in benchmarks/results
+        args.out = tempfile.mkdtemp(prefix="ddgan_tiny_")
+    # ddgan.json collects its parts over several calls (each replaces the parts it runs), so an
+    # earlier file is continued; checked before any work, like every benchmark's output
+    inputs = [json.loads(Path(path).read_text()) for path in args.merge or []]
+    target = common.claim_result("ddgan", args.out, resume=True,
+                                 device=inputs[0].get("device") if inputs else None)
+    out = target.parent
     old = json.loads(target.read_text()) if target.is_file() else {}
     if args.merge:
-        for path in args.merge:
-            old = merge(old, json.loads(Path(path).read_text()))
+        for new in inputs:
+            old = merge(old, new)
         # the inputs' device/torch/commit (where the numbers were measured) win over this machine's
         common.write_result("ddgan", old, str(out))
         print_table(old)

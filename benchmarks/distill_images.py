@@ -10,7 +10,6 @@ compare_sweeps.py), the student's held-out error against the teacher, and the st
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -61,8 +60,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = common.claim_result("sweep_fmnist_distilled", args.out).parent  # before any work
     teacher_net, config = load_model(args.model, device)
     null = config.model.num_classes
     d = config.diffusion
@@ -92,7 +90,7 @@ def main() -> None:
           f"last 100 {sum(losses[-100:]) / 100:.4f}", flush=True)
     error = held_out_error(wrap_for_config(student, d), teacher, xt, yt, lam_of_u, null, check_ws, seed=1)
     print("held-out relative error vs teacher's guided eps, at start:", error_at_start, "after:", error, flush=True)
-    summary = {**common.environment(), "model": f"distilled student of {args.model}", "n_per_w": args.n - args.n % 10,
+    summary = {"model": f"distilled student of {args.model}", "n_per_w": args.n - args.n % 10,
                "steps": args.steps, "sampler": "ddim", "seed": 0, "guidance": "cfg", "knob": "w",
                "cfg_variant": {"name": "distilled"}, "distill": {"train_steps": len(losses), "train_seconds": train_s,
                                                                  "batch": args.batch, "lr": args.lr, "w_range": [0, 4],
@@ -113,7 +111,7 @@ def main() -> None:
         print(f"w={w:g} FID-FMNIST {m['fid']:.3f} IS {m['is']:.2f} CAS {m['cas']:.3f} P {m['precision']:.3f} "
               f"R {m['recall']:.3f} {1e3 * point['sec_per_image']:.2f} ms/image, NFE {point['nfe_per_image']:.0f}",
               flush=True)
-        (out / "sweep_fmnist_distilled.json").write_text(json.dumps(summary, indent=2) + "\n")
+        common.write_result("sweep_fmnist_distilled", summary, str(out))
     from safetensors.torch import save_file
 
     save_file({k: v.detach().half().contiguous() for k, v in student.state_dict().items()},

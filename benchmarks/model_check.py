@@ -9,6 +9,7 @@ GPU is not at hand (then read the FIDs only against each other: few samples bias
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,6 +18,17 @@ import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
 from guidediff.checkpoint import load_model  # noqa: E402
+
+
+def model_provenance(source: str) -> dict:
+    """What the model file says of its training (step, training time, commit), recorded with its
+    scores: a shipped name points at another file once the model is re-shipped."""
+    from guidediff.models import is_shipped_name, shipped_path
+
+    path = shipped_path(source) if is_shipped_name(source) else Path(source)
+    beside = path.with_suffix(".json") if path.suffix == ".safetensors" else path / "model.json"
+    info = json.loads(beside.read_text()) if beside.is_file() else {}
+    return {k: info[k] for k in ("step", "training_time_s", "commit") if k in info}
 
 
 def main() -> None:
@@ -38,8 +50,10 @@ def main() -> None:
     record = {"task": {"n_per_w": args.n, "sampler": args.sampler, "grid": args.grid, "steps": args.steps,
                      "sigma_max": args.sigma_max, "w": ws},
               "models": {}}
+    record["provenance"] = {}
     for source in args.models:
         net, config = load_model(source, device)
+        record["provenance"][source] = model_provenance(source)
         print(source, flush=True)
         record["models"][source] = fmnist_eval.evaluate_at(
             net, config, ws, max(args.n // 10, 1), ddim_steps=args.steps, device=device, sampler=args.sampler,

@@ -316,6 +316,10 @@ def main(argv=None) -> int:
     if not args.tiny and torch.cuda.device_count() < 2:
         raise SystemExit(f"error: this needs 2 GPUs, {torch.cuda.device_count()} visible; "
                          "rehearse on the CPU with --tiny")
+    name = "multi_gpu_tiny" if args.tiny else "multi_gpu"
+    # before any work: the result file may be written (a tiny run replaces its own scratch file)
+    common.claim_result(name, str(args.work) if args.tiny else None, resume=args.tiny)
+    others_at_start = common.gpu_processes() if torch.cuda.is_available() else []
     t_start = time.time()
     for sub in ("1proc", "2proc"):
         shutil.rmtree(args.work / sub, ignore_errors=True)
@@ -348,11 +352,12 @@ def main(argv=None) -> int:
             "loss_check": "dropout 0, not compiled, the config's mixed precision, a loss logged every step",
             "speed": "the config's compile and mixed-precision settings; images/s over the measured windows",
             "tiny": args.tiny, "overrides": args.set, "classic": args.classic,
-        }, note="Each layout ran alone on the machine: the 1-GPU run on GPU 0 while GPU 1 idled, then both GPUs "
-                "for the 2-GPU run. Peak memory is torch.cuda.max_memory_allocated of the speed run on each rank "
-                "(rank 0 also holds the EMA weights).", total_s=time.time() - t_start)
-        common.write_result("multi_gpu_tiny" if args.tiny else "multi_gpu", payload,
-                            out_dir=str(args.work) if args.tiny else None)
+        }, other_gpu_processes_at_start=others_at_start,
+            note="The layouts ran one after the other: the 1-GPU run on GPU 0, then both GPUs for the 2-GPU run; "
+                 "other_gpu_processes_at_start lists what else nvidia-smi saw on the machine's GPUs. Peak memory is "
+                 "torch.cuda.max_memory_allocated of the speed run on each rank (rank 0 also holds the EMA weights).",
+            total_s=time.time() - t_start)
+        common.write_result(name, payload, out_dir=str(args.work) if args.tiny else None)
         if rc != 0:
             print(f"error: the {processes}-process launch failed (exit {rc}); see its output above", file=sys.stderr)
             return 1

@@ -97,7 +97,7 @@ def main() -> None:
         except UsageError as error:
             raise SystemExit(f"--configs {name}: {error}") from None
     per_class = max(1, args.n // num_classes)
-    json_path = common.claim_result(NAME, args.out)
+    json_path = common.claim_result(NAME, args.out, resume=args.resume)
     out_dir = json_path.parent
     points: list[dict] = []
     if args.resume and json_path.exists():

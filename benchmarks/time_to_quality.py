@@ -178,7 +178,9 @@ def merge(args) -> None:
     if not sides:
         raise SystemExit(f"no time_to_quality_<side>.json in {folder}; pass the --out folder of the sides")
     first = next(iter(sides.values()))
-    results = Path(args.results)
+    # both outputs checked before anything is written; an earlier result is replaced only when told
+    results = common.claim_result("time_to_quality", args.results, device=first.get("device")).parent
+    common.claim_result("quality_vs_diffusers", args.results, device=first.get("device"))
     # the sides' own device, torch and commit win over the merging machine's
     env = {k: first[k] for k in ("device", "torch", "commit", "cuda") if k in first}
     payload = {**env, "task": first["task"], "layout": args.layout, "sides": sides,
@@ -216,11 +218,11 @@ def ours_from_model_check(spec: str, ours: dict) -> dict:
     record = json.loads(Path(path).read_text())
     models = record["models"]
     name = name or next(iter(models))
-    info = {}
-    if name == "fmnist-cfg":  # the shipped model's provenance: its steps and training minutes
-        from guidediff.models import shipped_path
-
-        info = json.loads(shipped_path(name).with_suffix(".json").read_text())
+    # the model's steps and training time as model_check recorded them when it scored it
+    info = record.get("provenance", {}).get(name)
+    if info is None:
+        raise SystemExit(f"{path} records no provenance for {name} (step, training time); re-run "
+                         "benchmarks/model_check.py, which records it")
     return {**ours, "points": models[name], "model": name, "points_source": f"{path} (commit {record.get('commit')})",
             "steps": info.get("step", ours["steps"]),
             "train_minutes": info["training_time_s"] / 60 if "training_time_s" in info else ours["train_minutes"],
@@ -272,7 +274,8 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=7_992_961, help="diffusers: parameter count to match")
     parser.add_argument("--merge", metavar="DIR", help="only join DIR's side files")
     parser.add_argument("--layout", help="with --merge: how the sides ran (recorded as given; say it truthfully)")
-    parser.add_argument("--results", default=str(common.RESULTS), help="where --merge writes")
+    parser.add_argument("--results", default=None,
+                        help="where --merge writes (default $BENCH_OUT, else benchmarks/results)")
     parser.add_argument("--ours-final", metavar="JSON[:MODEL]",
                         help="with --merge: our equal-minutes points from this model_check.py result (the new recipe "
                              "trained for the full minutes) instead of the 'new' side's last snapshot")

@@ -24,6 +24,19 @@ def test_a_result_from_another_device_is_refused_before_the_work(tmp_path, monke
     assert common.claim_result("x", str(tmp_path)) == tmp_path / "x.json"
 
 
+def test_an_earlier_result_is_replaced_only_when_resumed_or_told(tmp_path, monkeypatch):
+    monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
+    device = common.environment()["device"]
+    (tmp_path / "x.json").write_text(json.dumps({"device": device}))  # this machine's own earlier result
+    with pytest.raises(SystemExit, match="already holds a result.*BENCH_OVERWRITE=1"):
+        common.claim_result("x", str(tmp_path))
+    assert common.claim_result("x", str(tmp_path), resume=True) == tmp_path / "x.json"
+    with pytest.raises(SystemExit, match="measured on"):  # resuming does not cross devices
+        common.claim_result("x", str(tmp_path), resume=True, device="NVIDIA H200")
+    monkeypatch.setenv("BENCH_OVERWRITE", "1")
+    assert common.claim_result("x", str(tmp_path)) == tmp_path / "x.json"
+
+
 def test_a_merge_keeps_the_measuring_device(tmp_path, monkeypatch):
     """A payload that says it was measured on the GPU may replace that GPU's result from a CPU."""
     monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
