@@ -267,3 +267,19 @@ def test_profiles_that_would_share_a_snapshot_file_are_refused():
     with pytest.raises(UsageError, match="too close to keep apart"):
         tiny_config("train.posthoc_ema=true", "train.posthoc_sigma_rels=[0.1, 0.10000001]")
     tiny_config("train.posthoc_ema=true", "train.posthoc_sigma_rels=[0.1, 0.101]")
+
+
+def test_representable_sigma_rels_are_reported_as_separate_intervals():
+    """Only the final snapshots of two distant profiles: each represents a narrow interval around
+    itself, and the gap between them is not claimed."""
+    from guidediff.posthoc_snapshots import representable_ranges
+
+    basis = PosthocBasis((2000, 2000), (power_gamma(0.03), power_gamma(0.25)))
+    spans = representable_ranges(basis, 0.05)
+    assert len(spans) == 2
+    (lo1, hi1), (lo2, hi2) = spans
+    assert lo1 <= 0.03 <= hi1 < 0.1 < lo2 <= 0.25 <= hi2
+    for lo, hi in spans:  # every grid point inside fits, the neighbours outside do not
+        assert basis.fit_error(power_gamma(lo)) <= 0.05 and basis.fit_error(power_gamma(hi)) <= 0.05
+        assert lo - 0.0025 < 0.005 or basis.fit_error(power_gamma(lo - 0.0025)) > 0.05
+        assert basis.fit_error(power_gamma(hi + 0.0025)) > 0.05

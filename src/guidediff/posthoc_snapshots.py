@@ -119,12 +119,19 @@ def list_snapshots(run_dir: str | Path) -> list[Snapshot]:
     return sorted(snaps, key=lambda s: (s.step, s.gamma))
 
 
-def representable_range(basis, max_fit_error: float) -> tuple[float, float] | None:
-    """The σ_rel interval (on a grid of 0.0025) around the stored profiles whose weights the
-    snapshots fit to ``max_fit_error``; None if no grid point fits."""
+def representable_ranges(basis, max_fit_error: float) -> list[tuple[float, float]]:
+    """The σ_rel intervals (on a grid of 0.0025) whose weights the snapshots fit to
+    ``max_fit_error``, each a run of neighbouring grid points (snapshots of two distant profiles
+    only can represent two separate intervals); empty if no grid point fits."""
     grid = [0.0025 * k for k in range(2, 112)]  # 0.005 .. 0.2775, inside power_gamma's domain
-    ok = [s for s in grid if basis.fit_error(power_gamma(s)) <= max_fit_error]
-    return (min(ok), max(ok)) if ok else None
+    spans: list[tuple[float, float]] = []
+    previous_fit = False
+    for s in grid:
+        fits = basis.fit_error(power_gamma(s)) <= max_fit_error
+        if fits:
+            spans = spans[:-1] + [(spans[-1][0], s)] if previous_fit else spans + [(s, s)]
+        previous_fit = fits
+    return spans
 
 
 def check_sigma_rel(sigma_rel: float) -> float:
@@ -154,8 +161,8 @@ def posthoc_ema(run_dir: str | Path, sigma_rel: float,
     gamma_r = power_gamma(sigma_rel)
     fit = basis.fit_error(gamma_r)
     if fit > max_fit_error:
-        span = representable_range(basis, max_fit_error)
-        where = (f"they represent sigma_rel {span[0]:.4g} to {span[1]:.4g}" if span
+        spans = representable_ranges(basis, max_fit_error)
+        where = ("they represent sigma_rel " + " and ".join(f"{lo:.4g} to {hi:.4g}" for lo, hi in spans) if spans
                  else "they represent none; keep more snapshots (a smaller train.posthoc_every)")
         raise UsageError(f"sigma_rel {sigma_rel:g} is outside what the {len(snaps)} snapshots in {run_dir} can represent "
                          f"(its weights fit to {fit:.1%}, above {max_fit_error:.0%}); {where}")
