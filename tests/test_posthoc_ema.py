@@ -283,3 +283,30 @@ def test_representable_sigma_rels_are_reported_as_separate_intervals():
         assert basis.fit_error(power_gamma(lo)) <= 0.05 and basis.fit_error(power_gamma(hi)) <= 0.05
         assert lo - 0.0025 < 0.005 or basis.fit_error(power_gamma(lo - 0.0025)) > 0.05
         assert basis.fit_error(power_gamma(hi + 0.0025)) > 0.05
+
+
+@pytest.mark.parametrize("sigma_rel", [0.01, 0.05, 0.07, 0.10, 0.15, 0.25])
+def test_gamma_is_the_root_of_edm2s_cubic(sigma_rel):
+    # σ_rel² = (γ+1)/((γ+2)²(γ+3))  ⇔  γ³ + 7γ² + (16 − σ⁻²)γ + (12 − σ⁻²) = 0 (EDM2, eq. 3), one real root > 0
+    s2 = sigma_rel ** -2
+    roots = np.roots([1.0, 7.0, 16.0 - s2, 12.0 - s2])
+    want = max(r.real for r in roots if abs(r.imag) < 1e-9)
+    assert power_gamma(sigma_rel) == pytest.approx(want, rel=1e-10)
+
+
+def test_fit_error_is_the_residual_of_a_constrained_least_squares_solve():
+    """Against an independent float64 solve: minimise ‖A x − w‖ subject to Σx = 1 through the
+    KKT system, then the relative residual directly."""
+    g1, g2, g_r = power_gamma(0.05), power_gamma(0.10), power_gamma(0.07)
+    steps = list(range(30, 301, 30))
+    ts, gammas = steps + steps, [g1] * len(steps) + [g2] * len(steps)
+    basis = PosthocBasis(tuple(ts), tuple(gammas))
+    T = max(ts)
+    A = np.stack([power_ema_weights(t, g, T) for t, g in zip(ts, gammas)], axis=1)
+    w = power_ema_weights(T, g_r, T)
+    n = A.shape[1]
+    kkt = np.block([[A.T @ A, np.ones((n, 1))], [np.ones((1, n)), np.zeros((1, 1))]])
+    x = np.linalg.lstsq(kkt, np.concatenate([A.T @ w, [1.0]]), rcond=None)[0][:n]
+    want = np.linalg.norm(A @ x - w) / np.linalg.norm(w)
+    assert basis.fit_error(g_r) == pytest.approx(want, rel=1e-6)
+    np.testing.assert_allclose(A @ basis.coefficients(g_r), A @ x, atol=1e-10)
