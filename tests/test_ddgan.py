@@ -372,6 +372,18 @@ def test_config_errors_name_the_fix():
     assert d == json.loads(json.dumps(d)) and DDGANConfig.from_dict(d) == preset("fmnist")
 
 
+def test_saved_config_without_the_newer_discriminator_options_keeps_its_plain_discriminator():
+    # a checkpoint written before minibatch_std / zero_init_residual existed holds a discriminator
+    # without them; today's fmnist preset has both on, which must not leak into the old run
+    saved = preset("fmnist").to_dict()
+    saved["discriminator"] = {"base_channels": 64, "channel_mult": [1, 2, 4], "hidden": 128, "layers": 3, "fourier": 6}
+    old = DDGANConfig.from_dict(saved)
+    assert (old.discriminator.minibatch_std, old.discriminator.zero_init_residual) == (0, False)
+    new = DDGANConfig.from_dict(preset("fmnist").to_dict())
+    assert (new.discriminator.minibatch_std, new.discriminator.zero_init_residual) == (4, True)
+    assert new.discriminator.channel_mult == [2, 4, 8, 8]
+
+
 @pytest.mark.parametrize("name,data", [("fmnist", "fmnist"), ("stacked", "stacked-fmnist"), ("grid25", "grid25")])
 def test_config_files_equal_the_presets(name, data):
     from pathlib import Path
