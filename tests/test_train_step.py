@@ -61,17 +61,17 @@ def test_graph_ready_step_equals_classic_step(tmp_path):
 
 def test_graph_request_on_cpu_falls_back_with_a_note():
     notes = []
-    mode = choose_mode(True, cuda=False, world_size=1, mixed_precision="no", default_loss=True, log=notes.append)
+    mode = choose_mode(True, cuda=False, mixed_precision="no", graph_safe_loss=True, log=notes.append)
     assert mode == "graph-ready" and "needs a GPU" in notes[0]
-    assert choose_mode("auto", cuda=False, world_size=1, mixed_precision="no", default_loss=True) == "classic"
-    assert choose_mode("auto", cuda=True, world_size=1, mixed_precision="bf16", default_loss=False) == "classic"
+    assert choose_mode("auto", cuda=False, mixed_precision="no", graph_safe_loss=True) == "classic"
+    assert choose_mode("auto", cuda=True, mixed_precision="bf16", graph_safe_loss=False) == "classic"
     # several processes are graphed too (their own all-reduce in the graph, no DDP); fp16 is not
-    assert choose_mode("auto", cuda=True, world_size=2, mixed_precision="bf16", default_loss=True) == "graphed"
-    assert choose_mode("eager", cuda=False, world_size=2, mixed_precision="no", default_loss=True) == "graph-ready"
-    assert choose_mode("auto", cuda=True, world_size=2, mixed_precision="fp16", default_loss=True) == "classic"
-    assert choose_mode(True, cuda=True, world_size=1, mixed_precision="fp16", default_loss=True,
+    assert choose_mode("auto", cuda=True, mixed_precision="bf16", graph_safe_loss=True) == "graphed"
+    assert choose_mode("eager", cuda=False, mixed_precision="no", graph_safe_loss=True) == "graph-ready"
+    assert choose_mode("auto", cuda=True, mixed_precision="fp16", graph_safe_loss=True) == "classic"
+    assert choose_mode(True, cuda=True, mixed_precision="fp16", graph_safe_loss=True,
                        log=notes.append) == "classic" and "fp16" in notes[-1]
-    assert choose_mode("auto", cuda=True, world_size=1, mixed_precision="bf16", default_loss=True) == "graphed"
+    assert choose_mode("auto", cuda=True, mixed_precision="bf16", graph_safe_loss=True) == "graphed"
 
 
 def test_device_ema_decay_matches_host_formula():

@@ -85,12 +85,12 @@ def test_vdm_loss_declaration_reaches_the_mode_choice(tmp_path, monkeypatch):
     # the VDM declares itself graph-safe since its capture passed on an H200; a closure that does
     # not declare it keeps the classic step under "auto"
     assert not train_step.graph_safe(lambda *a: None) and model.GRAPH_SAFE
-    assert train_step.choose_mode("auto", cuda=True, world_size=1, mixed_precision="bf16", default_loss=True) == "graphed"
-    assert train_step.choose_mode("auto", cuda=True, world_size=1, mixed_precision="bf16", default_loss=False) == "classic"
-    assert train_step.choose_mode(True, cuda=True, world_size=1, mixed_precision="bf16", default_loss=False) == "graphed"
+    assert train_step.choose_mode("auto", cuda=True, mixed_precision="bf16", graph_safe_loss=True) == "graphed"
+    assert train_step.choose_mode("auto", cuda=True, mixed_precision="bf16", graph_safe_loss=False) == "classic"
+    assert train_step.choose_mode(True, cuda=True, mixed_precision="bf16", graph_safe_loss=False) == "graphed"
     seen = []
     choose = train_step.choose_mode
-    monkeypatch.setattr(train_step, "choose_mode", lambda *a, **k: seen.append(k["default_loss"]) or choose(*a, **k))
+    monkeypatch.setattr(train_step, "choose_mode", lambda *a, **k: seen.append(k["graph_safe_loss"]) or choose(*a, **k))
     for declared in (False, True):
         monkeypatch.setattr(model, "GRAPH_SAFE", declared)
         _run(tmp_path / str(declared), _learned(), "train.steps=1")

@@ -362,8 +362,8 @@ class _Run:
 
             net = UNet(config.model)
         mp = self.accelerator.mixed_precision
-        self.mode = choose_mode(tc.cuda_graph, cuda=self.cuda, world_size=self.world, mixed_precision=mp,
-                                default_loss=loss_fn is None or graph_safe(loss_fn), log=self.say)
+        self.mode = choose_mode(tc.cuda_graph, cuda=self.cuda, mixed_precision=mp,
+                                graph_safe_loss=loss_fn is None or graph_safe(loss_fn), log=self.say)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
         self.loss_fn = loss_fn or cfg_loss(config)
         self.sample_fn = sample_fn or cfg_sample_fn(config)

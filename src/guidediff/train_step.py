@@ -306,16 +306,15 @@ def graph_safe(loss_fn) -> bool:
     return getattr(loss_fn, "graph_safe", False) is True
 
 
-def choose_mode(setting: bool | str, *, cuda: bool, world_size: int, mixed_precision: str, default_loss: bool,
-                log=say) -> str:
-    """train.cuda_graph → a mode. "auto" graphs CUDA processes with the default loss or a closure
-    declared graph-safe (``default_loss`` true; any other closure might read values on the host),
-    one or several (then the gradient all-reduce is in the graph, not DDP); true asks for it; "eager" is the graph-ready step uncaptured; false the
-    classic step (Accelerate, DDP for several processes). What cannot be graphed falls back with
-    a note. ``world_size`` does not matter any more; it stays for callers that pass it."""
+def choose_mode(setting: bool | str, *, cuda: bool, mixed_precision: str, graph_safe_loss: bool, log=say) -> str:
+    """train.cuda_graph → a mode. "auto" graphs CUDA processes whose loss is graph-safe
+    (``graph_safe_loss``: the default loss, or a closure declared graph-safe; any other closure might
+    read values on the host), one process or several (then the gradient all-reduce is in the graph,
+    not DDP); true asks for it; "eager" is the graph-ready step uncaptured; false the classic step
+    (Accelerate, DDP for several processes). What cannot be graphed falls back with a note."""
     if setting is False:
         return "classic"
-    if setting == "auto" and not (cuda and default_loss):
+    if setting == "auto" and not (cuda and graph_safe_loss):
         return "classic"
     if mixed_precision == "fp16":
         if setting is True or setting == "eager":

@@ -38,7 +38,7 @@ def choose_step_mode(config: DDGANConfig, cuda: bool, log=say) -> str:
     train.finite_check = "step" asks for a host read of every loss (which a graph cannot do)."""
     t = config.train
     setting = False if t.cuda_graph == "auto" and t.finite_check == "step" else t.cuda_graph
-    return choose_mode(setting, cuda=cuda, world_size=1, mixed_precision=t.mixed_precision, default_loss=True,
+    return choose_mode(setting, cuda=cuda, mixed_precision=t.mixed_precision, graph_safe_loss=True,
                        log=log)
 
 
