@@ -543,3 +543,17 @@ def test_discriminator_by_level_scores_each_level():
     constant = discriminator_by_level(white, lambda *a: torch.full((64,), 5.0), x0, None, lams, 2,
                                       torch.Generator().manual_seed(0))
     assert all(r["accuracy"] == 0.5 and r["d_real"] == r["d_fake"] == 5.0 for r in constant)
+
+
+@pytest.mark.parametrize("cuda_graph", ["false", '"eager"'])
+def test_logged_window_is_the_mean_of_its_steps(tmp_path, cuda_graph):
+    """A record of log_every = 3 holds the mean of the three per-step records (the same draws), in the
+    classic step and in the graph-ready one, which add up their statistics the same way."""
+    small = {"generator.hidden": 16, "discriminator.hidden": 16, "train.cuda_graph": cuda_graph}
+    logs = {}
+    for every in (1, 3):
+        ddgan_train.train(_toy_config(3, **small, **{"train.log_every": every}), tmp_path / str(every), progress=False)
+        logs[every] = [json.loads(line) for line in (tmp_path / str(every) / ddgan_train.LOG_FILE).read_text().splitlines()]
+    assert len(logs[1]) == 3 and len(logs[3]) == 1
+    for key in ("loss_d", "loss_g", "r1", "r2", "d_real", "d_fake"):
+        assert logs[3][0][key] == pytest.approx(sum(r[key] for r in logs[1]) / 3, rel=1e-6, abs=1e-9)

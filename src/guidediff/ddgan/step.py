@@ -65,12 +65,11 @@ class DDGANStep:
         self.hflip = config.data.hflip and not config.is_toy
         self.first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self.window_steps = 0
-        self._window: dict[str, torch.Tensor] = {}
+        self.sums = torch.zeros(len(STATS), device=self.device)  # the window's statistics, added up on the device
         if mode != "classic":
             self.gen = torch.Generator(device=self.device)
             self._seed = derive_seed(config.train.seed, "ddgan-step")
             self.device_ema = DeviceEMA(ema, nets.G)
-            self.sums = torch.zeros(len(STATS), device=self.device)
             self.step_now = torch.zeros((), dtype=torch.long, device=self.device)
             self._graphs: dict[bool, torch.cuda.CUDAGraph | None] = {}
             self._eager_runs = {False: 0, True: 0}
@@ -87,8 +86,7 @@ class DDGANStep:
             self.first_bad = torch.where((self.first_bad < 0) & ~finite, torch.full_like(self.first_bad, step),
                                          self.first_bad)
         self.ema.update(self.nets.G)
-        for k, v in stats.items():
-            self._window[k] = self._window[k] + v if k in self._window else v  # device tensors: no sync per step
+        self._add_up(stats)
 
     # -- the graph-ready step: nothing inside reads a device value on the host -------------------
     def _body(self, r1_step: bool) -> None:
@@ -99,6 +97,9 @@ class DDGANStep:
         finite = stats.pop("finite")
         self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self.step_now, self.first_bad))
         self.device_ema.update()
+        self._add_up(stats)
+
+    def _add_up(self, stats: dict[str, torch.Tensor]) -> None:
         self.sums += torch.stack([stats[k].float() for k in STATS])
 
     def _clear_grads(self) -> None:
@@ -150,11 +151,7 @@ class DDGANStep:
     def take_window(self) -> dict[str, float]:
         """Mean statistics of the steps since the last call (one host read), and a fresh window."""
         n = max(self.window_steps, 1)
-        if self.mode == "classic":
-            out = {k: float(v) / n for k, v in self._window.items()}
-            self._window = {}
-        else:
-            out = {k: v / n for k, v in zip(STATS, self.sums.tolist())}
-            self.sums.zero_()
+        out = {k: v / n for k, v in zip(STATS, self.sums.tolist())}
+        self.sums.zero_()
         self.window_steps = 0
         return out
