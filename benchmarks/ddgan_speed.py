@@ -44,10 +44,10 @@ from guidediff.ddgan.train import TrainingData, build_training  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 # name: overrides of configs/ddgan_fmnist.toml
 VARIANTS = {
-    "classic": ["train.cuda_graph=false"],
-    "classic_compiled": ["train.cuda_graph=false", "train.compile=true"],
+    "classic": ["train.cuda_graph=false", "train.r1_every=1"],
+    "classic_compiled": ["train.cuda_graph=false", "train.compile=true", "train.r1_every=1"],
     "classic_r1every4": ["train.cuda_graph=false", "train.r1_every=4"],
-    "graphed": ["train.cuda_graph=true"],
+    "graphed": ["train.cuda_graph=true", "train.r1_every=1"],
     "graphed_r1every4": ["train.cuda_graph=true", "train.r1_every=4"],
 }
 TINY_NETS = ["generator.base_channels=16", "generator.channel_mult=[1, 2]", "generator.num_res_blocks=1",
@@ -163,7 +163,9 @@ def main() -> None:
     note = (("the GPU to itself during the run" if sharing_before.get("alone") and sharing["after"].get("alone")
              else "the GPU was SHARED (other processes or memory seen before or after): speeds may be low")
             if cuda else "CPU smoke run (tiny nets): the numbers say nothing about GPU speed")
+    networks = load_config(None, ROOT / "configs" / "ddgan_fmnist.toml", base).to_dict()
     payload = {"benchmark": "ddgan_speed", "tiny": args.tiny, "config": "configs/ddgan_fmnist.toml",
+               "networks": {k: networks[k] for k in ("generator", "discriminator")},
                "batch": batch, "T": 4, "data": "random uint8 images of Fashion-MNIST's shape (speed does not "
                "depend on the pixels)", "windows": windows, "rows": rows, "ratios": ratios,
                "gpu_sharing": sharing, "note": note}
