@@ -5,7 +5,8 @@ with the shipped reference model; the table gives the median seconds per image o
 the network evaluations per image (NFE: a guided step of CFG costs 2, the guidance interval's
 unguided steps 1, autoguidance's guide forward counts as one) and, for classifier guidance, the
 classifier gradients per image. Ratios are against unguided sampling (w = 0) of the same run.
-Writes benchmarks/results/guidance_cost.json (or $BENCH_OUT).
+Writes benchmarks/results/guidance_cost.json (or $BENCH_OUT); an earlier result there is refused
+before any work unless BENCH_OVERWRITE=1.
 
     python benchmarks/guidance_cost.py --noisy-classifier NC --guide-model GUIDE [--n 500] [--repeats 3]
 """
@@ -54,6 +55,7 @@ def main() -> None:
     p.add_argument("--scale-uncond", type=float, default=3.0)
     p.add_argument("--scale-cond", type=float, default=1.0)
     args = p.parse_args()
+    common.claim_result("guidance_cost")  # before any model loads: an earlier result is replaced only when told
     from guidediff.classifier_guidance import load_noisy_classifier
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

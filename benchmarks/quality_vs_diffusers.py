@@ -8,11 +8,13 @@ Writes benchmarks/results/quality_vs_diffusers.json (or $BENCH_OUT).
 The two sides can run as two processes (``--side ours`` / ``--side diffusers``, each writing
 quality_vs_diffusers_<side>.json) and be joined with ``--merge OURS.json DIFFUSERS.json --layout
 "..."``; the layout (e.g. each side alone on its own GPU) is recorded as given, so say it truthfully.
+An output that already holds an earlier result is refused before any work unless BENCH_OVERWRITE=1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -147,8 +149,6 @@ def compare(result: dict) -> dict:
 
 
 def merge(paths: list[str], layout: str) -> dict:
-    import json
-
     parts = [json.loads(Path(p).read_text()) for p in paths]
     sides = {side: part[side] for part in parts for side in ("ours", "diffusers") if side in part}
     if set(sides) != {"ours", "diffusers"}:
@@ -177,10 +177,15 @@ def main() -> None:
     if args.merge:
         if not args.layout:
             parser.error("--merge needs --layout: how the two sides shared (or did not share) the GPUs")
+        # before anything is written, checked against the device the sides were measured on
+        first = json.loads(Path(args.merge[0]).read_text())
+        common.claim_result("quality_vs_diffusers", device=first.get("device"))
         result = merge(args.merge, args.layout)
         # the sides' own device, torch and commit (first file) win over this machine's
         common.write_result("quality_vs_diffusers", result)
         return
+    # before any training: an earlier result of this output is replaced only when told
+    common.claim_result("quality_vs_diffusers" if args.side == "both" else f"quality_vs_diffusers_{args.side}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ws = [float(v) for v in args.w.split(",")]
     per_class = max(args.n // 10, 1)

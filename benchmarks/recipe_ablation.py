@@ -10,6 +10,9 @@ DIR/<variant>_s<seed>.json after training and again after every w:
         --sharing "8 variants as 8 concurrent processes on one H200" & done; wait
     PYTHONPATH=src python3 benchmarks/recipe_ablation.py --merge $OUT/abl   # -> results/recipe_ablation.{json,md}
 
+The merge writes into --results (default $BENCH_OUT, else benchmarks/results); an earlier
+recipe_ablation.json there is refused before the merge unless BENCH_OVERWRITE=1.
+
 ``--list`` prints the variants. The step count is fixed, not the time: concurrent processes slow
 each other down, but every variant still sees the same number of images (batch256 sees twice as
 many; the table says so).
@@ -100,10 +103,13 @@ def run_variant(args) -> None:
     print(f"wrote {path}", flush=True)
 
 
-def merge(directory: Path, results: Path) -> dict:
+def merge(directory: Path, results: str | None = None) -> dict:
     records = [json.loads(p.read_text()) for p in sorted(directory.glob("*_s*.json"))]
     if not records:
         raise SystemExit(f"no <variant>_s<seed>.json files in {directory}; pass the --out folder of the runs")
+    # before anything is written, checked against the device the variants were measured on: the
+    # merge rebuilds the whole file, so an earlier result is replaced only when told
+    results = common.claim_result("recipe_ablation", results, device=records[0].get("device")).parent
     base = {r["seed"]: r for r in records if r["variant"] == "baseline"}
     rows = []
     for r in sorted(records, key=lambda r: (list(VARIANTS).index(r["variant"]) if r["variant"] in VARIANTS else 99,
@@ -120,7 +126,6 @@ def merge(directory: Path, results: Path) -> dict:
                "note": "every variant trained for the same number of steps (not minutes); the variants shared the "
                        "GPU as described in gpu_sharing, so their wall times are not comparable",
                "variants": rows}
-    results.mkdir(parents=True, exist_ok=True)
     fmnist_eval.write_json(results / "recipe_ablation.json", payload)
     (results / "recipe_ablation.md").write_text(markdown(payload))
     print(markdown(payload))
@@ -160,7 +165,8 @@ def main() -> None:
     parser.add_argument("--sharing", default="one process alone on the GPU",
                         help="how the GPU was shared, recorded in the JSON (say it truthfully)")
     parser.add_argument("--merge", metavar="DIR", help="only join DIR's JSON files into results/recipe_ablation.*")
-    parser.add_argument("--results", default=str(common.RESULTS), help="where --merge writes")
+    parser.add_argument("--results", default=None,
+                        help="where --merge writes (default $BENCH_OUT, else benchmarks/results)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     args = parser.parse_args()
     if args.list:
@@ -168,7 +174,7 @@ def main() -> None:
             print(f"{name:18s} {what}  [{base} {' '.join(overrides)}]")
         return
     if args.merge:
-        merge(Path(args.merge), Path(args.results))
+        merge(Path(args.merge), args.results)
         return
     if args.variant is None:
         parser.error("pass --variant NAME (see --list), or --merge DIR")

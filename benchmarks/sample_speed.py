@@ -6,7 +6,8 @@ batch 2048 (``by_batch``). Ours also as one CUDA graph per trajectory (cuda_grap
 ``generate(cuda_graph=True)`` runs), eager or over a compiled network. MFU: counted forward FLOPs
 per row × network rows per image × images/s against 989 TFLOP/s (H200 dense bf16). The best
 variant of each side is profiled (torch.profiler). Writes benchmarks/results/sample_speed.json (or
-$BENCH_OUT/sample_speed.json). About 2 minutes on one H200.
+$BENCH_OUT/sample_speed.json); an earlier result there is refused before any work unless
+BENCH_OVERWRITE=1. About 2 minutes on one H200.
 
     python benchmarks/sample_speed.py [--batch 256 2048] [--steps 50] [--repeats 3]
     python benchmarks/sample_speed.py --batch 4 --steps 2 --repeats 1 --skip-diffusers   # CPU smoke run
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-diffusers", action="store_true")
     args = parser.parse_args()
+    common.claim_result("sample_speed")  # before any work: an earlier result is replaced only when told
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True

@@ -14,7 +14,8 @@ p(x|c), not p̃_w, so its column to p(x|c) is the relevant one.
     python benchmarks/toy_guidance_variants.py            # ~1-2 min on 2 CPU cores
     python benchmarks/toy_guidance_variants.py --n 500    # smoke test
 
-Writes benchmarks/results/toy_guidance_variants.json (or $BENCH_OUT/...) via common.write_result.
+Writes benchmarks/results/toy_guidance_variants.json (or $BENCH_OUT/...) via common.write_result; an
+earlier result there is refused before any work unless BENCH_OVERWRITE=1.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import claim_result, write_result  # noqa: E402
 
 from guidediff import guidance, samplers, schedules  # noqa: E402
 from guidediff.data.toy2d import gmm3  # noqa: E402
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guide-blur", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    claim_result("toy_guidance_variants")  # before any work: an earlier result is replaced only when told
 
     mix = gmm3()
     guide = blurred(mix, args.guide_blur)

@@ -9,7 +9,8 @@ GPU) are the images/s of that recipe without and with the CUDA-graphed step. dif
 recipe (DDPMScheduler.add_noise, integer timesteps), in fp32 and bf16 autocast. MFU counts each
 side's model FLOPs per image (forward + backward, FlopCounterMode) against 989 TFLOP/s (H200 dense
 bf16). The best variant of each side is profiled (torch.profiler). Writes
-benchmarks/results/train_speed.json (or $BENCH_OUT). About 2 minutes on one H200.
+benchmarks/results/train_speed.json (or $BENCH_OUT); an earlier result there is refused before any
+work unless BENCH_OVERWRITE=1. About 2 minutes on one H200.
 
     python benchmarks/train_speed.py [--batch 128] [--steps 30]
     python benchmarks/train_speed.py --batch 8 --steps 2 --skip-diffusers   # CPU smoke run
@@ -184,6 +185,7 @@ def main() -> None:
                         help="also the max-autotune-no-cudagraphs compiled graphed step (minutes of autotuning)")
     parser.add_argument("--skip", default="", help="comma list of variants to leave out (e.g. ours_bf16_reduce_overhead)")
     args = parser.parse_args()
+    common.claim_result("train_speed")  # before any work: an earlier result is replaced only when told
     SKIP.update(filter(None, args.skip.split(",")))
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -5,7 +5,8 @@ the project's training loop (guidediff.vdm.training.train_vdm, as `guidediff tra
 weights are evaluated on the test set: bits/dim with a 95% interval and the three terms, for
 log p(x|c) with the true labels and for the unconditional log p(x) (null token). Writes
 benchmarks/results/vdm_ablation.json (or $BENCH_OUT/vdm_ablation.json) after every variant, so a
-run cut short still leaves the finished ones, plus a bar chart and sample grids beside it.
+run cut short still leaves the finished ones, plus a bar chart and sample grids beside it. An
+earlier vdm_ablation.json there is refused before any work unless BENCH_OVERWRITE=1.
 
 Variants (the [vdm] table of --config, overridden):
   fixed            the CFG paper's schedule shape λ(u) = −2 log tan(a·u + b), on the learned
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shlex
 import sys
 import time
@@ -139,6 +139,9 @@ def sample_grid(path: Path, model, steps: int, seed: int) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # before any work; every run starts a new file (rewritten after each of its variants), so an
+    # earlier result is replaced only when told
+    out_dir = common.claim_result("vdm_ablation").parent
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     overrides = list(args.set)
     if args.device:
@@ -152,7 +155,6 @@ def main(argv=None) -> int:
     config.train.checkpoint_every = max(config.train.checkpoint_every, 10**9)  # only the final checkpoint
     time_limit = args.minutes * 60 if args.minutes else None
     runs = Path(args.runs or ROOT / "runs" / "vdm_ablation")
-    out_dir = Path(os.environ.get("BENCH_OUT") or common.RESULTS)
 
     t_start = time.time()
     d = config.data
@@ -221,7 +223,7 @@ def main(argv=None) -> int:
               f"diffusion {bpd.terms['diffusion']['bpd']:.4f}; λ ∈ [{entry['lam_min']:.2f}, {entry['lam_max']:.2f}]; "
               f"{result.step} steps in {train_s / 60:.2f} min, eval {entry['eval_seconds']:.0f} s)", flush=True)
         payload["total_minutes"] = (time.time() - t_start) / 60
-        common.write_result("vdm_ablation", payload)
+        common.write_result("vdm_ablation", payload, str(out_dir))
         save_figure(out_dir / "vdm_ablation.png", payload["variants"])
         del model
         if cuda:

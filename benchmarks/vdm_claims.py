@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -212,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.n, args.n_var, args.k, args.pilot, args.bins, args.Ts = 8, 4, 3, 2, 4, [2, 10]
 
-    out = Path(args.out or os.environ.get("BENCH_OUT") or common.RESULTS)
-    target = out / "vdm_claims.json"
+    # vdm_claims.json collects one key per model and part over several calls, so an earlier file is
+    # continued (resume); checked before any work, like every benchmark's output: the folder writable,
+    # no result of another device in the way (write_result would refuse it only after the work)
+    target = common.claim_result("vdm_claims", args.out, resume=True)
+    out = target.parent
     results = json.loads(target.read_text()) if target.is_file() else {}
     for key in ("device", "torch", "commit", "cuda"):
         results.pop(key, None)

@@ -1,0 +1,161 @@
+"""Each benchmark claims its result file before its work (benchmarks/common.py's claim_result): an
+earlier result there stops the run at once with a one-line error, unless the benchmark continues its
+own file (vdm_claims) or BENCH_OVERWRITE=1. The work itself is replaced by a function that fails the
+test, so a check that came only at the final write would be caught."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+_loaded: dict = {}
+
+
+def bench(name: str):
+    """benchmarks/<name>.py as a module (it puts benchmarks/ on sys.path for its own `import common`)."""
+    if name not in _loaded:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _loaded[name] = module
+    return _loaded[name]
+
+
+def work_ran(*args, **kwargs):
+    raise AssertionError("work ran")
+
+
+def this_device() -> str:
+    return bench("common").environment()["device"]
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    """BENCH_OUT, no BENCH_OVERWRITE."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    monkeypatch.setenv("BENCH_OUT", str(folder))
+    monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
+    return folder
+
+
+def earlier(folder: Path, name: str, device: str | None = None) -> Path:
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"device": device or this_device(), "earlier": True}))
+    return path
+
+
+def refused(run, path: Path) -> None:
+    before = path.read_text()
+    with pytest.raises(SystemExit, match="already holds a result.*BENCH_OVERWRITE=1") as exc:
+        run()
+    assert "\n" not in str(exc.value)
+    assert path.read_text() == before
+
+
+def test_guidance_cost_refuses_an_earlier_result_before_loading_models(out, monkeypatch):
+    mod = bench("guidance_cost")
+    path = earlier(out, "guidance_cost")
+    monkeypatch.setattr(mod, "load_model", work_ran)
+    monkeypatch.setattr(sys, "argv", ["guidance_cost.py", "--noisy-classifier", "NC", "--guide-model", "GUIDE"])
+    refused(mod.main, path)
+
+
+def test_sample_speed_refuses_an_earlier_result_before_sampling(out, monkeypatch):
+    mod = bench("sample_speed")
+    path = earlier(out, "sample_speed")
+    monkeypatch.setattr(mod, "at_batch", work_ran)
+    monkeypatch.setattr(sys, "argv", ["sample_speed.py", "--batch", "4", "--steps", "2", "--repeats", "1",
+                                      "--skip-diffusers"])
+    refused(mod.main, path)
+
+
+def test_train_speed_refuses_an_earlier_result_before_training(out, monkeypatch):
+    mod = bench("train_speed")
+    path = earlier(out, "train_speed")
+    monkeypatch.setattr(mod, "_attempt", work_ran)
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--batch", "8", "--steps", "2", "--skip-diffusers"])
+    refused(mod.main, path)
+
+
+def test_toy_guidance_variants_refuses_an_earlier_result_before_sampling(out, monkeypatch):
+    mod = bench("toy_guidance_variants")
+    path = earlier(out, "toy_guidance_variants")
+    monkeypatch.setattr(mod, "gmm3", work_ran)
+    refused(lambda: mod.main(["--n", "10"]), path)
+
+
+def test_vdm_ablation_refuses_an_earlier_result_before_training(out, monkeypatch):
+    mod = bench("vdm_ablation")
+    path = earlier(out, "vdm_ablation")
+    monkeypatch.setattr(mod, "load_vdm_run_config", work_ran)
+    monkeypatch.setattr(mod, "load_dataset", work_ran)
+    refused(lambda: mod.main(["--steps", "1"]), path)
+
+
+@pytest.mark.parametrize("side", ["both", "ours", "diffusers"])
+def test_quality_vs_diffusers_refuses_an_earlier_result_of_its_output(out, monkeypatch, side):
+    mod = bench("quality_vs_diffusers")
+    path = earlier(out, "quality_vs_diffusers" if side == "both" else f"quality_vs_diffusers_{side}")
+    monkeypatch.setattr(mod, "ours", work_ran)
+    monkeypatch.setattr(mod, "diffusers_side", work_ran)
+    monkeypatch.setattr(sys, "argv", ["quality_vs_diffusers.py", "--side", side, "--minutes", "0.01"])
+    refused(mod.main, path)
+
+
+def test_quality_vs_diffusers_merge_refuses_an_earlier_result_of_the_sides_device(out, tmp_path, monkeypatch):
+    """The merge is checked against the device the sides were measured on (a GPU's, merged on any
+    machine): the same device's earlier result is refused as an earlier result, not as another device's."""
+    mod = bench("quality_vs_diffusers")
+    gpu = "NVIDIA Z9000 (the sides' GPU)"
+    path = earlier(out, "quality_vs_diffusers", device=gpu)
+    sides = []
+    for side in ("ours", "diffusers"):
+        sides.append(tmp_path / f"quality_vs_diffusers_{side}.json")
+        sides[-1].write_text(json.dumps({"device": gpu, "task": {"minutes": 1}, side: {"points": []}}))
+    monkeypatch.setattr(mod, "merge", work_ran)
+    monkeypatch.setattr(sys, "argv", ["quality_vs_diffusers.py", "--merge", *map(str, sides), "--layout", "test"])
+    refused(mod.main, path)
+
+
+def test_recipe_ablation_merge_refuses_an_earlier_result_of_the_variants_device(out, tmp_path, monkeypatch):
+    mod = bench("recipe_ablation")
+    gpu = "NVIDIA Z9000 (the variants' GPU)"
+    path = earlier(out, "recipe_ablation", device=gpu)
+    runs = tmp_path / "abl"
+    runs.mkdir()
+    (runs / "baseline_s0.json").write_text(json.dumps({
+        "device": gpu, "torch": "2", "commit": "abc", "variant": "baseline", "seed": 0, "points": [],
+        "task": {"n_per_w": 10, "ddim_steps": 2, "w": [0.0]}}))
+    monkeypatch.setattr(mod.fmnist_eval, "write_json", work_ran)
+    monkeypatch.setattr(mod, "markdown", work_ran)
+    monkeypatch.setattr(sys, "argv", ["recipe_ablation.py", "--merge", str(runs)])
+    refused(mod.main, path)
+    assert not (out / "recipe_ablation.md").exists()
+
+
+def test_vdm_claims_refuses_another_devices_result_before_loading_the_model(out, monkeypatch):
+    """vdm_claims continues its own file (one key per model and part), so an earlier result of this
+    device is no obstacle; one of another device, or an unusable folder, stops it before the model loads."""
+    mod = bench("vdm_claims")
+    path = earlier(out, "vdm_claims", device="NVIDIA Z9000 (another machine)")
+    monkeypatch.setattr(mod, "load_vdm", work_ran)
+    with pytest.raises(SystemExit, match="measured on NVIDIA Z9000.*BENCH_OVERWRITE=1"):
+        mod.main(["--tiny"])
+    assert json.loads(path.read_text())["earlier"]
+    (out / "file").write_text("")
+    with pytest.raises(SystemExit, match="cannot create the results folder"):
+        mod.main(["--tiny", "--out", str(out / "file" / "sub")])
+
+
+def test_vdm_claims_continues_its_own_earlier_result(out, monkeypatch):
+    mod = bench("vdm_claims")
+    earlier(out, "vdm_claims")
+    monkeypatch.setattr(mod, "load_vdm", work_ran)
+    with pytest.raises(AssertionError, match="work ran"):  # past the claim: resumed, not refused
+        mod.main(["--tiny"])
