@@ -12,7 +12,8 @@ rescale, APG, autoguidance):
 
 Writes <out>/<name>.png (FID-FMNIST against IS-FMNIST and against CAS, one curve per method, each
 point labelled by its knob value, the real-data floor dashed), <out>/<name>.json and <out>/<name>.md
-(the table, also printed).
+(the table, also printed). Outputs already there are refused before any work unless
+BENCH_OVERWRITE=1.
 
 With ``--baseline LABEL`` two goal checks are added (the variants issue's):
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -275,11 +277,15 @@ def plot(result: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
+    out = Path(out_dir)
+    return {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
+
+
 def write_outputs(result: dict, out_dir: str | Path, name: str) -> dict[str, Path]:
     """Write <name>.json, <name>.md and <name>.png into out_dir; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
+    paths = output_paths(out_dir, name)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")
     paths["md"].write_text(markdown_table(result))
     plot(result, paths["png"])
@@ -301,6 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
         label, path = parse_sweep_arg(text)
         require(label not in sweeps, f"the label {label!r} is given twice; give each --sweep its own label")
         sweeps[label] = (path, load_sweep(path))
+    existing = [p.name for p in output_paths(args.out, args.name).values() if p.exists()]
+    require(not existing or os.environ.get("BENCH_OVERWRITE") == "1",
+            f"{args.out} already holds {', '.join(existing)}; choose another --out or --name, or set BENCH_OVERWRITE=1 "
+            "to replace them")
     result = combine(sweeps, args.baseline)
     paths = write_outputs(result, args.out, args.name)
     print(paths["md"].read_text(), end="")

@@ -127,6 +127,21 @@ def test_main_writes_png_json_md(tmp_path, capsys):
     assert "| method | knob | FID |" in capsys.readouterr().out
 
 
+def test_earlier_outputs_are_refused_unless_told(tmp_path, monkeypatch):
+    (tmp_path / "cfg.json").write_text(json.dumps(CFG))
+    args = ["--name", "cmp", "--out", str(tmp_path / "out"), "--sweep", f"CFG={tmp_path / 'cfg.json'}"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cmp.md").write_text("someone else's table")
+    monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
+    with pytest.raises(UsageError, match="already holds cmp.md.*BENCH_OVERWRITE=1"):
+        cs.main(args)
+    assert (tmp_path / "out" / "cmp.md").read_text() == "someone else's table"
+    assert not (tmp_path / "out" / "cmp.json").exists()
+    monkeypatch.setenv("BENCH_OVERWRITE", "1")
+    cs.main(args)
+    assert "| method | knob | FID |" in (tmp_path / "out" / "cmp.md").read_text()
+
+
 def test_sweep_argument_without_equals_is_a_usage_error():
     with pytest.raises(UsageError, match="LABEL=PATH"):
         cs.main(["--name", "x", "--sweep", "CFG benchmarks/results/sweep_fmnist_cfg.json"])
