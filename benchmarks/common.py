@@ -30,6 +30,18 @@ def environment() -> dict:
     return info
 
 
+def device_name(device: str | torch.device | None = None) -> str:
+    """What a result records as its device: "cpu", or the GPU's name for a CUDA device; None or
+    "auto" is this machine's default (the GPU when there is one). A run with --device cpu on a GPU
+    machine is a CPU measurement and must say so."""
+    if device is None or str(device) == "auto":
+        return environment()["device"]
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return torch.cuda.get_device_name(device.index or 0) if torch.cuda.is_available() else "cuda (unavailable)"
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

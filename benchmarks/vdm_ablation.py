@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # before any work; every run starts a new file (rewritten after each of its variants), so an
     # earlier result is replaced only when told
-    out_dir = common.claim_result("vdm_ablation").parent
+    out_dir = common.claim_result("vdm_ablation", device=common.device_name(args.device)).parent
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     overrides = list(args.set)
     if args.device:
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         "eval_n": n_eval, "seed": config.train.seed, "fixed_range": args.fixed_range,
         "bound": "continuous time" if base_vdm.timesteps == 0 else f"T = {base_vdm.timesteps}",
     }
-    payload = {"settings": settings, "variants": [], "command": shlex.join(["python", *sys.argv])}
+    payload = {"device": common.device_name(device), "settings": settings, "variants": [], "command": shlex.join(["python", *sys.argv])}
     print(f"VDM ablation on {device}: {', '.join(names)}; "
           f"{'%.2f min' % args.minutes if args.minutes else '%d steps' % config.train.steps} per variant", flush=True)
 

@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     # vdm_claims.json collects one key per model and part over several calls, so an earlier file is
     # continued (resume); checked before any work, like every benchmark's output: the folder writable,
     # no result of another device in the way (write_result would refuse it only after the work)
-    target = common.claim_result("vdm_claims", args.out, resume=True)
+    device = common.device_name(args.device)
+    target = common.claim_result("vdm_claims", args.out, resume=True, device=device)
     out = target.parent
     results = json.loads(target.read_text()) if target.is_file() else {}
     for key in ("device", "torch", "commit", "cuda"):
@@ -226,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(part: str, value: dict) -> None:
         env = common.environment()
-        entry[part] = {**value, "device": env["device"], "torch": env["torch"], "commit": env["commit"],
+        entry[part] = {**value, "device": device, "torch": env["torch"], "commit": env["commit"],
                        "threads": torch.get_num_threads(), "note": args.note}
-        common.write_result("vdm_claims", {**results, "wall_seconds": round(time.perf_counter() - start, 1)}, str(out))
+        common.write_result("vdm_claims", {**results, "device": device,
+                                           "wall_seconds": round(time.perf_counter() - start, 1)}, str(out))
 
     # the pilot: m(λ) = E[(½‖ε − ε̂‖²)²] per λ bin on training images (never the evaluated test images)
     t0 = time.perf_counter()

@@ -76,3 +76,14 @@ def test_sampler_configs_parse_to_one_canonical_name(text, parsed):
 def test_a_bad_sampler_config_is_refused_in_one_line(text):
     with pytest.raises(SystemExit, match="bad sampler config"):
         common.parse_sampler_config(text)
+
+
+def test_device_name_says_cpu_for_a_cpu_run_on_a_gpu_machine(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: f"GPU{index}")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert common.device_name("cpu") == "cpu"
+    assert common.device_name(None) == common.device_name("auto") == "GPU0"
+    assert common.device_name("cuda") == "GPU0" and common.device_name("cuda:1") == "GPU1"
