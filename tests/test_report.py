@@ -71,3 +71,41 @@ def test_report_rejects_missing_dir(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+def test_ddgan_run_report_shows_the_game_and_the_discriminator_by_level(tmp_path):
+    run = tmp_path / "grid"
+    assert main(["train-ddgan", "--data", "grid25", "--T", "2", "--steps", "30", "--out", str(run), "--device", "cpu",
+                 "--no-progress", "--samples", "8", "--set", "generator.hidden=16", "--set", "discriminator.hidden=16",
+                 "--set", "train.log_every=10"]) == 0
+    page = write_report(run).read_text()
+    assert 'alt="ddgan_training.png"' in page and 'alt="samples.png"' in page
+    section = page[page.index("Discriminator by level"):page.index("<h2>Config")]
+    cells = [row.split("</td><td>") for row in section.split("<tr><td>")[1:]]
+    assert [int(c[0]) for c in cells] == [1, 2]  # one row per level t
+    assert all(0.0 <= float(c[4].split("<")[0]) <= 1.0 for c in cells)  # accuracy
+
+
+def test_ddgan_report_without_the_runs_data_says_so_and_takes_a_data_dir(tmp_path):
+    import torch
+
+    from guidediff.ddgan import train as ddgan_train
+    from guidediff.ddgan.config import load_config
+
+    tiny = ["generator.base_channels=16", "generator.channel_mult=[1, 2]", "generator.num_res_blocks=1",
+            "generator.attention_resolutions=[]", "generator.nz=8", "discriminator.base_channels=8",
+            "discriminator.channel_mult=[1, 2]"]
+    config = load_config("fmnist", None, tiny + ["diffusion.T=2", "train.steps=2", "train.batch_size=4",
+                                                 'train.device="cpu"', f'data.data_dir="{tmp_path / "gone"}"'])
+    g = torch.Generator().manual_seed(0)
+    data = ddgan_train.TrainingData(torch.randint(0, 256, (16, 28, 28, 1), generator=g, dtype=torch.uint8),
+                                    torch.arange(16) % 10, 10, (1, 28, 28))
+    ddgan_train.train(config, tmp_path / "run", progress=False, data=data)
+    page = write_report(tmp_path / "run").read_text()
+    assert "Not measured: data directory" in page and "--data-dir DIR" in page
+    assert "<th>accuracy</th>" not in page
+    # the same run pointed at the Fashion-MNIST files the test machine has
+    from guidediff.data.fmnist import find_fmnist_dir
+
+    page = write_report(tmp_path / "run", tmp_path / "again.html", data_dir=find_fmnist_dir()).read_text()
+    assert "<th>accuracy</th>" in page and "Not measured" not in page

@@ -76,6 +76,34 @@ def training_curve(records: list[dict], path: str | Path) -> Path:
     return Path(path)
 
 
+def ddgan_curves(records: list[dict], path: str | Path) -> Path:
+    """A DDGAN training log (log.jsonl records with 'step', 'loss_d', 'loss_g', 'd_real', 'd_fake'):
+    the two losses beside their values when D is at chance (2·ln 2 and ln 2), and D's mean logits
+    on real and generated pairs beside 0. Curves that sit on those lines mean D separates nothing."""
+    import math
+
+    plt = _pyplot()
+    rows = [r for r in records if "loss_d" in r]
+    steps = [r["step"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, chance, label in (("loss_d", 2 * math.log(2), "D loss"), ("loss_g", math.log(2), "G loss")):
+        line, = left.plot(steps, [r[key] for r in rows], linewidth=1, label=label)
+        left.axhline(chance, color=line.get_color(), linestyle=":", linewidth=1)
+    left.set_title("losses (dotted: D at chance)", fontsize=9)
+    for key, label in (("d_real", "D logit, real pairs"), ("d_fake", "D logit, generated pairs")):
+        right.plot(steps, [r.get(key, float("nan")) for r in rows], linewidth=1, label=label)
+    right.axhline(0.0, color="grey", linestyle=":", linewidth=1)
+    right.set_title("mean logits (over the levels)", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def grid_across_knob(images: np.ndarray, labels: np.ndarray, knobs: np.ndarray, path: str | Path, *, per_cell: int = 4) -> Path:
     """A PNG with one row per class and one block of ``per_cell`` samples per knob value."""
     from PIL import Image

@@ -8,6 +8,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report file (it is refused otherwise)")
+    p.add_argument("--data-dir", default=None,
+                   help="a DDGAN run's dataset folder for its discriminator check (default: where the run found it)")
     p.set_defaults(func=run)
 
 
@@ -18,6 +20,6 @@ def run(args) -> int:
 
     run_dir = existing_dir(args.run_dir, "the run, sweep or eval output directory")
     check_out_file(args.out or run_dir / "report.html", flag="--out", suffix=".html", overwrite=args.overwrite)
-    path = write_report(args.run_dir, args.out)
+    path = write_report(args.run_dir, args.out, data_dir=args.data_dir)
     print(f"wrote {path}")
     return 0

@@ -35,15 +35,18 @@ def discriminator_by_level(G, D, x0: torch.Tensor, c: torch.Tensor | None, lams:
 
 
 def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
-                         device: str | torch.device = "cpu") -> list[dict]:
+                         device: str | torch.device = "cpu", data_dir: str | Path | None = None) -> list[dict]:
     """``discriminator_by_level`` for the latest checkpoint of a DDGAN run: its raw generator and
-    discriminator (the pair that was playing), n training images drawn with ``seed``."""
+    discriminator (the pair that was playing), n training images drawn with ``seed`` from the run's
+    dataset (in ``data_dir`` when given, else where the run found it)."""
     from guidediff.ddgan.config import DDGANConfig
     from guidediff.ddgan.train import build_networks, load_training_data, read_ddgan_checkpoint, unprefixed
 
     device = torch.device(device)
     _, state, parts = read_ddgan_checkpoint(run_dir, parts=("model",), device=device)
     config = DDGANConfig.from_dict(state["config"], source=str(run_dir))
+    if data_dir is not None:
+        config.data.data_dir = str(data_dir)
     data = load_training_data(config, device)
     G, D = build_networks(config, data.sample_shape, data.num_classes)
     G.load_state_dict(unprefixed("G", parts["model"]))
