@@ -191,7 +191,8 @@ class DDGANConfig:
                 f"got {dsc.minibatch_std!r}")
         require(dsc.minibatch_std == 0 or t.batch_size % dsc.minibatch_std == 0,
                 f"discriminator.minibatch_std {dsc.minibatch_std} must divide train.batch_size {t.batch_size}; "
-                "change either")
+                f"use a batch size divisible by {dsc.minibatch_std}, or --set discriminator.minibatch_std= a divisor "
+                "of it (>= 2) or 0 (off)")
         require(isinstance(dsc.zero_init_residual, bool),
                 f"discriminator.zero_init_residual must be true or false, got {dsc.zero_init_residual!r}")
         require(not self.is_toy or (dsc.minibatch_std == 0 and not dsc.zero_init_residual),
