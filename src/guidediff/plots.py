@@ -16,6 +16,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path, dpi: int) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
 def fid_vs_is(curves: dict[str, list[dict]], path: str | Path, *, knob: str = "w", fid_floor: float | None = None) -> Path:
     """FID against IS with each point labelled by its knob value (the CFG paper's Figure 4 layout).
     ``curves`` maps a method name to its points (dicts with 'fid', 'is' and the knob)."""
@@ -33,10 +39,7 @@ def fid_vs_is(curves: dict[str, list[dict]], path: str | Path, *, knob: str = "w
     ax.set_ylabel("FID-FMNIST (lower is better)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, dpi=130)
 
 
 def metrics_vs_knob(points: list[dict], path: str | Path, *, knob: str = "w", fid_floor: float | None = None) -> Path:
@@ -53,10 +56,7 @@ def metrics_vs_knob(points: list[dict], path: str | Path, *, knob: str = "w", fi
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(knob)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, dpi=120)
 
 
 def training_curve(records: list[dict], path: str | Path) -> Path:
@@ -70,10 +70,7 @@ def training_curve(records: list[dict], path: str | Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, dpi=120)
 
 
 def ddgan_curves(records: list[dict], path: str | Path) -> Path:
@@ -98,10 +95,7 @@ def ddgan_curves(records: list[dict], path: str | Path) -> Path:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, dpi=120)
 
 
 def grid_across_knob(images: np.ndarray, labels: np.ndarray, knobs: np.ndarray, path: str | Path, *, per_cell: int = 4) -> Path:
