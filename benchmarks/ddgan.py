@@ -196,7 +196,9 @@ def part_stacked(args, work: Path, out: Path, classifier) -> dict | None:
     _grid(out / "ddgan_stacked.png", samples["x"])
     reference = stacked_data_reference(args.n_stacked, classifier, args.device, args.data_dir)
     log(f"  stacked FMNIST: {cov['modes']}/1000 modes, KL {cov['kl']:.3f} over n={cov['n']} (the data through the "
-        f"same classifier: {reference['modes']} modes, KL {reference['kl']:.3f})")
+        f"same classifier: {reference['modes']} modes, KL {reference['kl']:.3f}); the KL's parts: channel "
+        f"marginals {', '.join(f'{v:.3f}' for v in cov['kl_marginals'])}, total correlation "
+        f"{cov['total_correlation']:.3f}")
     return {**cov, "T": config.diffusion.T, "steps": result.step, "train_seconds": round(result.training_time_s, 1),
             "steps_per_sec": result.steps_per_sec, "config": config.to_dict()["train"], "data_reference": reference}
 

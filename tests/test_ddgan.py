@@ -216,6 +216,37 @@ def test_kl_and_histogram_by_hand():
         mode_histogram(np.array([1000]), 1000)
 
 
+def test_kl_parts_split_the_stacked_kl_into_channel_marginals_and_total_correlation():
+    from scipy.stats import entropy
+
+    from guidediff.data.stacked import stacked_mode
+    from guidediff.ddgan.modes import kl_parts
+
+    # the same garment class in all three channels, classes uniform: every marginal is even, the
+    # whole KL is the channels' dependence, 2·log 10
+    same = mode_histogram(stacked_mode(*[np.arange(10).repeat(7)] * 3), 1000)
+    parts = kl_parts(same, (10, 10, 10))
+    assert parts["kl_marginals"] == pytest.approx([0.0] * 3, abs=1e-12)
+    assert parts["total_correlation"] == pytest.approx(2 * math.log(10)) == kl_to_uniform(same)
+    # channels drawn independently from uneven class marginals: no total correlation
+    rng = np.random.default_rng(0)
+    marginals = [rng.dirichlet(np.ones(10)) for _ in range(3)]
+    product = np.einsum("i,j,k->ijk", *marginals).ravel()
+    parts = kl_parts(product * 1e6, (10, 10, 10))
+    assert parts["total_correlation"] == pytest.approx(0.0, abs=1e-12)
+    assert parts["kl_marginals"] == pytest.approx([math.log(10) - entropy(m) for m in marginals])
+    # any histogram (zeros included): the parts add up to the KL, each against scipy's entropies
+    counts = rng.integers(0, 5, 1000) * (rng.random(1000) < 0.6)
+    parts = kl_parts(counts, (10, 10, 10))
+    p = counts.reshape(10, 10, 10) / counts.sum()
+    h_k = [entropy(p.sum(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
+    assert parts["kl_marginals"] == pytest.approx([math.log(10) - h for h in h_k])
+    assert parts["total_correlation"] == pytest.approx(sum(h_k) - entropy(p.ravel()))
+    assert sum(parts["kl_marginals"]) + parts["total_correlation"] == pytest.approx(kl_to_uniform(counts))
+    with pytest.raises(UsageError, match="1000 entries"):
+        kl_parts(counts[:999], (10, 10, 10))
+
+
 class _BrightnessClassifier(torch.nn.Module):
     """Class k for an image of constant value −1 + 0.2·k: features = mean value, logits peak at k."""
 
