@@ -272,9 +272,9 @@ def write_result(name: str, payload: dict, out_dir: str | None = None) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     path = target / f"{name}.json"
     refuse_other_device(path, payload.get("device"))
-    tmp = path.with_suffix(f".json.tmp-{os.getpid()}")  # a reader, or a run cut off mid-write, never sees half a file
-    tmp.write_text(json.dumps({**environment(), **payload}, indent=2) + "\n")
-    os.replace(tmp, path)
+    from guidediff.checkpoint import write_text_atomic
+
+    write_text_atomic(path, json.dumps({**environment(), **payload}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
 

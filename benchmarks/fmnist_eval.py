@@ -5,12 +5,10 @@ a JSON file atomically so a killed process leaves the last complete record."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from guidediff.metrics.evaluate import evaluate_samples
 from guidediff.generation import generate
@@ -49,12 +47,8 @@ def evaluate_at(net, config, ws: list[float], per_class: int, *, ddim_steps: int
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
+    """Write atomically (checkpoint.write_text_atomic), so a reader never sees half a file."""
+    from guidediff.checkpoint import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def device_name() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")

@@ -18,6 +18,7 @@ import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
 from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.runtime import resolve_device  # noqa: E402
 
 
 def model_provenance(source: str) -> dict:
@@ -45,7 +46,7 @@ def main() -> None:
                    help="sample eagerly on a GPU too (cheaper than compiling each model for a few thousand samples)")
     args = p.parse_args()
     common.claim_result(args.name)
-    device = fmnist_eval.device_name()
+    device = str(resolve_device(None))
     ws = [float(v) for v in args.w.split(",")]
     record = {"task": {"n_per_w": args.n, "sampler": args.sampler, "grid": args.grid, "steps": args.steps,
                      "sigma_max": args.sigma_max, "w": ws},

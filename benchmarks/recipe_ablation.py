@@ -31,6 +31,7 @@ import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
 from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.runtime import resolve_device  # noqa: E402
 from guidediff.config import load_config  # noqa: E402
 from guidediff.train import train  # noqa: E402
 
@@ -71,7 +72,7 @@ def run_variant(args) -> None:
     name = f"{args.variant}_s{args.seed}"
     path = out / f"{name}.json"
     run_dir = Path(args.runs or out / "runs") / name
-    device = fmnist_eval.device_name()
+    device = str(resolve_device(None))
     config = load_config(ROOT / base, [*overrides, *args.set, f"train.steps={args.steps}", f"train.seed={args.seed}",
                                        "train.sample_every=100000000", f"train.checkpoint_every={args.steps}",
                                        "train.keep_last=1", "train.tensorboard=false"])

@@ -75,7 +75,6 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="skip the points already in the output JSON")
     args = p.parse_args()
 
-    import torch
 
     from guidediff.checkpoint import load_model
     from guidediff.metrics.evaluate import evaluate_samples

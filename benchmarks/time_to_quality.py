@@ -28,6 +28,7 @@ import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
 from guidediff.checkpoint import load_model, save_model  # noqa: E402
+from guidediff.runtime import resolve_device  # noqa: E402
 from guidediff.config import load_config  # noqa: E402
 from guidediff.nets.unet import count_parameters  # noqa: E402
 from guidediff.train import train  # noqa: E402
@@ -290,7 +291,7 @@ def main() -> None:
     args.w = [float(v) for v in args.w.split(",")]
     args.early_w = [float(v) for v in args.early_w.split(",")] if args.early_w else None
     args.eval_at = sorted({min(float(v), args.minutes) for v in args.eval_at.split(",")} | {args.minutes})
-    args.device = fmnist_eval.device_name()
+    args.device = str(resolve_device(None))
     run_side(args)
 
 

@@ -17,8 +17,8 @@ _spec.loader.exec_module(common)
 
 def test_a_result_from_another_device_is_refused_before_the_work(tmp_path, monkeypatch):
     monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
-    (tmp_path / "x.json").write_text(json.dumps({"device": "NVIDIA H200"}))
-    with pytest.raises(SystemExit, match="measured on NVIDIA H200.*BENCH_OVERWRITE=1"):
+    (tmp_path / "x.json").write_text(json.dumps({"device": "NVIDIA Z9000"}))
+    with pytest.raises(SystemExit, match="measured on NVIDIA Z9000.*BENCH_OVERWRITE=1"):
         common.claim_result("x", str(tmp_path))
     monkeypatch.setenv("BENCH_OVERWRITE", "1")
     assert common.claim_result("x", str(tmp_path)) == tmp_path / "x.json"
@@ -32,7 +32,7 @@ def test_an_earlier_result_is_replaced_only_when_resumed_or_told(tmp_path, monke
         common.claim_result("x", str(tmp_path))
     assert common.claim_result("x", str(tmp_path), resume=True) == tmp_path / "x.json"
     with pytest.raises(SystemExit, match="measured on"):  # resuming does not cross devices
-        common.claim_result("x", str(tmp_path), resume=True, device="NVIDIA H200")
+        common.claim_result("x", str(tmp_path), resume=True, device="NVIDIA Z9000")
     monkeypatch.setenv("BENCH_OVERWRITE", "1")
     assert common.claim_result("x", str(tmp_path)) == tmp_path / "x.json"
 
@@ -40,10 +40,10 @@ def test_an_earlier_result_is_replaced_only_when_resumed_or_told(tmp_path, monke
 def test_a_merge_keeps_the_measuring_device(tmp_path, monkeypatch):
     """A payload that says it was measured on the GPU may replace that GPU's result from a CPU."""
     monkeypatch.delenv("BENCH_OVERWRITE", raising=False)
-    (tmp_path / "x.json").write_text(json.dumps({"device": "NVIDIA H200", "v": 1}))
-    common.write_result("x", {"device": "NVIDIA H200", "v": 2}, str(tmp_path))
+    (tmp_path / "x.json").write_text(json.dumps({"device": "NVIDIA Z9000", "v": 1}))
+    common.write_result("x", {"device": "NVIDIA Z9000", "v": 2}, str(tmp_path))
     assert json.loads((tmp_path / "x.json").read_text())["v"] == 2
-    with pytest.raises(SystemExit, match="measured on NVIDIA H200"):
+    with pytest.raises(SystemExit, match="measured on NVIDIA Z9000"):
         common.write_result("x", {"v": 3}, str(tmp_path))  # this machine's device, not the H200
 
 

@@ -80,7 +80,9 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text through a temporary file, fsync and rename: a reader, or a run cut off mid-write,
+    sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
@@ -403,7 +405,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(ckpt_root / LATEST, final.name + "\n")
+    write_text_atomic(ckpt_root / LATEST, final.name + "\n")
     if keep_last > 0:
         for _, old_ckpt in list_checkpoints(ckpt_root)[:-keep_last]:
             shutil.rmtree(old_ckpt, ignore_errors=True)
@@ -505,7 +507,7 @@ def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str |
     save_tensors_atomic({k: v.detach().to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v.detach()
                          for k, v in tensors.items()}, out_file, metadata=meta)
     readable = {"format": model_format, "config": config.to_dict(), **info}
-    _write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
+    write_text_atomic(out_file.with_suffix(".json"), json.dumps(readable, indent=2) + "\n")
     return out_file
 
 

@@ -68,7 +68,7 @@ def run(args) -> int:
 
     from guidediff.checkpoint import load_guide_model, load_model
     from guidediff.errors import UsageError, in_flags, require
-    from guidediff.parsing import parse_classes, parse_floats
+    from guidediff.parsing import parse_classes
     from guidediff.generation import generate, save_samples
     from guidediff.runtime import resolve_device
 
