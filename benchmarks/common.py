@@ -239,12 +239,15 @@ def refuse_other_device(path: Path, device: str | None = None) -> None:
     except (OSError, ValueError, AttributeError):
         return
     ours = device or environment()["device"]
+    if any(str(d).startswith("mixed") for d in (theirs, ours)):
+        return  # a file of parts from several devices, each saying where: its benchmark checks per part
     if theirs and theirs != ours:
-        raise SystemExit(f"error: {path} holds results measured on {theirs}, not on this {ours}; write elsewhere "
-                         f"with BENCH_OUT=DIR, or set BENCH_OVERWRITE=1 to replace them")
+        raise SystemExit(f"error: {path} holds results measured on {theirs}, not on {ours} (where these numbers come "
+                         f"from); write elsewhere with BENCH_OUT=DIR, or set BENCH_OVERWRITE=1 to replace them")
 
 
-def claim_result(name: str, out_dir: str | None = None, *, resume: bool = False, device: str | None = None) -> Path:
+def claim_result(name: str, out_dir: str | None = None, *, resume: bool = False, device: str | None = None,
+                 parts_say_where: bool = False) -> Path:
     """Before any work: the path ``write_result`` will write, checked now — its folder writable, no
     committed result from another device in the way (``device``: the one the new numbers come from,
     default this machine's) and no earlier result at all unless ``resume`` (the benchmark continues
@@ -259,7 +262,8 @@ def claim_result(name: str, out_dir: str | None = None, *, resume: bool = False,
     if not os.access(target, os.W_OK):
         raise SystemExit(f"error: the results folder {target} is not writable; pass a writable --out or BENCH_OUT")
     path = target / f"{name}.json"
-    refuse_other_device(path, device)
+    if not parts_say_where:  # else each part of the file is stamped with its device, and checked per part
+        refuse_other_device(path, device)
     if path.is_file() and not resume and os.environ.get("BENCH_OVERWRITE") != "1":
         raise SystemExit(f"error: {path} already holds a result; write elsewhere (BENCH_OUT=DIR, or the benchmark's "
                          "own output option), or set BENCH_OVERWRITE=1 to replace it")

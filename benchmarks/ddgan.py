@@ -233,7 +233,8 @@ def part_fmnist(args, work: Path, out: Path, classifier) -> Iterator[dict]:
         log(f"  DDGAN T={T}: FID-FMNIST {entry['fid']:.2f} (floor {entry['fid_floor']:.2f}), recall "
             f"{entry['recall']:.3f}, {entry['sec_per_image'] * 1e3:.3f} ms/image")
         # is the game still on? D's accuracy per level on real and generated pairs (ddgan.diagnostics)
-        entry["discriminator_by_level"] = discriminator_report(work / f"fmnist_T{T}", n=512, device=args.device)
+        entry["discriminator_by_level"] = discriminator_report(work / f"fmnist_T{T}", n=512 if "cuda" in str(args.device) else 128,
+                                                               device=args.device)
         log("  D accuracy by level: " + ", ".join(f"t={r['t']} {r['accuracy']:.2f}"
                                                   for r in entry["discriminator_by_level"]))
         yield entry
@@ -297,6 +298,78 @@ def merge(old: dict, new: dict) -> dict:
     return merged
 
 
+def part_devices(result: dict) -> set[str]:
+    """The devices the parts of a ddgan.json say they were measured on (measured_on)."""
+    parts = [result.get(k) for k in ("gaussians25", "stacked")] + list(result.get("fmnist", []))
+    return {p["measured_on"]["device"] for p in parts if isinstance(p, dict) and "measured_on" in p}
+
+
+MIXED = "mixed: each part's measured_on (or, for older parts, measured / provenance) says where"
+
+
+def top_device(*devices: str | None) -> str | None:
+    """The file's device: the one all its parts share, else MIXED (each part says where)."""
+    found = {d for d in devices if d}
+    return found.pop() if len(found) == 1 else (MIXED if found else None)
+
+
+def read_input(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: --merge {path} is not a readable ddgan.json ({exc.__class__.__name__}); pass the "
+                         "ddgan.json files of earlier calls") from None
+    if not isinstance(data, dict) or not {"gaussians25", "stacked", "fmnist"} & set(data):
+        raise SystemExit(f"error: --merge {path} holds no ddgan part (gaussians25, stacked, fmnist)")
+    return data
+
+
+def check_arguments(args) -> None:
+    """Every number and sampler name before any training: a bad one otherwise surfaces only after
+    the earlier parts have trained."""
+    for name in ("n_eval", "n_toy", "n_stacked", "batch_size", "sample_batch", "steps", "toy_steps", "stacked_steps",
+                 "stacked_T"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("fmnist_T", "toy_T", "nfe"):
+        if min(getattr(args, name)) < 1:
+            raise SystemExit(f"error: every --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("minutes", "toy_minutes", "stacked_minutes"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {value}")
+    for spec in args.diffusion_samplers:
+        common.parse_sampler_config(spec)
+
+
+def planned_keys(args) -> list[str]:
+    """The entries of ddgan.json this run would write."""
+    keys = [k for k in ("gaussians25", "stacked") if k in args.parts]
+    if "fmnist" in args.parts:
+        keys += [f"fmnist ddgan T={T}" for T in args.fmnist_T]
+    if "diffusion" in args.parts:
+        names = [common.parse_sampler_config(spec)[3] for spec in args.diffusion_samplers]
+        keys += [f"fmnist {'diffusion-ddim' if n == 'ddim-u' else f'diffusion-{n}'} nfe={nfe}"
+                 for n in names for nfe in args.nfe]
+    return keys
+
+
+def refuse_replacing(old: dict, args, target: Path) -> None:
+    """A part already in ddgan.json is replaced only by a run that continues its training
+    (--resume) or when told (BENCH_OVERWRITE=1)."""
+    import os
+
+    if args.resume or os.environ.get("BENCH_OVERWRITE") == "1":
+        return
+    have = [k for k in ("gaussians25", "stacked") if k in old]
+    for e in old.get("fmnist", []):
+        have.append(f"fmnist ddgan T={e['nfe']}" if e["method"] == "ddgan" else f"fmnist {e['method']} nfe={e['nfe']}")
+    clash = [k for k in planned_keys(args) if k in have]
+    if clash:
+        raise SystemExit(f"error: {target} already holds {', '.join(clash)}; pass --resume to continue those runs, "
+                         "write elsewhere with --out, or set BENCH_OVERWRITE=1 to replace them")
+
+
 def print_table(result: dict) -> None:
     if "gaussians25" in result:
         g = result["gaussians25"]
@@ -355,20 +428,23 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.tiny and not args.out:  # a smoke run never lands in benchmarks/results
         args.out = tempfile.mkdtemp(prefix="ddgan_tiny_")
-    # ddgan.json collects its parts over several calls (each replaces the parts it runs), so an
-    # earlier file is continued; checked before any work, like every benchmark's output
-    inputs = [json.loads(Path(path).read_text()) for path in args.merge or []]
-    target = common.claim_result("ddgan", args.out, resume=True,
-                                 device=inputs[0].get("device") if inputs else None)
+    check_arguments(args)
+    device = common.device_name(args.device)
+    inputs = [read_input(path) for path in args.merge or []]
+    # ddgan.json collects its parts over several calls, each part stamped with where it was measured
+    # (measured_on), so the file as a whole is continued; what a run would replace is checked per part
+    target = common.claim_result("ddgan", args.out, resume=True, parts_say_where=True)
     out = target.parent
     old = json.loads(target.read_text()) if target.is_file() else {}
     if args.merge:
+        devices = [old.get("device")] + [new.get("device") for new in inputs]
         for new in inputs:
             old = merge(old, new)
-        # the inputs' device/torch/commit (where the numbers were measured) win over this machine's
+        old["device"] = top_device(*devices, *part_devices(old))
         common.write_result("ddgan", old, str(out))
         print_table(old)
         return 0
+    refuse_replacing(old, args, target)
     if args.tiny:
         args.minutes, args.steps, args.n_eval, args.nfe = None, 20, 200, [2]
         args.toy_minutes, args.toy_steps, args.n_toy, args.toy_diffusion_steps = None, 100, 2000, 50
@@ -385,14 +461,20 @@ def main(argv: list[str] | None = None) -> int:
             log(f"no evaluation classifier ({exc}); the stacked and fmnist parts will be skipped")
     work = Path(args.work_dir)
     start = time.perf_counter()
-    results = {k: v for k, v in old.items() if k not in ("device", "torch", "commit", "cuda")}
+    results = {k: v for k, v in old.items() if k not in ("torch", "commit", "cuda")}
     settings = {k: v for k, v in vars(args).items() if k != "merge"}
+
+    env = {**common.environment(), "device": device}
+    measured_on = {k: env[k] for k in ("device", "torch", "commit")}
 
     def save(new: dict) -> None:
         # after every part, so a call cut off by its time limit still returns what it finished
         nonlocal results
         settings["wall_seconds"] = round(time.perf_counter() - start, 1)
-        results = merge(results, {**new, "settings": settings})
+        stamped = {k: [{**e, "measured_on": measured_on} for e in v] if k == "fmnist" else {**v, "measured_on": measured_on}
+                   for k, v in new.items()}
+        results = merge(results, {**stamped, "settings": settings})
+        results["device"] = top_device(results.get("device"), device, *part_devices(results))
         common.write_result("ddgan", results, str(out))
 
     if "gaussians25" in args.parts:

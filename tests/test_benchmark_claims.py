@@ -159,3 +159,35 @@ def test_vdm_claims_continues_its_own_earlier_result(out, monkeypatch):
     monkeypatch.setattr(mod, "load_vdm", work_ran)
     with pytest.raises(AssertionError, match="work ran"):  # past the claim: resumed, not refused
         mod.main(["--tiny"])
+
+
+def test_ddgan_refuses_to_replace_a_part_unless_resumed_and_stamps_the_device_it_ran_on(out, monkeypatch, capsys):
+    """ddgan.json collects parts over several calls: a part already there is replaced only by a run that
+    continues it (--resume) or when told; each saved part says where it was measured, and a --device cpu
+    run on a GPU machine says cpu."""
+    import torch
+
+    mod = bench("ddgan")
+    path = out / "ddgan.json"
+    path.write_text(json.dumps({"device": "NVIDIA Z9000", "stacked": {"modes": 1, "kl": 6.9, "n": 10,
+                                                                      "measured_on": {"device": "NVIDIA Z9000"}}}))
+    monkeypatch.setattr(mod, "part_stacked", work_ran)
+    before = path.read_text()
+    with pytest.raises(SystemExit, match="already holds stacked; pass --resume.*BENCH_OVERWRITE=1") as exc:
+        mod.main(["--parts", "stacked", "--device", "cpu"])
+    assert "\n" not in str(exc.value) and path.read_text() == before
+    # a new part beside it, measured on the CPU of a machine that has a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA Z9000")
+    monkeypatch.setattr(mod, "part_gaussians25", lambda *a: {"T": 2, "modes": 25, "high_quality_share": 0.8,
+                                                            "runs": [], "n": 10})
+    assert mod.main(["--parts", "gaussians25", "--device", "cpu"]) == 0
+    saved = json.loads(path.read_text())
+    assert saved["gaussians25"]["measured_on"]["device"] == "cpu"
+    assert saved["stacked"]["measured_on"]["device"] == "NVIDIA Z9000"
+    assert saved["device"].startswith("mixed")
+    # numbers and sampler names are checked before any part trains
+    with pytest.raises(SystemExit, match="--n-eval must be >= 1"):
+        mod.main(["--parts", "fmnist", "--n-eval", "0"])
+    with pytest.raises(SystemExit, match="bad sampler config 'nope'"):
+        mod.main(["--parts", "gaussians25", "--diffusion-samplers", "nope"])
