@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only merge these result files into <out>")
     args = p.parse_args(argv)
 
-    if args.tiny and not args.out:  # a smoke run never lands in benchmarks/results
+    if args.tiny and not (args.out or os.environ.get("BENCH_OUT")):  # a smoke run never lands in benchmarks/results
         args.out = tempfile.mkdtemp(prefix="ddgan_tiny_")
     check_arguments(args)
     device = common.device_name(args.device)

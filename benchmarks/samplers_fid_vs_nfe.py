@@ -84,10 +84,20 @@ def main() -> None:
     from guidediff.sweep import flatten_metrics
 
     configs = [common.parse_sampler_config(c.strip())[3] for c in args.configs.split(",") if c.strip()]
-    steps_list = [int(s) for s in args.steps.split(",")]
-    ws = [float(w) for w in args.w.split(",")]
-    device = resolve_device(args.device)
-    net, config = load_model(args.model, device)
+    try:
+        steps_list = [int(s) for s in args.steps.split(",")]
+        ws = [float(w) for w in args.w.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --steps {args.steps!r} and --w {args.w!r} must be comma lists of numbers, "
+                         "e.g. --steps 5,10,20 --w 0,1") from None
+    if min(steps_list) < 1:
+        raise SystemExit(f"error: every --steps must be >= 1, got {args.steps}")
+    try:
+        device = resolve_device(args.device)
+        json_path = common.claim_result(NAME, args.out, resume=args.resume, device=common.device_name(device))
+        net, config = load_model(args.model, device)
+    except UsageError as error:
+        raise SystemExit(f"error: {error}") from None
     num_classes = config.model.num_classes
     for name in configs:  # a sigma_max outside the model's schedule fails here, before any sampling
         _, grid, sigma_max, _ = common.parse_sampler_config(name)
@@ -96,7 +106,6 @@ def main() -> None:
         except UsageError as error:
             raise SystemExit(f"--configs {name}: {error}") from None
     per_class = max(1, args.n // num_classes)
-    json_path = common.claim_result(NAME, args.out, resume=args.resume)
     out_dir = json_path.parent
     points: list[dict] = []
     if args.resume and json_path.exists():
@@ -104,7 +113,7 @@ def main() -> None:
     done = {(p["config"], p["steps"], p["w"]) for p in points}
     shared = "one GPU (sharing with other jobs not checked)" if device.type == "cuda" else "CPU shared with other jobs"
     payload = {
-        "model": args.model, "configs": configs, "n_per_point": per_class * num_classes, "steps": steps_list,
+        "device": common.device_name(device), "model": args.model, "configs": configs, "n_per_point": per_class * num_classes, "steps": steps_list,
         "ws": ws, "batch_size": args.batch_size, "compiled": args.compile, "clip_x": 1.0,
         "note": f"one process, {shared}; seconds include sampling only (compilation excluded by generate)",
         "points": points,

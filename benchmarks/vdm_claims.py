@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from torch import Tensor  # noqa: E402
 
 from guidediff.vdm.bound import LN2, diffusion_loss_discrete, vlb_terms  # noqa: E402
 from guidediff.vdm.bpd import evaluate_bpd, mean_ci95  # noqa: E402
+from guidediff.errors import UsageError  # noqa: E402
 from guidediff.vdm.loading import load_vdm  # noqa: E402
 from guidediff.vdm.variance import (  # noqa: E402
     PiecewiseLinearSchedule,
@@ -211,17 +214,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.n, args.n_var, args.k, args.pilot, args.bins, args.Ts = 8, 4, 3, 2, 4, [2, 10]
 
-    # vdm_claims.json collects one key per model and part over several calls, so an earlier file is
-    # continued (resume); checked before any work, like every benchmark's output: the folder writable,
-    # no result of another device in the way (write_result would refuse it only after the work)
+    if args.tiny and not (args.out or os.environ.get("BENCH_OUT")):  # a smoke run never lands in benchmarks/results
+        args.out = tempfile.mkdtemp(prefix="vdm_claims_tiny_")
+    # vdm_claims.json collects one entry per model and part over several calls, each stamped with
+    # its device: the file is continued, and what a run would replace is checked per part, before
+    # any work
     device = common.device_name(args.device)
-    target = common.claim_result("vdm_claims", args.out, resume=True, device=device)
+    target = common.claim_result("vdm_claims", args.out, resume=True, parts_say_where=True)
     out = target.parent
     results = json.loads(target.read_text()) if target.is_file() else {}
-    for key in ("device", "torch", "commit", "cuda"):
-        results.pop(key, None)
-    model, config = load_vdm(args.model, device=args.device)
+    for k in ("device", "torch", "commit", "cuda"):
+        results.pop(k, None)
     key = str(args.model)
+    planned = (["bound_vs_T"] + (["bound_vs_T_uniform"] if args.uniform else []) if "T" in args.parts else []) + \
+        (["estimator_variance"] if "variance" in args.parts else [])
+    clash = [part for part in planned if part in results.get("models", {}).get(key, {})]
+    if clash and os.environ.get("BENCH_OVERWRITE") != "1":
+        raise SystemExit(f"error: {target} already holds {', '.join(clash)} of {key}; write elsewhere with --out, "
+                         "or set BENCH_OVERWRITE=1 to replace them")
+    try:
+        model, config = load_vdm(args.model, device=args.device)
+    except UsageError as exc:
+        raise SystemExit(f"error: {exc}") from None
     entry = results.setdefault("models", {}).setdefault(key, {})
     start = time.perf_counter()
 
@@ -229,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         env = common.environment()
         entry[part] = {**value, "device": device, "torch": env["torch"], "commit": env["commit"],
                        "threads": torch.get_num_threads(), "note": args.note}
-        common.write_result("vdm_claims", {**results, "device": device,
+        devices = {part.get("device") for m in results["models"].values() for part in m.values() if isinstance(part, dict)}
+        top = devices.pop() if len(devices) == 1 else "mixed: each part's device says where"
+        common.write_result("vdm_claims", {**results, "device": top,
                                            "wall_seconds": round(time.perf_counter() - start, 1)}, str(out))
 
     # the pilot: m(λ) = E[(½‖ε − ε̂‖²)²] per λ bin on training images (never the evaluated test images)

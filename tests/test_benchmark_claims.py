@@ -139,15 +139,24 @@ def test_recipe_ablation_merge_refuses_an_earlier_result_of_the_variants_device(
     assert not (out / "recipe_ablation.md").exists()
 
 
-def test_vdm_claims_refuses_another_devices_result_before_loading_the_model(out, monkeypatch):
-    """vdm_claims continues its own file (one key per model and part), so an earlier result of this
-    device is no obstacle; one of another device, or an unusable folder, stops it before the model loads."""
+def test_vdm_claims_refuses_to_replace_a_models_part_before_loading_the_model(out, monkeypatch):
+    """vdm_claims continues its own file (one entry per model and part, each with its device): a part
+    already there for the same model stops the run before the model loads, unless BENCH_OVERWRITE=1;
+    an unusable folder stops it too."""
     mod = bench("vdm_claims")
-    path = earlier(out, "vdm_claims", device="NVIDIA Z9000 (another machine)")
+    path = out / "vdm_claims.json"
+    path.write_text(json.dumps({"device": "NVIDIA Z9000", "models": {
+        "fmnist-cfg": {"bound_vs_T": {"device": "NVIDIA Z9000"}, "estimator_variance": {"device": "NVIDIA Z9000"}}}}))
     monkeypatch.setattr(mod, "load_vdm", work_ran)
-    with pytest.raises(SystemExit, match="measured on NVIDIA Z9000.*BENCH_OVERWRITE=1"):
+    before = path.read_text()
+    with pytest.raises(SystemExit, match="already holds bound_vs_T, estimator_variance of fmnist-cfg.*BENCH_OVERWRITE=1"):
         mod.main(["--tiny"])
-    assert json.loads(path.read_text())["earlier"]
+    assert path.read_text() == before
+    with pytest.raises(SystemExit, match="already holds estimator_variance of fmnist-cfg"):
+        mod.main(["--tiny", "--parts", "variance"])
+    monkeypatch.setenv("BENCH_OVERWRITE", "1")
+    with pytest.raises(AssertionError, match="work ran"):  # told: past the checks
+        mod.main(["--tiny"])
     (out / "file").write_text("")
     with pytest.raises(SystemExit, match="cannot create the results folder"):
         mod.main(["--tiny", "--out", str(out / "file" / "sub")])
@@ -155,9 +164,10 @@ def test_vdm_claims_refuses_another_devices_result_before_loading_the_model(out,
 
 def test_vdm_claims_continues_its_own_earlier_result(out, monkeypatch):
     mod = bench("vdm_claims")
-    earlier(out, "vdm_claims")
+    (out / "vdm_claims.json").write_text(json.dumps({"device": "NVIDIA Z9000", "models": {
+        "another-model": {"bound_vs_T": {"device": "NVIDIA Z9000"}}}}))
     monkeypatch.setattr(mod, "load_vdm", work_ran)
-    with pytest.raises(AssertionError, match="work ran"):  # past the claim: resumed, not refused
+    with pytest.raises(AssertionError, match="work ran"):  # past the claim: another model's parts stay
         mod.main(["--tiny"])
 
 
