@@ -179,22 +179,25 @@ def merge(args) -> None:
     if not sides:
         raise SystemExit(f"no time_to_quality_<side>.json in {folder}; pass the --out folder of the sides")
     first = next(iter(sides.values()))
-    # both outputs checked before anything is written; an earlier result is replaced only when told
+    ours = None
+    if "new" in sides:  # read (and checked) before anything is written
+        ours = {**final_snapshot(sides["new"]), "params": sides["new"].get("params"), "config": CONFIGS["new"]}
+        if args.ours_final:
+            ours = ours_from_model_check(args.ours_final, ours)
+    compared = ours is not None and "diffusers" in sides
+    # every output this merge writes, checked before the first is written; an earlier result is
+    # replaced only when told
     results = common.claim_result("time_to_quality", args.results, device=first.get("device")).parent
-    common.claim_result("quality_vs_diffusers", args.results, device=first.get("device"))
+    if compared:
+        common.claim_result("quality_vs_diffusers", args.results, device=first.get("device"))
     # the sides' own device, torch and commit win over the merging machine's
     env = {k: first[k] for k in ("device", "torch", "commit", "cuda") if k in first}
     payload = {**env, "task": first["task"], "layout": args.layout, "sides": sides,
                "note": "each side trained for the wall-clock minutes given; our sides' clock excludes the "
                        "startup (data loading, torch.compile) reported as startup_s"}
     common.write_result("time_to_quality", payload, out_dir=str(results))
-    ours = None
-    if "new" in sides:
-        ours = {**final_snapshot(sides["new"]), "params": sides["new"].get("params"), "config": CONFIGS["new"]}
-        if args.ours_final:
-            ours = ours_from_model_check(args.ours_final, ours)
     plot(sides, results / "time_to_quality.png", ours if args.ours_final else None)
-    if ours is not None and "diffusers" in sides:
+    if compared:
         import quality_vs_diffusers as qvd
 
         theirs = {**final_snapshot(sides["diffusers"]),
@@ -216,12 +219,18 @@ def ours_from_model_check(spec: str, ours: dict) -> dict:
     recipe trained for the full minutes (the shipped model), instead of the 'new' side's last
     snapshot, when that run stopped at a shorter train.steps."""
     path, _, name = spec.partition(":")
-    record = json.loads(Path(path).read_text())
-    models = record["models"]
+    try:
+        record = json.loads(Path(path).read_text())
+        models = record["models"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"error: --ours-final {path} is not a model_check.py result ({exc.__class__.__name__}); "
+                         "pass its JSON, or FILE:MODEL") from None
     name = name or next(iter(models))
+    if name not in models:
+        raise SystemExit(f"error: --ours-final {path} holds no model {name!r}; it holds {', '.join(models)}")
     # the model's steps and training time as model_check recorded them when it scored it
     info = record.get("provenance", {}).get(name)
-    if info is None:
+    if not info:  # missing, or an empty record (a checkpoint directory model_check could not read)
         raise SystemExit(f"{path} records no provenance for {name} (step, training time); re-run "
                          "benchmarks/model_check.py, which records it")
     return {**ours, "points": models[name], "model": name, "points_source": f"{path} (commit {record.get('commit')})",
