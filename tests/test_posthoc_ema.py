@@ -144,6 +144,11 @@ def test_command_writes_a_loadable_model(classic_run, tmp_path, capsys):
     assert main(["posthoc-ema", str(classic_run), "--sigma-rel", "0.1", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["posthoc-ema", str(classic_run), "--sigma-rel", "0.08", "--out", str(out), "--overwrite"]) == 0
+    # so is the .json that save_model writes beside the weights, even when the weights file is new
+    (tmp_path / "notes.json").write_text("mine")
+    assert main(["posthoc-ema", str(classic_run), "--sigma-rel", "0.1", "--out", str(tmp_path / "notes.safetensors")]) == 2
+    assert "notes.json already exists (written beside notes.safetensors)" in capsys.readouterr().err
+    assert (tmp_path / "notes.json").read_text() == "mine" and not (tmp_path / "notes.safetensors").exists()
 
 
 def test_bad_inputs_are_one_line_errors(classic_run, tmp_path, capsys):

@@ -90,3 +90,14 @@ def test_graphed_step_equals_eager_step_on_cuda(tmp_path, capsys):
     graphed = _run(tmp_path / "graphed", "train.cuda_graph=true", *common)
     assert "could not be captured" not in capsys.readouterr().err  # the graph really ran
     _assert_same(eager, graphed, rtol=2e-3)
+
+
+def test_auto_keeps_post_hoc_ema_out_of_the_graph_until_verified():
+    from guidediff.train_step import graph_setting
+
+    notes = []
+    assert graph_setting("auto", posthoc_ema=True, cuda=True, log=notes.append) is False
+    assert "not verified on a GPU" in notes[0]
+    assert graph_setting("auto", posthoc_ema=True, cuda=False, log=notes.append) == "auto"
+    assert graph_setting("auto", posthoc_ema=False, cuda=True, log=notes.append) == "auto"
+    assert graph_setting(True, posthoc_ema=True, cuda=True, log=notes.append) is True and len(notes) == 1

@@ -345,7 +345,7 @@ class _Run:
 
     # -- Build the model, data, optimizer. --------------------------------------------------------
     def _build(self, loss_fn, net, dataset, sample_fn) -> None:
-        from guidediff.train_step import choose_mode, graph_safe
+        from guidediff.train_step import choose_mode, graph_safe, graph_setting
 
         config, tc = self.config, self.config.train
         if dataset is None:
@@ -362,7 +362,8 @@ class _Run:
 
             net = UNet(config.model)
         mp = self.accelerator.mixed_precision
-        self.mode = choose_mode(tc.cuda_graph, cuda=self.cuda, mixed_precision=mp,
+        setting = graph_setting(tc.cuda_graph, posthoc_ema=tc.posthoc_ema, cuda=self.cuda, log=self.say)
+        self.mode = choose_mode(setting, cuda=self.cuda, mixed_precision=mp,
                                 graph_safe_loss=loss_fn is None or graph_safe(loss_fn), log=self.say)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
         self.loss_fn = loss_fn or cfg_loss(config)

@@ -137,18 +137,22 @@ def claim_out_dir(path: str | Path, *, overwrite: bool | None = False, resume: b
 
 
 def check_out_file(path: str | Path | None, *, flag: str, suffix: str | None = None,
-                   overwrite: bool = False) -> Path | None:
+                   overwrite: bool = False, beside: tuple[str, ...] = ()) -> Path | None:
     """Check, before any work, that the file ``path`` can be written (its folder is made if
     missing); None passes through. An existing file is refused unless ``overwrite`` (the
-    command's --overwrite flag); it is left alone either way, the command replaces it at the end."""
+    command's --overwrite flag); it is left alone either way, the command replaces it at the end.
+    ``beside``: suffixes of the files written next to it (``checkpoint.save_model`` writes NAME.json
+    beside NAME.safetensors), refused the same way."""
     if path is None:
         return None
     target = Path(path).expanduser()
     if target.is_dir():
         example = target / f"result{suffix or ''}"
         raise UsageError(f"{flag} {target} is a folder; pass a file path such as {example}")
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise UsageError(f"{flag} {target} already exists; pass --overwrite to replace it, or choose another {flag}")
+    for existing in [target] + [target.with_suffix(s) for s in beside]:
+        if (existing.exists() or existing.is_symlink()) and not overwrite:
+            what = "" if existing == target else f" (written beside {target.name})"
+            raise UsageError(f"{existing} already exists{what}; pass --overwrite to replace it, or choose another {flag}")
     made = _make_dirs(target.parent, flag)
     probe = target.parent / f".{target.name}.probe-{os.getpid()}"
     try:

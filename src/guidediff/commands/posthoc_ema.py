@@ -42,7 +42,7 @@ def run(args) -> int:
     require(out_path.suffix == ".safetensors", f"--out must end in .safetensors, got {out_path}")
     list_snapshots(run_dir)  # before the checkpoint: a run without snapshots is told how to get them
     ck = load_checkpoint(run_dir, parts=())  # the config, commands and commit that go with the weights
-    out = check_out_file(out_path, flag="--out", suffix=".safetensors", overwrite=args.overwrite)
+    out = check_out_file(out_path, flag="--out", suffix=".safetensors", overwrite=args.overwrite, beside=(".json",))
     tensors, info = posthoc_ema(run_dir, args.sigma_rel, max_fit)
     path = save_model(tensors, ck.config, out, args.dtype, commands=ck.state.get("commands", []),
                       commit=ck.state.get("commit"), training_time_s=ck.state.get("training_time_s"),
