@@ -588,3 +588,21 @@ def test_logged_window_is_the_mean_of_its_steps(tmp_path, cuda_graph):
     assert len(logs[1]) == 3 and len(logs[3]) == 1
     for key in ("loss_d", "loss_g", "r1", "r2", "d_real", "d_fake"):
         assert logs[3][0][key] == pytest.approx(sum(r[key] for r in logs[1]) / 3, rel=1e-6, abs=1e-9)
+
+
+def test_resume_keeps_the_runs_step_mode_unless_the_command_names_another(tmp_path):
+    from guidediff.cli import main
+
+    run = tmp_path / "run"
+    small = ["--no-progress", "--samples", "8", "--device", "cpu"]
+    assert main(["train-ddgan", "--data", "grid25", "--out", str(run), "--steps", "2", "--set", "generator.hidden=16",
+                 "--set", "discriminator.hidden=16", "--set", "train.cuda_graph=false", *small]) == 0
+
+    def saved_mode() -> object:
+        return ddgan_train.read_ddgan_checkpoint(run, parts=())[1]["config"]["train"]["cuda_graph"]
+
+    assert main(["train-ddgan", "--out", str(run), "--steps", "4", "--resume", *small]) == 0
+    assert saved_mode() is False  # not today's default ("auto")
+    assert main(["train-ddgan", "--out", str(run), "--steps", "6", "--resume", "--set", 'train.cuda_graph="eager"',
+                 *small]) == 0
+    assert saved_mode() == "eager"

@@ -70,13 +70,17 @@ def run(args) -> int:
     if args.conditional:
         overrides.append("data.conditional=true")
     resuming = args.resume and latest_checkpoint(out / CHECKPOINTS) is not None
-    if resuming:
-        fixed = [item for item in overrides if not item.startswith(("train.steps=", "train.minutes=", "train.device="))]
-        require(not fixed and not args.config and not args.data,
-                f"--resume continues {out} with its saved config; only --steps, --minutes and --device may change "
-                f"(drop {', '.join(fixed) or '--config/--data'}) or start a new run with another --out")
     require(args.samples >= 1, f"--samples must be >= 1, got {args.samples}")
-    config = load_config(args.data, args.config, overrides)
+    if resuming:
+        may_change = ("train.steps=", "train.minutes=", "train.device=", "train.cuda_graph=", "train.finite_check=")
+        fixed = [item for item in overrides if not item.startswith(may_change)]
+        require(not fixed and not args.config and not args.data,
+                f"--resume continues {out} with its saved config; only --steps, --minutes, --device, "
+                f"--set train.cuda_graph=... and --set train.finite_check=... may change (drop "
+                f"{', '.join(fixed) or '--config/--data'}) or start a new run with another --out")
+        config = saved_config(out, overrides)  # its own step mode unless the command names another
+    else:
+        config = load_config(args.data, args.config, overrides)
     result = train(config, out, resume=args.resume, progress=not args.no_progress, command=_command_line(args))
 
     from guidediff.ddgan.sample import load_generator
@@ -97,3 +101,18 @@ def run(args) -> int:
         line += f"; {cov['modes']}/{len(mix.means)} modes, {cov['high_quality_share']:.1%} high-quality samples"
     print(line)
     return 0
+
+
+def saved_config(run_dir, overrides: list[str]):
+    """The config a run was saved with, with the resuming command's overrides on top."""
+    from guidediff.config import parse_override
+    from guidediff.ddgan.config import DDGANConfig, set_value
+    from guidediff.ddgan.train import read_ddgan_checkpoint
+
+    _, state, _ = read_ddgan_checkpoint(run_dir, parts=())
+    config = DDGANConfig.from_dict(state["config"], source=str(run_dir))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_value(config, key, value, source=f"--set {item}")
+    config.validate()
+    return config
