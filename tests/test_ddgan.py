@@ -245,6 +245,21 @@ def test_kl_parts_split_the_stacked_kl_into_channel_marginals_and_total_correlat
     assert sum(parts["kl_marginals"]) + parts["total_correlation"] == pytest.approx(kl_to_uniform(counts))
     with pytest.raises(UsageError, match="1000 entries"):
         kl_parts(counts[:999], (10, 10, 10))
+    with pytest.raises(UsageError, match="non-negative"):
+        kl_parts(-counts, (10, 10, 10))
+
+
+def test_stacked_coverage_reports_the_kl_parts():
+    from guidediff.data.fmnist import load_fmnist
+    from guidediff.data.stacked import make_stacked_fmnist
+    from guidediff.ddgan.modes import stacked_coverage
+    from guidediff.nets.fmnist_classifier import load_eval_classifier
+
+    images, labels = load_fmnist("test")
+    x, _ = make_stacked_fmnist(images[:300], labels[:300], 200, seed=0)
+    cov = stacked_coverage(x, load_eval_classifier(None, "cpu"))
+    assert sum(cov["kl_marginals"]) + cov["total_correlation"] == pytest.approx(cov["kl"])
+    assert len(cov["kl_marginals"]) == 3 and cov["n"] == 200
 
 
 class _BrightnessClassifier(torch.nn.Module):
@@ -529,6 +544,11 @@ def test_discriminator_options_minibatch_std_and_zero_init():
     torch.manual_seed(0)
     D = ImageDiscriminator(1, 8, (1, 2), minibatch_std=2, zero_init_residual=True).eval()
     assert all(not b.conv2.weight.detach().any() for b in D.blocks)
+    # each block starts as its skip path alone: avg_pool(skip(x)) / √2, bias included
+    from torch.nn.functional import avg_pool2d
+
+    block, h, emb = D.blocks[0], torch.randn(2, 8, 28, 28), torch.randn(2, 32)
+    torch.testing.assert_close(block(h, emb), avg_pool2d(block.skip(h), 2) / math.sqrt(2.0))
     x_prev, x_t, lam = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.full((4,), -2.0)
     out = D(x_prev, x_t, lam)
     x2 = x_prev.clone()
@@ -538,6 +558,8 @@ def test_discriminator_options_minibatch_std_and_zero_init():
 
 
 def test_discriminator_options_are_checked_in_one_line():
+    with pytest.raises(UsageError, match="at most 4 fit"):
+        _image_config(**{"discriminator.channel_mult": "[1, 1, 1, 1, 1]"})
     with pytest.raises(UsageError, match="discriminator.minibatch_std must be 0"):
         _image_config(**{"discriminator.minibatch_std": -1})
     with pytest.raises(UsageError, match="discriminator.zero_init_residual.*must be true or false"):
@@ -574,6 +596,54 @@ def test_discriminator_by_level_scores_each_level():
     constant = discriminator_by_level(white, lambda *a: torch.full((64,), 5.0), x0, None, lams, 2,
                                       torch.Generator().manual_seed(0))
     assert all(r["accuracy"] == 0.5 and r["d_real"] == r["d_fake"] == 5.0 for r in constant)
+    assert rows[0]["auc"] == 1.0 and all(r["auc"] == 0.5 for r in rows[1:] + constant)  # ties count one half
+
+
+def test_discriminator_by_level_builds_the_pairs_of_training():
+    """What D and G are shown at level t: G gets x_t ~ q(x_t | x_0) and λ_t; D gets λ_t and, as the real
+    candidate, x_{t−1} ~ q(x_{t−1} | x_0) (variance α²_{t−1}·Var x_0 + σ²_{t−1} with α² = sigmoid(λ)), and x_t
+    as the condition; the fake candidate is the posterior draw from G's x̂_0."""
+    from guidediff.ddgan.diagnostics import discriminator_by_level
+    from guidediff.ddgan.schedule import DiscreteVP
+
+    lams = DiscreteVP(4).lams()
+    x0 = torch.rand(2048, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+    var_x0 = float(x0.double().var())
+    seen = {"G": [], "D": []}
+
+    def G(x_t, z, lam, c):
+        seen["G"].append((x_t.clone(), lam.clone()))
+        return torch.zeros_like(x_t)
+
+    def D(x_prev, x_t, lam, c):
+        seen["D"].append((x_prev.clone(), x_t.clone(), lam.clone()))
+        return torch.zeros(len(x_prev))
+
+    discriminator_by_level(G, D, x0, None, lams, 2, torch.Generator().manual_seed(0))
+    for t in range(1, 5):
+        (g_xt, g_lam), real, fake = seen["G"][t - 1], seen["D"][2 * t - 2], seen["D"][2 * t - 1]
+        lam_t, lam_s = float(lams[t]), float(lams[t - 1])
+        assert torch.all(g_lam == lams[t]) and torch.all(real[2] == lams[t]) and torch.all(fake[2] == lams[t])
+        assert torch.equal(real[1], g_xt) and torch.equal(fake[1], g_xt)  # the same x_t conditions all three
+        sig = torch.sigmoid(torch.tensor([lam_s, lam_t], dtype=torch.float64))
+        for x, a2 in ((real[0], sig[0]), (g_xt, sig[1])):
+            expected = float(a2 * var_x0 + (1 - a2))
+            assert float(x.double().var()) == pytest.approx(expected, rel=0.03)
+        # G says x̂_0 = 0: the fake is pure posterior noise around a scaled x_t, not the real x_{t−1}
+        assert not torch.allclose(fake[0], real[0])
+
+
+def test_pairwise_auc_is_the_mann_whitney_statistic():
+    from scipy.stats import mannwhitneyu
+
+    from guidediff.ddgan.diagnostics import pairwise_auc
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randint(0, 6, (300,), generator=g).float(), torch.randint(0, 5, (200,), generator=g).float()
+    u = mannwhitneyu(real.numpy(), fake.numpy()).statistic
+    assert pairwise_auc(real, fake) == pytest.approx(u / (300 * 200), abs=1e-12)
+    # all logits positive, every real pair ranked above every fake one: accuracy at 0 is one half, AUC 1
+    assert pairwise_auc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
 
 
 @pytest.mark.parametrize("cuda_graph", ["false", '"eager"'])

@@ -84,6 +84,16 @@ def test_ddgan_run_report_shows_the_game_and_the_discriminator_by_level(tmp_path
     cells = [row.split("</td><td>") for row in section.split("<tr><td>")[1:]]
     assert [int(c[0]) for c in cells] == [1, 2]  # one row per level t
     assert all(0.0 <= float(c[4].split("<")[0]) <= 1.0 for c in cells)  # accuracy
+    assert all(0.0 <= float(c[5].split("<")[0]) <= 1.0 for c in cells)  # AUC
+    # a checkpoint whose tensors no longer fit its config: one line in the report, not torch's traceback
+    from guidediff.checkpoint import latest_checkpoint
+
+    state_file = latest_checkpoint(run / "checkpoints") / "state.json"
+    state = json.loads(state_file.read_text())
+    state["config"]["discriminator"]["hidden"] = 24
+    state_file.write_text(json.dumps(state))
+    page = write_report(run, tmp_path / "again.html").read_text()
+    assert "Not measured:" in page and "(D)" in page and "<th>auc</th>" not in page
 
 
 def test_ddgan_report_without_the_runs_data_says_so_and_takes_a_data_dir(tmp_path):

@@ -85,13 +85,14 @@ def _discriminator_section(run: Path, data_dir: str | Path | None) -> list[str]:
     try:
         rows = discriminator_report(run, n=n, device=device, data_dir=data_dir)
     except UsageError as exc:
-        return head + [f"<p>Not measured: {html.escape(str(exc))} (guidediff report RUN --data-dir DIR)</p>"]
+        return head + [f"<p>Not measured: {html.escape(str(exc))}</p>"]
     return head + [
-        f"<p>The latest checkpoint's raw G and D on {n} training images ({device}): D's mean logits on real and generated "
-        "pairs (x<sub>t−1</sub>, x<sub>t</sub>) and its accuracy at each level t. Near 0.5 at every level, D "
-        "separates nothing, which a weak D and a good G both give: read it beside the samples (the run behind the "
-        "Fashion-MNIST preset ends at 0.55 to 0.50 with FID-FMNIST 2.55); below 0.5 it prefers the generated pairs.</p>",
-        _table(rows, ["t", "lam", "d_real", "d_fake", "accuracy"]),
+        f"<p>The latest checkpoint's raw G and D on {n} training images ({device}): D's mean logits on real and "
+        "generated pairs (x<sub>t−1</sub>, x<sub>t</sub>) at each level t, its accuracy at threshold 0 (which "
+        "depends on D's offset), and its AUC, the chance that a real pair scores above a generated one (0.5: D "
+        "ranks them alike, which a weak D and a good G both give, so read it beside the samples; below 0.5 it "
+        "prefers the generated pairs).</p>",
+        _table(rows, ["t", "lam", "d_real", "d_fake", "accuracy", "auc"]),
     ]
 
 

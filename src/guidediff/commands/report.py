@@ -20,6 +20,6 @@ def run(args) -> int:
 
     run_dir = existing_dir(args.run_dir, "the run, sweep or eval output directory")
     check_out_file(args.out or run_dir / "report.html", flag="--out", suffix=".html", overwrite=args.overwrite)
-    path = write_report(args.run_dir, args.out, data_dir=args.data_dir)
+    path = write_report(run_dir, args.out, data_dir=args.data_dir)
     print(f"wrote {path}")
     return 0

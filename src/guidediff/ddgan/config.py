@@ -97,9 +97,10 @@ class TrainSection:
     finite_check: step (the host reads every loss: one sync per step, stops before a bad update) |
     log (no host sync between log steps: a device flag, read at log and checkpoint steps) | auto
     (log on CUDA, step on the CPU); see ddgan.train.
-    cuda_graph: auto (the default: the step captured in CUDA graphs on CUDA, 1.71x the classic
-    step's images/s on an H200 with r1_every 4, benchmarks/results/ddgan_speed.json; the classic
-    step elsewhere) | false (the classic step) | true | "eager" (the graph-ready step, uncaptured);
+    cuda_graph: auto (the default: the step captured in CUDA graphs on CUDA; with r1_every 4 it made
+    1.71x the images/s of the classic step with R1 every step, 1.77x that of the classic step with
+    r1_every 4, on an H200 with the previous preset's discriminator, benchmarks/results/ddgan_speed.json;
+    the classic step elsewhere) | false (the classic step) | true | "eager" (the graph-ready step, uncaptured);
     see ddgan.step."""
 
     batch_size: int = 128
@@ -154,13 +155,18 @@ class DDGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> DDGANConfig:
-        """A config from a nested dict; the preset of its data.name fills what is missing."""
+        """A config from a nested dict; the preset of its data.name fills what is missing, except the
+        discriminator options that came later (minibatch_std, zero_init_residual): a saved config
+        without them describes a discriminator without them."""
         name = (d.get("data") or {}).get("name", DataSection.name) if isinstance(d, dict) else DataSection.name
         config = preset(name)
-        if isinstance(d, dict) and isinstance(d.get("discriminator"), dict):
+        saved_d = d.get("discriminator") if isinstance(d, dict) else None
+        if isinstance(saved_d, dict):
             # a config saved before these options existed describes a discriminator without them,
             # whatever today's preset says
-            config.discriminator.minibatch_std, config.discriminator.zero_init_residual = 0, False
+            config.discriminator.minibatch_std = 0 if "minibatch_std" not in saved_d else config.discriminator.minibatch_std
+            if "zero_init_residual" not in saved_d:
+                config.discriminator.zero_init_residual = False
         config = apply_nested(config, d, source)
         config.validate()
         return config
@@ -185,6 +191,9 @@ class DDGANConfig:
                 f"generator.channel_mult must hold positive integers, got {g.channel_mult}")
         require(len(dsc.channel_mult) >= 1 and min(dsc.channel_mult) >= 1,
                 f"discriminator.channel_mult must hold positive integers, got {dsc.channel_mult}")
+        require(self.is_toy or len(dsc.channel_mult) <= 4,
+                f"discriminator.channel_mult has {len(dsc.channel_mult)} blocks; each halves the 28×28 input "
+                "(28 → 14 → 7 → 3 → 1), so at most 4 fit")
         require(isinstance(dsc.minibatch_std, int) and not isinstance(dsc.minibatch_std, bool)
                 and (dsc.minibatch_std == 0 or dsc.minibatch_std >= 2),
                 f"discriminator.minibatch_std must be 0 (off) or a group size >= 2 (DDGAN uses 4), "

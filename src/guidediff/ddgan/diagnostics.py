@@ -2,7 +2,10 @@
 each denoising level t: its mean logits on both and its accuracy (the share of real pairs with a
 positive logit and of generated ones with a negative logit, averaged). The training log's d_real
 and d_fake average over the levels, where per-level offsets of D can hide that it separates
-nothing, or that it prefers the fakes (accuracy below 0.5)."""
+nothing, or that it prefers the fakes (accuracy below 0.5). The accuracy at threshold 0 itself
+depends on D's offset (a D that ranks every real pair above every generated one, all logits of one
+sign, scores 0.5), so each level also gets the AUC: the chance that a real pair's logit exceeds a
+generated one's (the Mann–Whitney statistic over n·n pairs), 0.5 when D ranks them alike."""
 
 from __future__ import annotations
 
@@ -11,6 +14,13 @@ from pathlib import Path
 import torch
 
 from guidediff.ddgan.schedule import DiscreteVP, forward_pair, posterior_sample
+
+
+def pairwise_auc(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """P(real > fake) + ½·P(real = fake) over all pairs of the two 1-D score sets (U / (n_real·n_fake)
+    of the Mann–Whitney test)."""
+    real, fake = real.double()[:, None], fake.double()[None, :]
+    return float((real > fake).double().mean() + 0.5 * (real == fake).double().mean())
 
 
 @torch.no_grad()
@@ -30,7 +40,8 @@ def discriminator_by_level(G, D, x0: torch.Tensor, c: torch.Tensor | None, lams:
         x_fake = posterior_sample(x_t, G(x_t, randn(b, nz), lam_t, c).float(), lam_t, lam_s, randn(*x0.shape))
         d_real, d_fake = D(x_s, x_t, lam_t, c).float(), D(x_fake, x_t, lam_t, c).float()
         rows.append({"t": t, "lam": float(lams[t]), "d_real": float(d_real.mean()), "d_fake": float(d_fake.mean()),
-                     "accuracy": float(((d_real > 0).float().mean() + (d_fake < 0).float().mean()) / 2)})
+                     "accuracy": float(((d_real > 0).float().mean() + (d_fake < 0).float().mean()) / 2),
+                     "auc": pairwise_auc(d_real, d_fake)})
     return rows
 
 
@@ -39,6 +50,7 @@ def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
     """``discriminator_by_level`` for the latest checkpoint of a DDGAN run: its raw generator and
     discriminator (the pair that was playing), n training images drawn with ``seed`` from the run's
     dataset (in ``data_dir`` when given, else where the run found it)."""
+    from guidediff.checkpoint import check_state_dict
     from guidediff.ddgan.config import DDGANConfig
     from guidediff.ddgan.train import build_networks, load_training_data, read_ddgan_checkpoint, unprefixed
 
@@ -49,8 +61,10 @@ def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
         config.data.data_dir = str(data_dir)
     data = load_training_data(config, device)
     G, D = build_networks(config, data.sample_shape, data.num_classes)
-    G.load_state_dict(unprefixed("G", parts["model"]))
-    D.load_state_dict(unprefixed("D", parts["model"]))
+    for name, net in (("G", G), ("D", D)):
+        tensors = unprefixed(name, parts["model"])
+        check_state_dict(tensors, net.state_dict(), f"{run_dir} ({name})")  # a one-line error, not torch's
+        net.load_state_dict(tensors)
     G, D = G.to(device).eval(), D.to(device).eval()
     g = torch.Generator(device=device).manual_seed(seed)
     x0, c = data.batch(n, g)

@@ -79,6 +79,7 @@ def kl_parts(counts: np.ndarray, shape: tuple[int, ...]) -> dict:
     counts = np.asarray(counts, np.float64)
     require(counts.ndim == 1 and counts.size == int(np.prod(shape)),
             f"counts must be a 1-D array of {int(np.prod(shape))} entries for the factors {tuple(shape)}")
+    require((counts >= 0).all() and counts.sum() > 0, "counts must be non-negative with a positive sum")
     p = counts.reshape(shape) / counts.sum()
     axes = range(len(shape))
     marginals = [p.sum(axis=tuple(a for a in axes if a != k)) for k in axes]
