@@ -252,6 +252,12 @@ def test_snapshot_folder_mistakes_are_refused_in_one_line(tmp_path):
     save_file({"weight": torch.zeros(2, 3)}, str(damaged), metadata={"format": SNAPSHOT_FORMAT})
     with pytest.raises(UsageError, match="damaged post-hoc EMA snapshot"):
         posthoc_ema(tmp_path, 0.07)
+    # metadata that parses but is not sane: a NaN γ, a step 0
+    for bad in ({"step": "99", "t": "99", "gamma": "nan", "sigma_rel": "0.05"},
+                {"step": "0", "t": "0", "gamma": "6.9372", "sigma_rel": "0.05"}):
+        save_file({"weight": torch.zeros(2, 3)}, str(damaged), metadata={"format": SNAPSHOT_FORMAT, **bad})
+        with pytest.raises(UsageError, match="damaged post-hoc EMA snapshot .*remove it"):
+            posthoc_ema(tmp_path, 0.07)
     damaged.unlink()
     (folder / "phema-0000002-gamma6.9372.safetensors").unlink()
     other = _buffered_snapshots(tmp_path / "other")  # noqa: F841 - another run's snapshot, other shapes below

@@ -111,11 +111,16 @@ def list_snapshots(run_dir: str | Path) -> list[Snapshot]:
         meta = safetensors_header(path).get("__metadata__") or {}
         require(meta.get("format") == SNAPSHOT_FORMAT, f"{path} is not a post-hoc EMA snapshot; remove it")
         try:
-            snaps.append(Snapshot(path, int(meta["step"]), int(meta["t"]), float(meta["gamma"]),
-                                  float(meta["sigma_rel"]), tuple(json.loads(meta.get("buffers", "[]")))))
+            snap = Snapshot(path, int(meta["step"]), int(meta["t"]), float(meta["gamma"]),
+                            float(meta["sigma_rel"]), tuple(json.loads(meta.get("buffers", "[]"))))
         except (KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"{path} is a damaged post-hoc EMA snapshot (its metadata lacks or garbles "
                              f"{exc}); remove it") from None
+        # parsed is not sane: a NaN γ or a step 0 would surface deep in the solver
+        require(snap.step >= 1 and snap.t >= 1 and math.isfinite(snap.gamma) and snap.gamma >= 0
+                and 0 < snap.sigma_rel < 1, f"{path} is a damaged post-hoc EMA snapshot (step {snap.step}, t {snap.t}, "
+                f"gamma {snap.gamma}, sigma_rel {snap.sigma_rel}); remove it")
+        snaps.append(snap)
     return sorted(snaps, key=lambda s: (s.step, s.gamma))
 
 
