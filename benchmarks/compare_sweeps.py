@@ -284,10 +284,12 @@ def output_paths(out_dir: str | Path, name: str) -> dict[str, Path]:
 
 def write_outputs(result: dict, out_dir: str | Path, name: str) -> dict[str, Path]:
     """Write <name>.json, <name>.md and <name>.png into out_dir; returns their paths."""
+    from guidediff.checkpoint import write_text_atomic
+
     paths = output_paths(out_dir, name)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
-    paths["md"].write_text(markdown_table(result))
+    write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
+    write_text_atomic(paths["md"], markdown_table(result))
     plot(result, paths["png"])
     return paths
 
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", required=True, help="file stem of the outputs, e.g. cg_vs_cfg")
     parser.add_argument("--sweep", action="append", required=True, metavar="LABEL=PATH",
                         help="a method's label and its sweep.json; repeat per method (order = legend order)")
-    parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
+    parser.add_argument("--out", default=os.environ.get("BENCH_OUT") or str(RESULTS),
+                        help="output folder (default $BENCH_OUT, else benchmarks/results)")
     parser.add_argument("--baseline", default=None, help="label of the method the goal checks compare against")
     args = parser.parse_args(argv)
     require(bool(args.name.strip()) and "/" not in args.name, f"--name {args.name!r} must be a plain file stem; e.g. --name cg_vs_cfg")

@@ -18,17 +18,21 @@ import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
 from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.errors import UsageError  # noqa: E402
 from guidediff.runtime import resolve_device  # noqa: E402
 
 
 def model_provenance(source: str) -> dict:
-    """What the model file says of its training (step, training time, commit), recorded with its
-    scores: a shipped name points at another file once the model is re-shipped."""
+    """What the weights that load_model scores say of their training (step, training time,
+    commit), recorded with the scores: a shipped name points at another file once the model is
+    re-shipped. A run or checkpoint directory: the state.json of the checkpoint it loads (the
+    latest); a .safetensors model or shipped name: the model.json written beside it."""
+    from guidediff.checkpoint import STATE_FILE, resolve_checkpoint
     from guidediff.models import is_shipped_name, shipped_path
 
-    path = shipped_path(source) if is_shipped_name(source) else Path(source)
-    beside = path.with_suffix(".json") if path.suffix == ".safetensors" else path / "model.json"
-    info = json.loads(beside.read_text()) if beside.is_file() else {}
+    path = shipped_path(source) if is_shipped_name(source) else Path(source).expanduser()
+    info_file = path.with_suffix(".json") if path.is_file() else resolve_checkpoint(path) / STATE_FILE
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     return {k: info[k] for k in ("step", "training_time_s", "commit") if k in info}
 
 
@@ -45,16 +49,22 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true",
                    help="sample eagerly on a GPU too (cheaper than compiling each model for a few thousand samples)")
     args = p.parse_args()
+    try:
+        ws = [float(v) for v in args.w.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --w {args.w!r} must be a comma list of numbers, e.g. --w 0,0.3") from None
     common.claim_result(args.name)
     device = str(resolve_device(None))
-    ws = [float(v) for v in args.w.split(",")]
     record = {"task": {"n_per_w": args.n, "sampler": args.sampler, "grid": args.grid, "steps": args.steps,
                      "sigma_max": args.sigma_max, "w": ws},
               "models": {}}
     record["provenance"] = {}
     for source in args.models:
-        net, config = load_model(source, device)
-        record["provenance"][source] = model_provenance(source)
+        try:
+            net, config = load_model(source, device)
+            record["provenance"][source] = model_provenance(source)
+        except UsageError as exc:
+            raise SystemExit(f"error: {exc}") from None
         print(source, flush=True)
         record["models"][source] = fmnist_eval.evaluate_at(
             net, config, ws, max(args.n // 10, 1), ddim_steps=args.steps, device=device, sampler=args.sampler,

@@ -178,6 +178,12 @@ def main() -> None:
         if not args.layout:
             parser.error("--merge needs --layout: how the two sides shared (or did not share) the GPUs")
         # before anything is written, checked against the device the sides were measured on
+        for path in args.merge:
+            try:
+                json.loads(Path(path).read_text())
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"error: --merge {path} is not a readable side result ({exc.__class__.__name__}); "
+                                 "pass the quality_vs_diffusers_<side>.json files of the two sides") from None
         first = json.loads(Path(args.merge[0]).read_text())
         common.claim_result("quality_vs_diffusers", device=first.get("device"))
         result = merge(args.merge, args.layout)
