@@ -196,12 +196,14 @@ class Config:
         _choice("train.lr_schedule", t.lr_schedule, ("constant", "cosine", "linear"))
         require(0.0 <= t.lr_final <= 1.0, f"train.lr_final (a fraction of lr) must lie in [0, 1], got {t.lr_final}")
         _choice("train.ema", t.ema, ("exp", "power"))
-        require(0.0 < t.ema_sigma_rel < 0.28,
-                f"train.ema_sigma_rel must lie in (0, 0.28) (EDM2 uses 0.05 to 0.15), got {t.ema_sigma_rel}")
-        require(len(t.posthoc_sigma_rels) >= 1 and all(0.0 < r < 0.28 for r in t.posthoc_sigma_rels)
+        from guidediff.ema import SIGMA_REL_MAX
+
+        require(0.0 < t.ema_sigma_rel < SIGMA_REL_MAX, f"train.ema_sigma_rel must lie in (0, {SIGMA_REL_MAX:.4f}) "
+                f"(EDM2 uses 0.05 to 0.15), got {t.ema_sigma_rel}")
+        require(len(t.posthoc_sigma_rels) >= 1 and all(0.0 < r < SIGMA_REL_MAX for r in t.posthoc_sigma_rels)
                 and len(set(t.posthoc_sigma_rels)) == len(t.posthoc_sigma_rels),
-                f"train.posthoc_sigma_rels must be distinct numbers in (0, 0.28) (EDM2 stores 0.05 and 0.10), "
-                f"got {t.posthoc_sigma_rels}")
+                f"train.posthoc_sigma_rels must be distinct numbers in (0, {SIGMA_REL_MAX:.4f}) (EDM2 stores 0.05 and "
+                f"0.10), got {t.posthoc_sigma_rels}")
         if t.posthoc_ema:
             from guidediff.ema import power_gamma
             from guidediff.posthoc_snapshots import snapshot_name

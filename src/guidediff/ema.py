@@ -21,11 +21,14 @@ def ema_decay(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
 
+SIGMA_REL_MAX = math.sqrt(1 / 12)  # σ_rel of γ = 0, the longest power EMA (the plain average)
+
+
 def power_gamma(sigma_rel: float) -> float:
     """γ of the power-function EMA with relative standard deviation σ_rel (Karras et al. 2024,
     EDM2, eq. 3): solves σ_rel² = (γ+1)/((γ+2)²(γ+3)), which decreases in γ (bisection)."""
-    if not 0.0 < sigma_rel < math.sqrt(1 / 12):
-        raise ValueError(f"sigma_rel must lie in (0, {math.sqrt(1 / 12):.4f}), got {sigma_rel}")
+    if not 0.0 < sigma_rel < SIGMA_REL_MAX:
+        raise ValueError(f"sigma_rel must lie in (0, {SIGMA_REL_MAX:.4f}), got {sigma_rel}")
 
     def rel(g: float) -> float:
         return math.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))

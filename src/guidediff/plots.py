@@ -16,7 +16,8 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path: str | Path, dpi: int) -> Path:
+def save_figure(plt, fig, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, write and close a figure; returns its path."""
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -39,7 +40,7 @@ def fid_vs_is(curves: dict[str, list[dict]], path: str | Path, *, knob: str = "w
     ax.set_ylabel("FID-FMNIST (lower is better)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(plt, fig, path, dpi=130)
+    return save_figure(plt, fig, path, dpi=130)
 
 
 def metrics_vs_knob(points: list[dict], path: str | Path, *, knob: str = "w", fid_floor: float | None = None) -> Path:
@@ -56,7 +57,7 @@ def metrics_vs_knob(points: list[dict], path: str | Path, *, knob: str = "w", fi
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(knob)
         ax.grid(alpha=0.3)
-    return _save(plt, fig, path, dpi=120)
+    return save_figure(plt, fig, path, dpi=120)
 
 
 def training_curve(records: list[dict], path: str | Path) -> Path:
@@ -70,7 +71,7 @@ def training_curve(records: list[dict], path: str | Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    return _save(plt, fig, path, dpi=120)
+    return save_figure(plt, fig, path, dpi=120)
 
 
 def ddgan_curves(records: list[dict], path: str | Path) -> Path:
@@ -95,7 +96,7 @@ def ddgan_curves(records: list[dict], path: str | Path) -> Path:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(plt, fig, path, dpi=120)
+    return save_figure(plt, fig, path, dpi=120)
 
 
 def grid_across_knob(images: np.ndarray, labels: np.ndarray, knobs: np.ndarray, path: str | Path, *, per_cell: int = 4) -> Path:

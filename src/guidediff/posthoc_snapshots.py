@@ -141,7 +141,9 @@ def representable_ranges(basis, max_fit_error: float) -> list[tuple[float, float
 
 def check_sigma_rel(sigma_rel: float) -> float:
     """σ_rel as a float inside the power EMA's domain (0, √(1/12)), else a one-line UsageError."""
-    sigma_rel, limit = float(sigma_rel), math.sqrt(1 / 12)
+    from guidediff.ema import SIGMA_REL_MAX
+
+    sigma_rel, limit = float(sigma_rel), SIGMA_REL_MAX
     require(0.0 < sigma_rel < limit, f"--sigma-rel must lie in (0, {limit:.4f}) (EDM2 uses 0.05 to 0.15), "
                                      f"got {sigma_rel}")
     return sigma_rel

@@ -84,7 +84,7 @@ def accuracy_vs_lam(
 
 def plot_accuracy_vs_lam(result: dict, path: str | Path, title: str = "noisy classifier") -> Path:
     """Accuracy against λ (one point per bin) with the chance level."""
-    from guidediff.plots import _pyplot
+    from guidediff.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -96,10 +96,7 @@ def plot_accuracy_vs_lam(result: dict, path: str | Path, title: str = "noisy cla
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{title}: accuracy vs λ (n = {result['n']})", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(plt, fig, path, dpi=110)
 
 
 def held_out_images(dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

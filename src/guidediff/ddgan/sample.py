@@ -146,7 +146,7 @@ def save_preview(path: str | Path, result: dict[str, Any], config: DDGANConfig, 
         cols = int(np.ceil(np.sqrt(k)))
         return save_grid(path, x[:k], int(np.ceil(k / cols)), cols)
     from guidediff.data.toy2d import load_toy
-    from guidediff.plots import _pyplot
+    from guidediff.plots import _pyplot, save_figure
 
     plt = _pyplot()
     means = load_toy(config.data.name).means.numpy()
@@ -155,11 +155,8 @@ def save_preview(path: str | Path, result: dict[str, Any], config: DDGANConfig, 
     ax.scatter(means[:, 0], means[:, 1], s=12, c="red", marker="x", label="modes")
     ax.set_aspect("equal")
     ax.set_title(f"DDGAN T={config.diffusion.T}")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path, dpi=120)
 
 
 def sample_to_dir(source: str | Path, out: str | Path, n: int, *, classes: str | None = None, seed: int = 0,

@@ -381,11 +381,9 @@ def plot_toy(
     """Figure 2 of the CFG paper with samples: one column per weight, one row per sample set
     (name, x, y, w); each panel shows the exact tilted densities p(x|c)·p(c|x)^w of every class as
     coloured contours and the samples as dots of the class colour."""
-    import matplotlib
+    from guidediff.plots import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     weights = list(dict.fromkeys(panels[0][3].tolist()))
     classes = sorted(set(panels[0][2].tolist()))
     grid = make_grid(mixture, max_cells=400)
@@ -417,10 +415,7 @@ def plot_toy(
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(f"{mixture.name}: contours = exact p(x|c)·p(c|x)^w per class, dots = guided samples", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(plt, fig, path, dpi=110)
 
 
 def format_table(rows: list[dict]) -> str:
