@@ -466,12 +466,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: v for k, v in vars(args).items() if k != "merge"}
 
     env = {**common.environment(), "device": device}
-    measured_on = {k: env[k] for k in ("device", "torch", "commit")}
+    on_gpu = args.device.startswith("cuda")
+    # who else was on the GPU when each part began and ended: a part's wall times and its
+    # steps-in-minutes are comparable to another's only when both had the GPU to themselves
+    part_began_sharing = common.gpu_sharing() if on_gpu else None
 
     def save(new: dict) -> None:
         # after every part, so a call cut off by its time limit still returns what it finished
-        nonlocal results
+        nonlocal results, part_began_sharing
         settings["wall_seconds"] = round(time.perf_counter() - start, 1)
+        measured_on = {k: env[k] for k in ("device", "torch", "commit")}
+        if on_gpu:
+            measured_on["gpu_sharing"] = {"began": part_began_sharing, "ended": common.gpu_sharing()}
+            part_began_sharing = measured_on["gpu_sharing"]["ended"]
         stamped = {k: [{**e, "measured_on": measured_on} for e in v] if k == "fmnist" else {**v, "measured_on": measured_on}
                    for k, v in new.items()}
         results = merge(results, {**stamped, "settings": settings})
