@@ -289,29 +289,71 @@ def _grid(path: Path, x: np.ndarray, k: int = 64) -> None:
 
 # -- results -----------------------------------------------------------------------------------------
 
+def row_key(entry: dict) -> str:
+    """An fmnist row's name among the parts of ddgan.json (as planned_keys names it)."""
+    if entry["method"] == "ddgan":
+        return f"fmnist ddgan T={entry['nfe']}"
+    return f"fmnist {entry['method']} nfe={entry['nfe']}"
+
+
+def parts_of(result: dict) -> dict[str, dict]:
+    """Every part of a ddgan.json by its name: gaussians25, stacked and one per fmnist row."""
+    parts = {k: result[k] for k in ("gaussians25", "stacked") if isinstance(result.get(k), dict)}
+    parts.update({row_key(e): e for e in result.get("fmnist", [])})
+    return parts
+
+
+def settings_by_part(result: dict) -> dict[str, dict]:
+    """The settings of the call that made each part. An older file kept only its last call's
+    settings: they belong to the parts that call planned."""
+    if "settings_by_part" in result:
+        return dict(result["settings_by_part"])
+    settings = result.get("settings")
+    if not settings:
+        return {}
+    defaults = {"parts": [], "fmnist_T": [], "nfe": [], "diffusion_samplers": ["ddim-u"]}
+    planned = planned_keys(argparse.Namespace(**{**defaults, **settings}))
+    return {key: settings for key in planned if key in parts_of(result)}
+
+
 def merge(old: dict, new: dict) -> dict:
-    """new over old; fmnist entries are replaced per (method, nfe), kept otherwise."""
-    merged = {**old, **{k: v for k, v in new.items() if k != "fmnist"}}
+    """new over old: fmnist rows are replaced per (method, nfe), kept otherwise. Each part keeps the
+    settings of the call that made it; the prose provenance of a replaced part goes."""
+    file_keys = ("fmnist", "settings", "settings_by_part", "provenance", "device", "torch", "commit", "cuda")
+    merged = {**old, **{k: v for k, v in new.items() if k not in file_keys}}
+    merged.pop("settings", None)
     entries = {(e["method"], e["nfe"]): e for e in old.get("fmnist", [])}
     entries.update({(e["method"], e["nfe"]): e for e in new.get("fmnist", [])})
     if entries:
         merged["fmnist"] = sorted(entries.values(), key=lambda e: (e["method"], e["nfe"]))
+    merged["settings_by_part"] = {**settings_by_part(old), **settings_by_part(new)}
+    replaced = {k for k in ("gaussians25", "stacked") if k in new} | ({"fmnist"} if new.get("fmnist") else set())
+    provenance = {**{k: v for k, v in old.get("provenance", {}).items() if k not in replaced},
+                  **new.get("provenance", {})}
+    merged.pop("provenance", None)
+    if provenance:
+        merged["provenance"] = provenance
     return merged
-
-
-def part_devices(result: dict) -> set[str]:
-    """The devices the parts of a ddgan.json say they were measured on (measured_on)."""
-    parts = [result.get(k) for k in ("gaussians25", "stacked")] + list(result.get("fmnist", []))
-    return {p["measured_on"]["device"] for p in parts if isinstance(p, dict) and "measured_on" in p}
 
 
 MIXED = "mixed: each part's measured_on (or, for older parts, measured / provenance) says where"
 
 
-def top_device(*devices: str | None) -> str | None:
-    """The file's device: the one all its parts share, else MIXED (each part says where)."""
-    found = {d for d in devices if d}
-    return found.pop() if len(found) == 1 else (MIXED if found else None)
+def file_stamp(result: dict) -> dict:
+    """The file's device, torch and commit: the one its parts share, else MIXED (each part says
+    where). A part without measured_on (an older one) makes every key MIXED."""
+    stamps = [p.get("measured_on") for p in parts_of(result).values()]
+    if not stamps:
+        return {}
+    if not all(stamps):
+        return {"device": MIXED, "torch": MIXED, "commit": MIXED, "cuda": MIXED}
+    stamp = {}
+    for key in ("device", "torch", "commit"):
+        values = {str(s.get(key)) for s in stamps}
+        stamp[key] = values.pop() if len(values) == 1 else MIXED
+    if stamp["torch"] == MIXED:
+        stamp["cuda"] = MIXED
+    return stamp
 
 
 def read_input(path: str) -> dict:
@@ -362,9 +404,7 @@ def refuse_replacing(old: dict, args, target: Path) -> None:
 
     if args.resume or os.environ.get("BENCH_OVERWRITE") == "1":
         return
-    have = [k for k in ("gaussians25", "stacked") if k in old]
-    for e in old.get("fmnist", []):
-        have.append(f"fmnist ddgan T={e['nfe']}" if e["method"] == "ddgan" else f"fmnist {e['method']} nfe={e['nfe']}")
+    have = parts_of(old)
     clash = [k for k in planned_keys(args) if k in have]
     if clash:
         raise SystemExit(f"error: {target} already holds {', '.join(clash)}; pass --resume to continue those runs, "
@@ -438,10 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     out = target.parent
     old = json.loads(target.read_text()) if target.is_file() else {}
     if args.merge:
-        devices = [old.get("device")] + [new.get("device") for new in inputs]
         for new in inputs:
             old = merge(old, new)
-        old["device"] = top_device(*devices, *part_devices(old))
+        old.update(file_stamp(old))
         common.write_result("ddgan", old, str(out))
         print_table(old)
         return 0
@@ -481,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             part_began_sharing = measured_on["gpu_sharing"]["ended"]
         stamped = {k: [{**e, "measured_on": measured_on} for e in v] if k == "fmnist" else {**v, "measured_on": measured_on}
                    for k, v in new.items()}
-        results = merge(results, {**stamped, "settings": settings})
-        results["device"] = top_device(results.get("device"), device, *part_devices(results))
+        results = merge(results, {**stamped, "settings_by_part": {key: dict(settings) for key in parts_of(stamped)}})
+        results.update(file_stamp(results))
         common.write_result("ddgan", results, str(out))
 
     if "gaussians25" in args.parts:

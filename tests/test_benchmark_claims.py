@@ -201,3 +201,35 @@ def test_ddgan_refuses_to_replace_a_part_unless_resumed_and_stamps_the_device_it
         mod.main(["--parts", "fmnist", "--n-eval", "0"])
     with pytest.raises(SystemExit, match="bad sampler config 'nope'"):
         mod.main(["--parts", "gaussians25", "--diffusion-samplers", "nope"])
+
+
+def test_ddgan_merge_keeps_each_parts_settings_and_drops_the_provenance_of_replaced_parts(out, tmp_path):
+    """A merged ddgan.json says where and how each part was made: the older file's one `settings`
+    goes to the parts its call planned, a replaced part's prose provenance goes, and the file's
+    device, torch and commit are the parts' own only when every part says the same."""
+    mod = bench("ddgan")
+    here = {"device": "NVIDIA Z9000", "torch": "9.9", "commit": "abc"}
+    older = {"device": "mixed", "settings": {"parts": ["gaussians25"], "toy_T": [2]},
+             "gaussians25": {"T": 2, "modes": 25, "high_quality_share": 0.85, "baselines": []},
+             "stacked": {"modes": 672, "kl": 1.93, "n": 26000},
+             "fmnist": [{"method": "ddgan", "nfe": 2, "fid": 8.3, "fid_floor": 0.02, "recall": 0.13,
+                         "sec_per_image": 1e-4, "measured": "an H200"}],
+             "provenance": {"gaussians25": "the CPU", "stacked": "arm b", "fmnist": "rows say"}}
+    newer = {"device": "NVIDIA Z9000", "torch": "9.9", "commit": "abc", "settings_by_part": {"stacked": {"parts": ["stacked"]}},
+             "stacked": {"modes": 984, "kl": 0.59, "n": 26000, "measured_on": here}}
+    merged = mod.merge(older, newer)
+    assert merged["stacked"]["modes"] == 984 and merged["fmnist"][0]["fid"] == 8.3
+    assert merged["provenance"] == {"gaussians25": "the CPU", "fmnist": "rows say"}
+    assert merged["settings_by_part"] == {"gaussians25": older["settings"], "stacked": {"parts": ["stacked"]}}
+    assert "settings" not in merged
+    assert set(mod.file_stamp(merged).values()) == {mod.MIXED}  # older parts carry no measured_on
+    same = {"stacked": {"measured_on": here}, "fmnist": [{"method": "ddgan", "nfe": 4, "measured_on": here}]}
+    assert mod.file_stamp(same) == here
+    other = {**same, "stacked": {"measured_on": {**here, "commit": "def"}}}
+    assert mod.file_stamp(other) == {**here, "commit": mod.MIXED}
+    # a merge through the command writes the stamp, not the torch and commit of whichever input came last
+    (tmp_path / "new.json").write_text(json.dumps(newer))
+    (out / "ddgan.json").write_text(json.dumps(older))
+    assert mod.main(["--merge", str(tmp_path / "new.json"), "--out", str(out)]) == 0
+    saved = json.loads((out / "ddgan.json").read_text())
+    assert saved["torch"] == saved["commit"] == saved["device"] == mod.MIXED
