@@ -48,6 +48,8 @@ def _run(run_dir, config, resume: bool = False):
     ("toy", ()), ("image", ()),
     # DDGAN's own discriminator options: the minibatch spread and zero-initialised residual convs
     ("image", ("discriminator.minibatch_std=2", "discriminator.zero_init_residual=true")),
+    # a decaying learning rate: a float in the classic step, a device tensor filled in place in the other
+    ("toy", ("train.lr_schedule=\"cosine\"", "train.lr_decay_steps=4", "train.lr_final=0.2")),
 ])
 def test_graph_ready_step_equals_classic_step_on_cpu(tmp_path, kind, extra):
     steps = 6 if kind == "toy" else 2
@@ -76,6 +78,34 @@ def test_graph_ready_run_resumes_exactly(tmp_path, first_half, first_extra):
     for part in ("model", "ema", "optimizer"):
         for k, v in once[1][part].items():
             torch.testing.assert_close(twice[1][part][k], v, rtol=1e-6, atol=1e-6, msg=f"{part}.{k}")
+
+
+@pytest.mark.parametrize("mode", ["false", "\"eager\""])
+def test_the_learning_rate_schedule_scales_the_first_adam_step(tmp_path, mode):
+    """Adam's first step moves each weight by lr·g/(|g| + eps), so its size is linear in the rate: with
+    the linear schedule over one step the rate is lr_final·lr, and D's move (D steps first, from the
+    same initial networks and draws) shrinks by exactly that factor."""
+    def d_weights(name: str, final: float):
+        extra = [f"train.lr_schedule=\"linear\"", "train.lr_decay_steps=1", f"train.lr_final={final}"]
+        return _run(tmp_path / name, _config("toy", mode, 1, "train.device=\"cpu\"", *extra))[1]["model"]
+
+    full, half, quarter = d_weights("full", 1.0), d_weights("half", 0.5), d_weights("quarter", 0.25)
+    d_keys = [k for k in full if k.startswith("D.")]
+    assert d_keys
+    for k in d_keys:  # full − half = 0.5·Δ and half − quarter = 0.25·Δ, without knowing the initial weights
+        torch.testing.assert_close(full[k] - half[k], 2 * (half[k] - quarter[k]), rtol=1e-4, atol=1e-7)
+    assert any((full[k] - half[k]).abs().max() > 1e-5 for k in d_keys)  # the rates really differ
+
+
+def test_a_resumed_run_continues_its_learning_rate_schedule(tmp_path):
+    sched = ("train.device=\"cpu\"", "train.lr_schedule=\"cosine\"", "train.lr_decay_steps=5", "train.lr_final=0.1")
+    once = _run(tmp_path / "once", _config("toy", "false", 6, *sched))
+    _run(tmp_path / "twice", _config("toy", "false", 3, *sched))
+    twice = _run(tmp_path / "twice", _config("toy", "false", 6, *sched), resume=True)
+    for k, v in once[1]["model"].items():
+        torch.testing.assert_close(twice[1]["model"][k], v, rtol=1e-6, atol=1e-6, msg=k)
+    constant = _run(tmp_path / "constant", _config("toy", "false", 6, "train.device=\"cpu\""))
+    assert any(not torch.equal(constant[1]["model"][k], v) for k, v in once[1]["model"].items())
 
 
 def test_graph_ready_step_flags_a_nan_at_the_next_log_step(tmp_path, monkeypatch):
@@ -118,7 +148,9 @@ def test_step_mode_follows_cuda_graph_and_finite_check():
 def test_graphed_steps_equal_eager_steps_on_cuda(tmp_path, capsys):
     """Both captured variants (with R1/R2 and without) replay what the graph-ready step computes
     eagerly, from the same Philox positions (8 steps: each variant warms up twice, then replays)."""
-    common = ("train.device=\"cuda\"", "train.mixed_precision=\"bf16\"")
+    # the learning rates fall along a cosine: the graphs must read the device rate filled before each replay
+    common = ("train.device=\"cuda\"", "train.mixed_precision=\"bf16\"", "train.lr_schedule=\"cosine\"",
+              "train.lr_decay_steps=8", "train.lr_final=0.1")
     eager = _run(tmp_path / "eager", _config("image", "\"eager\"", 8, *common))
     graphed = _run(tmp_path / "graphed", _config("image", "true", 8, *common))
     assert "could not be captured" not in capsys.readouterr().err  # the graphs really ran

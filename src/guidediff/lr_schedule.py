@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
+
 from guidediff.errors import require
 
 DECAYS = ("constant", "cosine", "linear")
@@ -39,3 +41,13 @@ def lr_lambda(train_config) -> Callable[[int], float]:
         return lr_factor(step, warmup=warmup, total=total, decay=decay, final=final)
 
     return factor
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Every parameter group's rate to ``value``. A rate kept as a device tensor (capturable Adam,
+    read by a captured CUDA graph) is filled in place, so the graph sees the new value."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value

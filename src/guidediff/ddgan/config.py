@@ -15,6 +15,7 @@ from typing import Any
 
 from guidediff.config import assign, assign_nested, load_toml, parse_override, section_keys, sections_to_dict
 from guidediff.errors import UsageError, require
+from guidediff.lr_schedule import DECAYS
 
 DATASETS = ("fmnist", "stacked-fmnist", "grid25")
 TOY_DATASETS = ("grid25",)
@@ -93,6 +94,9 @@ class TrainSection:
     r1_every as in StyleGAN2 so the average penalty does not change); r2_gamma > 0 adds the same
     penalty on generated x_{t−1} (R2) on those steps; EMA of G with warm-up.
     Training stops at `steps` or after `minutes` of wall time, whichever comes first.
+    lr_schedule: constant | cosine | linear. Not constant: both rates fall from lr_g and lr_d to
+    lr_final times them over the run's first lr_decay_steps steps, then stay there (DDGAN's own code
+    anneals both along a cosine over its whole run, to 1e-5). A run keeps its schedule when resumed.
     mixed_precision: auto (bf16 on CUDA) | no | bf16; R1 is always computed in float32.
     finite_check: step (the host reads every loss: one sync per step, stops before a bad update) |
     log (no host sync between log steps: a device flag, read at log and checkpoint steps) | auto
@@ -112,6 +116,9 @@ class TrainSection:
     r1_every: int = 1
     r2_gamma: float = 0.0
     ema_decay: float = 0.999
+    lr_schedule: str = "constant"
+    lr_decay_steps: int = 0
+    lr_final: float = 0.1
     steps: int = 20_000
     minutes: float | None = None
     seed: int = 0
@@ -215,6 +222,13 @@ class DDGANConfig:
         require(t.r1_gamma >= 0, f"train.r1_gamma must be >= 0 (0 turns R1 off), got {t.r1_gamma}")
         require(t.r2_gamma >= 0, f"train.r2_gamma must be >= 0 (0 turns R2 off), got {t.r2_gamma}")
         require(0 <= t.ema_decay < 1, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+        require(t.lr_schedule in DECAYS, f"train.lr_schedule {t.lr_schedule!r} is unknown; choose one of "
+                f"{', '.join(DECAYS)}")
+        require(t.lr_schedule == "constant" or t.lr_decay_steps >= 1,
+                f"train.lr_schedule = {t.lr_schedule!r} decays over train.lr_decay_steps steps, which is "
+                f"{t.lr_decay_steps}; set it (--set train.lr_decay_steps=N, often train.steps)")
+        require(0 < t.lr_final <= 1, f"train.lr_final is the fraction of the rates left after the decay; it must "
+                f"lie in (0, 1], got {t.lr_final}")
         require(t.minutes is None or 0 < t.minutes < float("inf"), f"train.minutes must be a positive number, got {t.minutes}")
         require(t.mixed_precision in ("auto", "no", "bf16"),
                 f"train.mixed_precision {t.mixed_precision!r} is unknown; choose auto, no or bf16")

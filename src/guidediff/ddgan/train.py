@@ -39,6 +39,7 @@ from guidediff.ddgan.config import DDGANConfig
 from guidediff.ddgan.losses import d_loss, g_loss, r1_penalty
 from guidediff.ddgan.schedule import DiscreteVP, forward_pair, posterior_sample
 from guidediff.errors import UsageError, require
+from guidediff.lr_schedule import lr_factor, set_learning_rate
 from guidediff.runtime import derive_seed, resolve_device
 
 CHECKPOINTS = "checkpoints"
@@ -466,11 +467,21 @@ class _Run:
         return self._finish()
 
     def _step(self) -> None:
+        self._schedule_learning_rates(self.state.step)
         try:
             self.step_fn(self.state.step)
         except _NonFinite as bad:  # finite_check "step": caught before the optimizer step that would spread it
             raise self._diverged(f"{bad.what} became {bad.value} at step {self.state.step}") from None
         self.state.step += 1
+
+    def _schedule_learning_rates(self, step: int) -> None:
+        """Both rates at this step of train.lr_schedule, set before the step (outside any CUDA graph)."""
+        t = self.config.train
+        if t.lr_schedule == "constant":
+            return
+        factor = lr_factor(step, warmup=0, total=t.lr_decay_steps, decay=t.lr_schedule, final=t.lr_final)
+        set_learning_rate(self.nets.opt_g, t.lr_g * factor)
+        set_learning_rate(self.nets.opt_d, t.lr_d * factor)
 
     # -- Log: one record per window of log_every steps. ------------------------------------------
     def _log(self, bar) -> None:
