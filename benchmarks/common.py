@@ -340,14 +340,17 @@ def parse_sampler_config(text: str) -> tuple[str, str, float | None, str]:
     the JSON rows, so '@80' and '@80.0' are one point and each sigma_max another)."""
     import math
 
+    from guidediff.samplers import SAMPLERS
+    from guidediff.schedules import GRIDS
+
     head, at, tail = text.partition("@")
     sampler, _, grid = head.rpartition("-")
     try:
         sigma_max = float(tail) if at else None
     except ValueError:
         sigma_max = math.nan
-    if (sampler not in ("ddim", "ancestral", "dpmpp-2m", "heun", "unipc") or grid not in ("u", "lambda", "karras")
+    if (sampler not in SAMPLERS or grid not in GRIDS
             or (sigma_max is not None and not (math.isfinite(sigma_max) and sigma_max > 0))):
-        raise SystemExit(f"bad sampler config {text!r}: write SAMPLER-GRID or SAMPLER-GRID@SIGMA_MAX, e.g. "
-                         "dpmpp-2m-lambda, heun-karras or dpmpp-2m-karras@80")
+        raise SystemExit(f"bad sampler config {text!r}: write SAMPLER-GRID or SAMPLER-GRID@SIGMA_MAX with a sampler "
+                         f"of {', '.join(SAMPLERS)} and a grid of {', '.join(GRIDS)}, e.g. dpmpp-2m-karras@80")
     return sampler, grid, sigma_max, f"{sampler}-{grid}" + ("" if sigma_max is None else f"@{sigma_max:g}")

@@ -54,6 +54,10 @@ from guidediff.ddgan.train import train  # noqa: E402
 from guidediff.errors import UsageError  # noqa: E402
 
 PARTS = ("gaussians25", "stacked", "fmnist", "diffusion")
+# --tiny: a few steps and samples per part (a CPU smoke run); flags given beside it keep their values
+TINY_SIZES = {"minutes": None, "steps": 20, "n_eval": 200, "nfe": [2], "fmnist_T": [1, 2], "batch_size": 16,
+              "sample_batch": 100, "toy_minutes": None, "toy_steps": 100, "n_toy": 2000, "toy_diffusion_steps": 50,
+              "stacked_minutes": None, "stacked_steps": 10, "n_stacked": 500}
 TINY_NETS = ["generator.base_channels=32", "generator.channel_mult=[1, 2]", "generator.num_res_blocks=1",
              "generator.attention_resolutions=[]", "discriminator.base_channels=16",
              "discriminator.channel_mult=[1, 2]"]
@@ -466,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: a few steps, tiny nets, few samples")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="only merge these result files into <out>")
     args = p.parse_args(argv)
+    if args.tiny:  # the smoke run's sizes, except where the command line gave its own
+        p.set_defaults(**TINY_SIZES)
+        args = p.parse_args(argv)
 
     if args.tiny and not (args.out or os.environ.get("BENCH_OUT")):  # a smoke run never lands in benchmarks/results
         args.out = tempfile.mkdtemp(prefix="ddgan_tiny_")
@@ -485,11 +492,6 @@ def main(argv: list[str] | None = None) -> int:
         print_table(old)
         return 0
     refuse_replacing(old, args, target)
-    if args.tiny:
-        args.minutes, args.steps, args.n_eval, args.nfe = None, 20, 200, [2]
-        args.toy_minutes, args.toy_steps, args.n_toy, args.toy_diffusion_steps = None, 100, 2000, 50
-        args.stacked_minutes, args.stacked_steps, args.n_stacked = None, 10, 500
-        args.fmnist_T, args.batch_size, args.sample_batch = args.fmnist_T[:2], 16, 100
 
     classifier = None
     if {"stacked", "fmnist", "diffusion"} & set(args.parts):

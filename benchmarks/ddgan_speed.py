@@ -76,7 +76,7 @@ def measure(overrides: list[str], data: TrainingData, device: torch.device, wind
     mode = choose_step_mode(config, cuda)
     common.reset_peak()
     nets, ema = build_training(config, data, device, capturable=cuda and mode != "classic")
-    lams = DiscreteVP(config.diffusion.T, config.diffusion.beta_min, config.diffusion.beta_max).lams(device=device)
+    lams = DiscreteVP.of(config.diffusion).lams(device=device)
     step_fn = DDGANStep(nets, ema, data, lams, config, mode=mode, bf16=cuda, sync_each_step=False)
     step = 0
     start = time.perf_counter()

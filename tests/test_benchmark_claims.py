@@ -233,3 +233,19 @@ def test_ddgan_merge_keeps_each_parts_settings_and_drops_the_provenance_of_repla
     assert mod.main(["--merge", str(tmp_path / "new.json"), "--out", str(out)]) == 0
     saved = json.loads((out / "ddgan.json").read_text())
     assert saved["torch"] == saved["commit"] == saved["device"] == mod.MIXED
+
+
+def test_ddgan_tiny_keeps_the_sizes_the_command_line_gave(out, monkeypatch):
+    """--tiny shrinks what the command line leaves at its default, not what it names."""
+    mod = bench("ddgan")
+    seen = {}
+
+    def record(args, work, out_dir, classifier):
+        seen.update(vars(args))
+        return iter(())
+
+    monkeypatch.setattr(mod, "part_fmnist", record)
+    monkeypatch.setattr("guidediff.nets.fmnist_classifier.load_eval_classifier", lambda *a: object())
+    assert mod.main(["--tiny", "--parts", "fmnist", "--n-eval", "300", "--fmnist-T", "4", "--device", "cpu"]) == 0
+    assert (seen["n_eval"], seen["fmnist_T"]) == (300, [4])
+    assert (seen["steps"], seen["batch_size"], seen["minutes"]) == (20, 16, None)

@@ -87,3 +87,11 @@ def test_device_name_says_cpu_for_a_cpu_run_on_a_gpu_machine(monkeypatch):
     assert common.device_name("cpu") == "cpu"
     assert common.device_name(None) == common.device_name("auto") == "GPU0"
     assert common.device_name("cuda") == "GPU0" and common.device_name("cuda:1") == "GPU1"
+
+
+def test_a_sampler_registered_later_is_a_valid_sampler_config(monkeypatch):
+    """The benchmarks read the sampler names from the registry: a new sampler needs no edit here."""
+    from guidediff.samplers import SAMPLERS, SamplerSpec
+
+    monkeypatch.setitem(SAMPLERS, "my-solver", SamplerSpec("my-solver", lambda *a, **k: None, (), "test"))
+    assert common.parse_sampler_config("my-solver-karras@80") == ("my-solver", "karras", 80.0, "my-solver-karras@80")

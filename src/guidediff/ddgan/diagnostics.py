@@ -68,6 +68,5 @@ def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
     G, D = G.to(device).eval(), D.to(device).eval()
     g = torch.Generator(device=device).manual_seed(seed)
     x0, c = data.batch(n, g)
-    df = config.diffusion
-    lams = DiscreteVP(df.T, df.beta_min, df.beta_max).lams(device=device)
+    lams = DiscreteVP.of(config.diffusion).lams(device=device)
     return discriminator_by_level(G, D, x0, c if config.data.conditional else None, lams, config.generator.nz, g)

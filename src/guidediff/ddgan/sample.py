@@ -107,7 +107,7 @@ def generate(G: nn.Module, config: DDGANConfig, n: int, *, classes: list[int] | 
         require(not classes or classes == [-1], "the model is unconditional; leave classes unset")
         classes = [-1]
     items = [c for c in classes for _ in range(n)]
-    lams = DiscreteVP(config.diffusion.T, config.diffusion.beta_min, config.diffusion.beta_max).lams(device=device)
+    lams = DiscreteVP.of(config.diffusion).lams(device=device)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -42,6 +42,11 @@ class DiscreteVP:
         require(0.0 < self.beta_min < self.beta_max and math.isfinite(self.beta_max),
                 f"need 0 < beta_min < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
 
+    @classmethod
+    def of(cls, diffusion) -> DiscreteVP:
+        """The schedule a DDGAN config's diffusion section names (T, beta_min, beta_max)."""
+        return cls(diffusion.T, diffusion.beta_min, diffusion.beta_max)
+
     def lams(self, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
         """λ_0 … λ_T (decreasing, λ_0 = +∞), computed in float64 and cast."""
         t = torch.arange(1, self.T + 1, dtype=torch.float64) / self.T

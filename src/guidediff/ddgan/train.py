@@ -430,8 +430,7 @@ class _Run:
         from guidediff.ddgan.step import DDGANStep
 
         config, t = self.config, self.config.train
-        diffusion = config.diffusion
-        lams = DiscreteVP(diffusion.T, diffusion.beta_min, diffusion.beta_max).lams(device=self.device)
+        lams = DiscreteVP.of(config.diffusion).lams(device=self.device)
         # finite_check "log": the step keeps the first bad step on the device (first_bad, −1: none yet)
         sync_each_step = t.finite_check == "step" or (t.finite_check == "auto" and not self.cuda)
         self.step_fn = DDGANStep(self.nets, self.ema, self.data, lams, config, mode=self.mode, bf16=self.bf16,
