@@ -256,7 +256,7 @@ def part_diffusion(args, classifier) -> Iterator[dict]:
     if args.cfg_model is None:
         log("  diffusion: skipped (pass --cfg-model PATH or a shipped name such as fmnist-cfg)")
         return
-    from guidediff.checkpoint import load_model
+    from guidediff.loading import load_model
     from guidediff.generation import generate as cfg_generate
 
     try:

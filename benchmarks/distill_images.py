@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.loading import load_model  # noqa: E402
 from guidediff.data.fmnist import load_fmnist  # noqa: E402
 from guidediff.diffusion import q_sample  # noqa: E402
 from guidediff.distill import distill_model, guided_teacher  # noqa: E402

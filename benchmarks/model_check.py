@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
-from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.loading import load_model  # noqa: E402
 from guidediff.errors import UsageError  # noqa: E402
 from guidediff.runtime import resolve_device  # noqa: E402
 

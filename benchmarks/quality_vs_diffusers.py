@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import peers  # noqa: E402
 
-from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.loading import load_model  # noqa: E402
 from guidediff.config import load_config  # noqa: E402
 from guidediff.data.fmnist import load_fmnist  # noqa: E402
 from guidediff.metrics.evaluate import evaluate_samples  # noqa: E402

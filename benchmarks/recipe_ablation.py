@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import fmnist_eval  # noqa: E402
 
-from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.loading import load_model  # noqa: E402
 from guidediff.runtime import resolve_device  # noqa: E402
 from guidediff.config import load_config  # noqa: E402
 from guidediff.train import train  # noqa: E402

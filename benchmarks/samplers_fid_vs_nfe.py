@@ -76,7 +76,7 @@ def main() -> None:
     args = p.parse_args()
 
 
-    from guidediff.checkpoint import load_model
+    from guidediff.loading import load_model
     from guidediff.metrics.evaluate import evaluate_samples
     from guidediff.errors import UsageError
     from guidediff.generation import generate, model_lam_grid

@@ -108,7 +108,7 @@ def _our_flops(config) -> float:
         return _FLOPS["ours"]
     net = UNet(config.model)
     loss_fn = cfg_loss(config)
-    from guidediff.train import StepContext
+    from guidediff.train_step import StepContext
 
     x = torch.zeros(4, 1, 28, 28)
     c = torch.zeros(4, dtype=torch.long)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from guidediff import checkpoint as ck
+from guidediff.loading import load_model
 from guidediff.config import load_config
 from guidediff.errors import UsageError
 from guidediff.nets.unet import UNet
@@ -181,11 +182,11 @@ def test_export_and_load_model(tmp_path, parts, monkeypatch):
     meta = json.loads((tmp_path / "m.json").read_text())
     assert meta["commit"] == "abc123" and meta["commands"] == ["guidediff train test"] and meta["step"] == 4
     assert meta["config"]["model"]["num_classes"] == 3 and meta["dtype"] == "float16"
-    loaded, cfg = ck.load_model(out)
+    loaded, cfg = load_model(out)
     assert cfg == config
     for k, v in loaded.state_dict().items():  # float16 storage: EMA weights rounded once
         assert torch.equal(v, ema[k].half().float())
-    raw, _ = ck.load_model(path, weights="model")
+    raw, _ = load_model(path, weights="model")
     for k, v in raw.state_dict().items():
         assert torch.equal(v, net.state_dict()[k])
     # a model file with a tensor left out
@@ -198,10 +199,10 @@ def test_export_and_load_model(tmp_path, parts, monkeypatch):
     del tensors["out.2.bias"]
     save_file(tensors, tmp_path / "bad.safetensors", metadata=metadata)
     with pytest.raises(UsageError, match="missing keys out.2.bias"):
-        ck.load_model(tmp_path / "bad.safetensors")
+        load_model(tmp_path / "bad.safetensors")
     save_file(tensors, tmp_path / "plain.safetensors")
     with pytest.raises(UsageError, match="not a guidediff model"):
-        ck.load_model(tmp_path / "plain.safetensors")
+        load_model(tmp_path / "plain.safetensors")
 
 
 def test_shipped_model_names(tmp_path, monkeypatch):
@@ -209,9 +210,9 @@ def test_shipped_model_names(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(UsageError, match="shipped model fmnist-cfg is not in this install"):
-        ck.load_model("fmnist-cfg")
+        load_model("fmnist-cfg")
     with pytest.raises(UsageError, match="not a shipped model name"):
-        ck.load_model("no-such-model")
+        load_model("no-such-model")
     assert models.available() == {}
 
 

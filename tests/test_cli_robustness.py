@@ -398,7 +398,7 @@ def test_overwrite_never_empties_the_working_directory(world, tmp_path, capsys, 
 
 
 def test_non_finite_samples_stop_with_the_model_named(world):
-    from guidediff.checkpoint import load_model
+    from guidediff.loading import load_model
     from guidediff.generation import generate
 
     net, config = load_model(world["model"])
@@ -449,7 +449,8 @@ def test_sweep_resume_keeps_finished_points_and_refuses_other_settings(world, tm
 
 
 def test_killed_export_leaves_no_half_written_file_for_good(world, tmp_path):
-    from guidediff.checkpoint import load_weights, save_model
+    from guidediff.checkpoint import save_model
+    from guidediff.sources import load_weights
 
     tensors, config, _ = load_weights(world["model"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -12,6 +12,7 @@ import torch
 
 from guidediff.data.toy2d import grid25
 from guidediff.ddgan import train as ddgan_train
+from guidediff.ddgan import update as ddgan_update
 from guidediff.ddgan.config import DDGANConfig, load_config, preset
 from guidediff.ddgan.discriminator import ImageDiscriminator, MLPDiscriminator
 from guidediff.ddgan.generator import ImageGenerator, MLPGenerator
@@ -313,14 +314,14 @@ def test_grid25_run_covers_the_modes(tmp_path):
 def _poison_fourth_d_loss(monkeypatch) -> None:
     """The discriminator loss turns NaN on its 4th call (step 3)."""
     calls = {"n": 0}
-    real_d_loss = ddgan_train.d_loss
+    real_d_loss = ddgan_update.d_loss
 
     def poisoned(d_real, d_fake):
         calls["n"] += 1
         out = real_d_loss(d_real, d_fake)
         return out * float("nan") if calls["n"] == 4 else out
 
-    monkeypatch.setattr(ddgan_train, "d_loss", poisoned)
+    monkeypatch.setattr(ddgan_update, "d_loss", poisoned)
 
 
 def test_nan_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
@@ -460,11 +461,11 @@ def _one_step(config: DDGANConfig, r1_step: bool) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     G, D = ddgan_train.build_networks(config, (2,), 5)
     t = config.train
-    nets = ddgan_train.Nets(G, D, G, D, torch.optim.Adam(G.parameters(), lr=t.lr_g),
+    nets = ddgan_update.Nets(G, D, G, D, torch.optim.Adam(G.parameters(), lr=t.lr_g),
                             torch.optim.Adam(D.parameters(), lr=t.lr_d))
     x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
     lams = DiscreteVP(config.diffusion.T, config.diffusion.beta_min, config.diffusion.beta_max).lams()
-    return ddgan_train.train_step(nets, x0, None, lams, config, torch.Generator().manual_seed(2),
+    return ddgan_update.train_step(nets, x0, None, lams, config, torch.Generator().manual_seed(2),
                                   r1_step=r1_step, bf16=False)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from guidediff.ddgan import train as ddgan_train
+from guidediff.ddgan import update as ddgan_update
 from guidediff.ddgan.config import load_config
 from guidediff.ddgan.step import choose_step_mode
 from guidediff.errors import UsageError
@@ -86,7 +87,7 @@ def test_the_learning_rate_schedule_scales_the_first_adam_step(tmp_path, mode):
     the linear schedule over one step the rate is lr_final·lr, and D's move (D steps first, from the
     same initial networks and draws) shrinks by exactly that factor."""
     def d_weights(name: str, final: float):
-        extra = [f"train.lr_schedule=\"linear\"", "train.lr_decay_steps=1", f"train.lr_final={final}"]
+        extra = ["train.lr_schedule=\"linear\"", "train.lr_decay_steps=1", f"train.lr_final={final}"]
         return _run(tmp_path / name, _config("toy", mode, 1, "train.device=\"cpu\"", *extra))[1]["model"]
 
     full, half, quarter = d_weights("full", 1.0), d_weights("half", 0.5), d_weights("quarter", 0.25)
@@ -110,14 +111,14 @@ def test_a_resumed_run_continues_its_learning_rate_schedule(tmp_path):
 
 def test_graph_ready_step_flags_a_nan_at_the_next_log_step(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_d_loss = ddgan_train.d_loss
+    real_d_loss = ddgan_update.d_loss
 
     def poisoned(d_real, d_fake):  # the 4th discriminator loss (step 3) is NaN
         calls["n"] += 1
         out = real_d_loss(d_real, d_fake)
         return out * float("nan") if calls["n"] == 4 else out
 
-    monkeypatch.setattr(ddgan_train, "d_loss", poisoned)
+    monkeypatch.setattr(ddgan_update, "d_loss", poisoned)
     config = _config("toy", "\"eager\"", 20, "train.device=\"cpu\"", "train.log_every=5", "train.checkpoint_every=2")
     with pytest.raises(ddgan_train.TrainingDiverged, match=r"non-finite at step 3 \(found at step 4\).*ckpt-0000002"):
         ddgan_train.train(config, tmp_path / "run", progress=False)

@@ -11,7 +11,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from guidediff.checkpoint import load_model  # noqa: E402
+from guidediff.loading import load_model  # noqa: E402
 from guidediff.guidance import cfg  # noqa: E402
 from guidediff.samplers import sample_ddim  # noqa: E402
 from guidediff.schedules import lam_grid, schedule_of  # noqa: E402
@@ -118,7 +118,7 @@ def test_null_label_elsewhere_is_renumbered(tmp_path):
 
 
 def test_a_diffusers_guide_takes_the_main_models_null_label(tmp_path):
-    from guidediff.checkpoint import load_guide_model
+    from guidediff.loading import load_guide_model
 
     tiny_unet().save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="no scheduler_config.json"):

@@ -131,7 +131,8 @@ def test_graph_ready_step_and_resume_keep_the_same_profiles(classic_run, tmp_pat
 
 
 def test_command_writes_a_loadable_model(classic_run, tmp_path, capsys):
-    from guidediff.checkpoint import load_checkpoint, load_model
+    from guidediff.checkpoint import load_checkpoint
+    from guidediff.loading import load_model
     from guidediff.cli import main
 
     out = tmp_path / "m.safetensors"

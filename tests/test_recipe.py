@@ -209,7 +209,7 @@ def test_bad_lever_values_are_one_line_errors():
 
 def test_power_ema_same_in_the_graph_ready_step(tmp_path):
     """The device-side EMA of the graph-ready step follows the power profile like EMA.update."""
-    from guidediff.checkpoint import load_model
+    from guidediff.loading import load_model
     from guidediff.train import train
 
     weights = []
@@ -224,7 +224,8 @@ def test_power_ema_same_in_the_graph_ready_step(tmp_path):
 
 def test_an_edm_preconditioned_guide_is_sampled_with_its_preconditioning(tmp_path):
     # autoguidance with the model itself as guide is the plain conditional model, whatever w
-    from guidediff.checkpoint import load_model, save_model
+    from guidediff.checkpoint import save_model
+    from guidediff.loading import load_model
     from guidediff.generation import generate
     from guidediff.nets.unet import UNet
     from train_helpers import tiny_config

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from guidediff.checkpoint import load_model
+from guidediff.loading import load_model
 from guidediff.nets.w_conditioned import WConditionedUNet
 from guidediff.cli import main
 from guidediff.generation import generate, initial_noise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from guidediff.checkpoint import load_model
+from guidediff.loading import load_model
 from guidediff.guidance import cfg
 from guidediff.nets.fmnist_classifier import load_eval_classifier
 from guidediff.precondition import wrap_for_config

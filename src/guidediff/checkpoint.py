@@ -491,7 +491,7 @@ def export_model(checkpoint: str | Path, out_file: str | Path, weights: str = "e
 
 def save_model(tensors: dict[str, torch.Tensor], config: Config, out_file: str | Path, dtype: str = "float16", *,
                model_format: str = MODEL_FORMAT, **info: Any) -> Path:
-    """Write network weights as an exported model (the format ``load_model`` reads): the config and
+    """Write network weights as an exported model (the format ``loading.load_model`` reads): the config and
     ``info`` (JSON-able values; commit and torch default to this process's) in the safetensors
     metadata and, readable, beside it as out_file.json. Atomic. ``config`` is any config with
     ``to_dict`` (a DDGAN generator passes its own config and ``model_format``)."""
@@ -540,91 +540,6 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
             except json.JSONDecodeError:
                 raise UsageError(f"{path} has unreadable {key} metadata; export the model again") from None
     return read_tensors(path, device), parsed
-
-
-def model_config(source: str | Path) -> Config:
-    """The Config of anything ``load_model`` accepts, without building the network where it can."""
-    from guidediff.external.diffusers_unet import is_diffusers_unet, load_diffusers_model
-
-    if is_diffusers_unet(source):
-        return load_diffusers_model(source)[1]
-    return load_weights(source)[1]
-
-
-def load_weights(source: str | Path, weights: str = "ema") -> tuple[dict[str, torch.Tensor], Config, str]:
-    """(tensors, Config, where they came from) for a checkpoint or run directory, an exported
-    .safetensors model, or a shipped model name such as 'fmnist-cfg'."""
-    from guidediff import models
-
-    require(weights in ("ema", "model"), f"weights must be 'ema' or 'model', got {weights!r}")
-    path = Path(source).expanduser()
-    if not path.exists() and models.is_shipped_name(str(source)):
-        path = models.shipped_path(str(source))
-    from guidediff.ddgan.detect import is_ddgan_source
-
-    if is_ddgan_source(path):
-        raise UsageError(f"{source} is a DDGAN generator (guidediff train-ddgan), not a diffusion model; sample it "
-                         f"with `guidediff sample {source}`, or pass a model of guidediff train")
-    if path.is_dir():
-        ck = load_checkpoint(path, parts=(weights,))
-        return ck.tensors[weights], ck.config, str(ck.path / TENSOR_FILES[weights])
-    if path.is_file() and path.suffix == ".safetensors":
-        require(weights == "ema", f"{path} is an exported model with one set of weights (the EMA ones); --weights "
-                                  "model needs the run or checkpoint directory it came from")
-        tensors, meta = read_model_file(path)
-        return tensors, Config.from_dict(meta["config"], source=str(path)), str(path)
-    if path.exists():
-        raise UsageError(f"{path} is neither a checkpoint directory nor a .safetensors model; pass one of those "
-                         f"or a shipped model name ({', '.join(models.SHIPPED)})")
-    raise UsageError(f"{source} does not exist and is not a shipped model name; pass a checkpoint or run "
-                     f"directory, a .safetensors model, or one of: {', '.join(models.SHIPPED)}")
-
-
-def load_model(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema",
-               null_class: int | None = None):
-    """(net in eval mode on `device`, Config) from a checkpoint or run directory, an exported
-    .safetensors model, a shipped model name such as 'fmnist-cfg', or a diffusers UNet2DModel
-    directory (``external.diffusers_unet``; ``null_class`` is its null label, default the last).
-    Only the path is needed: the config travels inside. A distilled student (``guidediff distill``;
-    its weights include the w embedding) comes back as ``nets.w_conditioned.WConditionedUNet``, a
-    VDM (weights with a ``vdm_config`` buffer) as ``vdm.model.VDMSamplingNet``."""
-    from guidediff.external.diffusers_unet import is_diffusers_unet, load_diffusers_model
-    from guidediff.nets.unet import UNet
-    from guidediff.nets.w_conditioned import WConditionedUNet
-
-    if is_diffusers_unet(source):
-        return load_diffusers_model(source, device, null_class=null_class)
-    require(null_class is None, f"{source} is a guidediff model: its null label is always num_classes; leave out "
-                                "the null class (it is for diffusers models)")
-    tensors, config, where = load_weights(source, weights)
-    from guidediff.vdm.model import config_from_tensors
-
-    vdm = config_from_tensors(tensors)
-    if vdm is not None:  # a VDM (`guidediff train` with a [vdm] config): its denoiser on its own schedule
-        from guidediff.vdm.loading import vdm_from_tensors
-        from guidediff.vdm.model import VDMSamplingNet
-
-        net = VDMSamplingNet(vdm_from_tensors(tensors, config, vdm, where))
-        return net.to(device).eval().requires_grad_(False), config
-    student = any(k.startswith("w_embed.") for k in tensors)
-    net = (WConditionedUNet if student else UNet)(config.model)
-    check_state_dict(tensors, net.state_dict(), where)
-    net.load_state_dict(tensors)
-    net.source = str(source)  # named in errors about what the net computes (sampling.require_finite)
-    # its ε is defined with these settings (EDM preconditioning): a guide net needs them where its
-    # config does not travel with it (generation.generate's guide_net)
-    net.diffusion_config = config.diffusion
-    return net.to(device).eval().requires_grad_(False), config
-
-
-def load_guide_model(source: str | Path, device: str | torch.device, main_net):
-    """The autoguidance guide at ``source`` (the net only). A diffusers guide takes the main
-    model's null label when the main model is a diffusers one too: both must read the same label
-    as "unconditional", whatever --null-class said; a guidediff model's null label is fixed."""
-    from guidediff.external.diffusers_unet import is_diffusers_unet
-
-    null_class = getattr(main_net, "null_class", None) if is_diffusers_unet(source) else None
-    return load_model(source, device, null_class=null_class)[0]
 
 
 def environment() -> dict[str, Any]:

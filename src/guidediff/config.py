@@ -205,11 +205,10 @@ class Config:
                 f"train.posthoc_sigma_rels must be distinct numbers in (0, {SIGMA_REL_MAX:.4f}) (EDM2 stores 0.05 and "
                 f"0.10), got {t.posthoc_sigma_rels}")
         if t.posthoc_ema:
-            from guidediff.ema import power_gamma
-            from guidediff.posthoc_snapshots import snapshot_name
+            from guidediff.ema import gamma_label, power_gamma
 
             # the snapshot files are named by γ to 4 decimals: two profiles must not share a name
-            names = {snapshot_name(0, power_gamma(r)) for r in t.posthoc_sigma_rels}
+            names = {gamma_label(power_gamma(r)) for r in t.posthoc_sigma_rels}
             require(len(names) == len(t.posthoc_sigma_rels),
                     f"train.posthoc_sigma_rels {t.posthoc_sigma_rels} holds values too close to keep apart (their "
                     "snapshots would share a file name); make them differ by at least 0.001")

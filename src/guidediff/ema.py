@@ -24,6 +24,12 @@ def ema_decay(step: int, decay: float, warmup: bool = True) -> float:
 SIGMA_REL_MAX = math.sqrt(1 / 12)  # σ_rel of γ = 0, the longest power EMA (the plain average)
 
 
+def gamma_label(gamma: float) -> str:
+    """A power EMA's γ as it names the profile's snapshot files: 4 decimals, so two profiles whose
+    labels agree cannot both be stored."""
+    return f"{gamma:.4f}"
+
+
 def power_gamma(sigma_rel: float) -> float:
     """γ of the power-function EMA with relative standard deviation σ_rel (Karras et al. 2024,
     EDM2, eq. 3): solves σ_rel² = (γ+1)/((γ+2)²(γ+3)), which decreases in γ (bisection)."""

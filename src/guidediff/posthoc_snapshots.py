@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from guidediff.ema import EMA, power_gamma
+from guidediff.ema import EMA, gamma_label, power_gamma
 from guidediff.errors import UsageError, require
 
 SNAPSHOT_DIR = "posthoc"
@@ -29,7 +29,7 @@ DEFAULT_MAX_FIT_ERROR = 0.05
 
 
 def snapshot_name(step: int, gamma: float) -> str:
-    return f"phema-{step:07d}-gamma{gamma:.4f}.safetensors"
+    return f"phema-{step:07d}-gamma{gamma_label(gamma)}.safetensors"
 
 
 class PosthocEMA:

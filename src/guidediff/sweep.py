@@ -169,7 +169,7 @@ def _prepare(model: str, s: SweepSettings) -> _Prepared:
     """Check the settings, load the networks and resolve the method's options."""
     import torch
 
-    from guidediff.checkpoint import load_guide_model, load_model
+    from guidediff.loading import load_guide_model, load_model
     from guidediff.guidance import get_guidance
     from guidediff.nets.fmnist_classifier import load_eval_classifier
     from guidediff.runtime import resolve_device

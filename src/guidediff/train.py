@@ -47,34 +47,12 @@ from guidediff.config import Config
 from guidediff.ema import ema_from_config
 from guidediff.errors import UsageError, require
 from guidediff.runtime import derive_seed
+from guidediff.train_step import StepContext
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
-
-
-@dataclass
-class StepContext:
-    """What a loss closure needs to draw its randomness for the global batch and keep its slice."""
-
-    step: int
-    generator: torch.Generator
-    rank: int
-    world_size: int
-    global_batch: int
-
-    @property
-    def local_batch(self) -> int:
-        return self.global_batch // self.world_size
-
-    @property
-    def start(self) -> int:
-        return self.rank * self.local_batch
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.local_batch
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, StepContext], torch.Tensor]

@@ -32,6 +32,30 @@ from torch import nn
 
 from guidediff import distributed
 
+
+@dataclass
+class StepContext:
+    """What a loss closure needs to draw its randomness for the global batch and keep its slice."""
+
+    step: int
+    generator: torch.Generator
+    rank: int
+    world_size: int
+    global_batch: int
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.world_size
+
+    @property
+    def start(self) -> int:
+        return self.rank * self.local_batch
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.local_batch
+
+
 MODES = ("classic", "graph-ready", "graphed")
 # Philox offsets reserved per step: far more than one step consumes (a multiple of 4, as CUDA wants)
 PHILOX_STRIDE = 1 << 24
@@ -183,8 +207,6 @@ class TrainStep:
 
     # -- randomness ---------------------------------------------------------------------------
     def _context(self, step: int):
-        from guidediff.train import StepContext
-
         return StepContext(step, self.gen, self.p.rank, self.p.world_size, self.p.global_batch)
 
     def _seat_generators(self, step: int) -> None:

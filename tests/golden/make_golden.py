@@ -146,7 +146,7 @@ def _generate(out: dict) -> None:
 
 
 def _adam_steps(model, loss_fn, x, c, steps: int = 3, seed: int = 0) -> np.ndarray:
-    from guidediff.train import StepContext
+    from guidediff.train_step import StepContext
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
@@ -193,7 +193,8 @@ def _losses(out: dict) -> None:
 
     from guidediff.ddgan.config import preset
     from guidediff.ddgan.schedule import DiscreteVP
-    from guidediff.ddgan.train import Nets, build_networks, train_step
+    from guidediff.ddgan.train import build_networks
+    from guidediff.ddgan.update import Nets, train_step
 
     dc = preset("grid25")
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ def fmnist_step(out: Path) -> dict[str, Path]:
 
     import torch
 
-    from guidediff.checkpoint import load_model
+    from guidediff.loading import load_model
     from guidediff.models import shipped_path
     from guidediff.generation import generate, save_samples
 

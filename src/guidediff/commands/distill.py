@@ -31,7 +31,8 @@ def run(args) -> int:
 
     import torch
 
-    from guidediff.checkpoint import load_model, save_model
+    from guidediff.checkpoint import save_model
+    from guidediff.loading import load_model
     from guidediff.data.images import load_dataset
     from guidediff.distill import check_teacher, distill_model
     from guidediff.errors import require

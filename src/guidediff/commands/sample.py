@@ -66,7 +66,7 @@ def run(args) -> int:
     if is_ddgan_source(args.model):
         return run_ddgan(args)
 
-    from guidediff.checkpoint import load_guide_model, load_model
+    from guidediff.loading import load_guide_model, load_model
     from guidediff.errors import UsageError, in_flags, require
     from guidediff.parsing import parse_classes
     from guidediff.generation import generate, save_samples

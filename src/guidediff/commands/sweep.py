@@ -71,7 +71,7 @@ def run(args) -> int:
         require(resolve_device(args.device).type == "cuda", "--compile is for sampling on a GPU; leave it out on the CPU")
     variant, guide = None, args.guide_model
     if args.guidance == "cfg":
-        from guidediff.checkpoint import model_config
+        from guidediff.loading import model_config
 
         # the model config's [sample] section may choose the guidance method (the variant then
         # carries its options, --guidance-opt included)

@@ -1,7 +1,7 @@
 """The DDGAN training step as a function of the step number, in the three modes of
 guidediff.train_step (train.cuda_graph picks one, ``choose_step_mode``):
 
-- ``"classic"``: ``train.train_step`` with a fresh generator seeded by (seed, step), the host EMA
+- ``"classic"``: ``update.train_step`` with a fresh generator seeded by (seed, step), the host EMA
   update and, with finite_check "step", a host read of each loss (today's step, unchanged).
 - ``"graph-ready"``: the same ``train_step`` run so that nothing in it reads a device value on the
   host: the batch indices and every draw come from one generator positioned before the step,
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from guidediff.ddgan.config import DDGANConfig
-from guidediff.ddgan.train import train_step
+from guidediff.ddgan.update import train_step
 from guidediff.runtime import derive_seed
 from guidediff.train_step import (WARMUP_STEPS, DeviceEMA, capture_graph, choose_mode, on_side_stream,
                                   say, seat_generator)

@@ -1,7 +1,7 @@
 """diffusers ``UNet2DModel`` directories as guidediff denoisers.
 
 A directory written by ``UNet2DModel.save_pretrained`` (config.json + weights) becomes
-``(net, config)`` shaped like ``checkpoint.load_model``'s result: ``net(z, lam, c) -> ε̂`` and a
+``(net, config)`` shaped like ``loading.load_model``'s result: ``net(z, lam, c) -> ε̂`` and a
 ``Config`` whose ``model`` section gives the image shape and label set and whose ``schedule``
 attribute is a ``DiffusersSchedule``. The noise schedule is read from a ``scheduler_config.json``
 beside the weights (or in the pipeline layout's ``../scheduler/``), else it is ``DDPMScheduler``'s

@@ -31,7 +31,8 @@ def _fixed_schedule_vdm(config) -> VDMConfig:
 def load_vdm(source: str | Path, device: str | torch.device = "cpu", weights: str = "ema"):
     """(VDMModel in eval mode on `device`, Config) from a checkpoint or run directory, an exported
     .safetensors model or a shipped model name."""
-    from guidediff.checkpoint import check_state_dict, load_weights
+    from guidediff.checkpoint import check_state_dict
+    from guidediff.sources import load_weights
 
     tensors, config, where = load_weights(source, weights)
     vdm = config_from_tensors(tensors)
