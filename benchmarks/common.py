@@ -147,6 +147,17 @@ def gpu_sharing() -> dict:
             "note": "GPU to itself" if alone else "GPU SHARED: other processes or memory seen; times may be low"}
 
 
+def sharing_began(device: str | torch.device | None) -> dict | None:
+    """gpu_sharing() at a run's start when it runs on a GPU (None on the CPU); hand it to
+    sharing_record at the end, so the result says who else was on the GPU at both ends."""
+    return gpu_sharing() if device_name(device) != "cpu" else None
+
+
+def sharing_record(began: dict | None) -> dict | None:
+    """{"began": ..., "ended": gpu_sharing() now}, or None for a CPU run."""
+    return None if began is None else {"began": began, "ended": gpu_sharing()}
+
+
 def profile_summary(fn, top: int = 10) -> dict:
     """torch.profiler over one call of fn(): the ``top`` kernels by GPU time, GPU busy time (union
     of kernel/copy intervals) against the wall time, and the idle fraction (launch gaps, host work)."""

@@ -507,19 +507,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: v for k, v in vars(args).items() if k != "merge"}
 
     env = {**common.environment(), "device": device}
-    on_gpu = args.device.startswith("cuda")
     # who else was on the GPU when each part began and ended: a part's wall times and its
     # steps-in-minutes are comparable to another's only when both had the GPU to themselves
-    part_began_sharing = common.gpu_sharing() if on_gpu else None
+    began = common.sharing_began(args.device)
 
     def save(new: dict) -> None:
         # after every part, so a call cut off by its time limit still returns what it finished
-        nonlocal results, part_began_sharing
+        nonlocal results, began
         settings["wall_seconds"] = round(time.perf_counter() - start, 1)
         measured_on = {k: env[k] for k in ("device", "torch", "commit")}
-        if on_gpu:
-            measured_on["gpu_sharing"] = {"began": part_began_sharing, "ended": common.gpu_sharing()}
-            part_began_sharing = measured_on["gpu_sharing"]["ended"]
+        sharing = common.sharing_record(began)
+        if sharing:
+            measured_on["gpu_sharing"] = sharing
+            began = sharing["ended"]
         stamped = {k: [{**e, "measured_on": measured_on} for e in v] if k == "fmnist" else {**v, "measured_on": measured_on}
                    for k, v in new.items()}
         results = merge(results, {**stamped, "settings_by_part": {key: dict(settings) for key in parts_of(stamped)}})

@@ -61,6 +61,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
     out = common.claim_result("sweep_fmnist_distilled", args.out).parent  # before any work
+    began = common.sharing_began(device)
     teacher_net, config = load_model(args.model, device)
     null = config.model.num_classes
     d = config.diffusion
@@ -108,6 +109,7 @@ def main() -> None:
         point = {"w": w, **m, "sec_per_image": res["seconds"] / len(res["x"]), "nfe_per_image": res["nfe_per_image"]}
         summary["points"].append(point)
         summary["fid_floor"] = m["fid_floor"]
+        summary["gpu_sharing"] = common.sharing_record(began)
         print(f"w={w:g} FID-FMNIST {m['fid']:.3f} IS {m['is']:.2f} CAS {m['cas']:.3f} P {m['precision']:.3f} "
               f"R {m['recall']:.3f} {1e3 * point['sec_per_image']:.2f} ms/image, NFE {point['nfe_per_image']:.0f}",
               flush=True)

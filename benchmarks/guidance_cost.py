@@ -59,6 +59,7 @@ def main() -> None:
     from guidediff.classifier_guidance import load_noisy_classifier
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    began = common.sharing_began(device)
     net, config = load_model(args.model, device)
     guide, _ = load_model(args.guide_model, device)
     classifier, _ = load_noisy_classifier(args.noisy_classifier, device)
@@ -88,7 +89,7 @@ def main() -> None:
         "task": {"model": args.model, "n": per_class * 10, "steps": args.steps, "repeats": args.repeats,
                  "batch": per_class * 10, "sampler": "ddim", "bf16": device.type == "cuda", "compiled": False,
                  "guide_model": args.guide_model, "noisy_classifier": args.noisy_classifier},
-        "methods": rows})
+        "methods": rows, "gpu_sharing": common.sharing_record(began)})
 
 
 if __name__ == "__main__":

@@ -196,11 +196,16 @@ def main() -> None:
     ws = [float(v) for v in args.w.split(",")]
     per_class = max(args.n // 10, 1)
     result = {"task": {"minutes": args.minutes, "n_per_w": per_class * 10, "ddim_steps": args.steps, "w": ws}}
+    # each side records who else was on the GPU when it began and ended (its minutes are compared)
     if args.side in ("both", "ours"):
+        began = common.sharing_began(device)
         result["ours"] = ours(args.minutes, ws, per_class, args.steps, Path(args.runs), device)
+        result["ours"]["gpu_sharing"] = common.sharing_record(began)
     if args.side in ("both", "diffusers"):
         params = result["ours"]["params"] if "ours" in result else args.params
+        began = common.sharing_began(device)
         result["diffusers"] = diffusers_side(args.minutes, ws, per_class, args.steps, device, params)
+        result["diffusers"]["gpu_sharing"] = common.sharing_record(began)
     if args.side != "both":
         common.write_result(f"quality_vs_diffusers_{args.side}", result)
         return

@@ -111,7 +111,8 @@ def main() -> None:
     if args.resume and json_path.exists():
         points = json.loads(json_path.read_text())["points"]
     done = {(p["config"], p["steps"], p["w"]) for p in points}
-    shared = "one GPU (sharing with other jobs not checked)" if device.type == "cuda" else "CPU shared with other jobs"
+    began = common.sharing_began(device)
+    shared = "one GPU (gpu_sharing says who else was on it)" if device.type == "cuda" else "CPU shared with other jobs"
     payload = {
         "device": common.device_name(device), "model": args.model, "configs": configs, "n_per_point": per_class * num_classes, "steps": steps_list,
         "ws": ws, "batch_size": args.batch_size, "compiled": args.compile, "clip_x": 1.0,
@@ -138,6 +139,7 @@ def main() -> None:
                 print(f"{name:18s} {w:4g} {steps:5d} {point['nfe_per_image']:6.1f} {point['fid']:8.3f} "
                       f"{point['fid_floor']:6.3f} {point['cas']:6.3f} {point['sec_per_image']:8.5f}", flush=True)
                 payload["wall_seconds"] = time.time() - start
+                payload["gpu_sharing"] = common.sharing_record(began)
                 common.write_result(NAME, payload, str(out_dir))
                 plot(payload, out_dir / f"{NAME}.png")
     summarize(payload)

@@ -158,10 +158,13 @@ def run_side(args) -> None:
         fmnist_eval.write_json(path, record)
 
     save()
+    began = common.sharing_began(args.device)
     if args.side == "diffusers":
         train_diffusers(args, record, save)
     else:
         train_ours(args.side, args, record, save)
+    # the minutes compared are the training's: who else was on the GPU when it began and ended
+    record["gpu_sharing_training"] = common.sharing_record(began)
     record["status"] = "evaluating"
     save()
     evaluate(args.side, args, record, save)

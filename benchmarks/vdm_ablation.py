@@ -190,6 +190,7 @@ def main(argv=None) -> int:
             import shutil
 
             shutil.rmtree(run_dir)  # a benchmark starts fresh: equal budgets
+        began = common.sharing_began(device)
         result = train_vdm(cfg, run_dir, vdm, dataset=train_data, sample_fn=lambda *a: None,
                            time_limit_s=time_limit, progress=args.progress, command=payload["command"],
                            log=lambda msg: print(f"  [{name}] {msg}", flush=True))
@@ -216,6 +217,7 @@ def main(argv=None) -> int:
             entry["samples"] = grid.name
         entry["eval_seconds"] = time.time() - t_eval
         entry["train_log"] = train_curve(run_dir / "log.jsonl")
+        entry["gpu_sharing"] = common.sharing_record(began)
         payload["variants"].append(entry)
         null_txt = f", null {entry['bpd_null']:.4f}" if "bpd_null" in entry else ""
         print(f"{name:16s} {entry['bpd']:.4f} ± {entry['bpd_ci95']:.4f} bits/dim{null_txt}  "

@@ -238,11 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {exc}") from None
     entry = results.setdefault("models", {}).setdefault(key, {})
     start = time.perf_counter()
+    began = common.sharing_began(args.device)
 
     def save(part: str, value: dict) -> None:
+        nonlocal began
         env = common.environment()
+        sharing = common.sharing_record(began)
         entry[part] = {**value, "device": device, "torch": env["torch"], "commit": env["commit"],
-                       "threads": torch.get_num_threads(), "note": args.note}
+                       "threads": torch.get_num_threads(), "note": args.note,
+                       **({"gpu_sharing": sharing} if sharing else {})}
+        began = sharing["ended"] if sharing else None
         devices = {part.get("device") for m in results["models"].values() for part in m.values() if isinstance(part, dict)}
         top = devices.pop() if len(devices) == 1 else "mixed: each part's device says where"
         common.write_result("vdm_claims", {**results, "device": top,

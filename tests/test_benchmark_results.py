@@ -95,3 +95,13 @@ def test_a_sampler_registered_later_is_a_valid_sampler_config(monkeypatch):
 
     monkeypatch.setitem(SAMPLERS, "my-solver", SamplerSpec("my-solver", lambda *a, **k: None, (), "test"))
     assert common.parse_sampler_config("my-solver-karras@80") == ("my-solver", "karras", 80.0, "my-solver-karras@80")
+
+
+def test_gpu_sharing_is_recorded_at_both_ends_of_a_gpu_run_only(monkeypatch):
+    snapshots = iter([{"alone": True}, {"alone": False, "other_processes": ["812, 900 MiB"]}])
+    monkeypatch.setattr(common, "gpu_sharing", lambda: next(snapshots))
+    monkeypatch.setattr(common, "device_name", lambda device: "cpu" if str(device) == "cpu" else "NVIDIA Z9000")
+    assert common.sharing_began("cpu") is None and common.sharing_record(None) is None
+    began = common.sharing_began("cuda")
+    assert common.sharing_record(began) == {"began": {"alone": True},
+                                            "ended": {"alone": False, "other_processes": ["812, 900 MiB"]}}
