@@ -197,13 +197,8 @@ class TrainStep:
                           if mode != "classic" and p.world_size > 1 else None)
         if mode != "classic":
             self.static_idx = torch.zeros(p.global_batch, dtype=torch.long, device=self.device)
-            current = [q.detach() for q in p.net.parameters()]
-            # per EMA: its update count as a device number (so its decay needs no host value) and its
-            # (shadow, current) tensor lists
-            self.ema_tracks = [(ema, torch.full((), float(ema.num_updates), dtype=torch.float64, device=self.device),
-                                (list(ema.module.parameters()), current, list(ema.module.buffers()),
-                                 list(p.net.buffers())))
-                               for ema in p.emas()]
+            # each EMA updated on the device: its decay needs no host value
+            self.device_emas = [DeviceEMA(ema, p.net) for ema in p.emas()]
 
     # -- randomness ---------------------------------------------------------------------------
     def _context(self, step: int):
@@ -262,8 +257,8 @@ class TrainStep:
         if p.grad_clip > 0:
             self.grad_norm.copy_(torch.nn.utils.clip_grad_norm_(self.params, p.grad_clip, foreach=self.cuda or None))
         p.optimizer.step()
-        for ema, n, pairs in self.ema_tracks:
-            _update_ema_on_device(ema, n, pairs)
+        for device_ema in self.device_emas:
+            device_ema.update()
         self.loss_sum += loss.detach().float()
 
     def _capture(self, step: int) -> None:
