@@ -11,6 +11,9 @@ weights step τ by Σ_i x_i·w_τ(t_i, γ_i), and x is the least-squares fit of 
 float32 rounding of the snapshots). The continuous inner products are here as well
 (``profile_inner_product``, ``solve_continuous``): they need no O(T) memory, and the tests check that
 both solutions agree.
+
+This module is the math alone. The model of a chosen σ_rel from a run's snapshots (what `guidediff
+posthoc-ema` calls) is ``posthoc_snapshots.posthoc_ema``, beside the snapshot files it reads.
 """
 
 from __future__ import annotations
