@@ -139,15 +139,17 @@ def sample_grid(path: Path, model, steps: int, seed: int) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # before any work; every run starts a new file (rewritten after each of its variants), so an
-    # earlier result is replaced only when told
-    out_dir = common.claim_result("vdm_ablation", device=common.device_name(args.device)).parent
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     overrides = list(args.set)
     if args.device:
         overrides.append(f"train.device={args.device}")
     overrides.append(f"train.compile={'true' if args.compile else 'false'}")
     config, base_vdm = load_vdm_run_config(args.config, overrides)
+    # before any work, on the device the config names (--device or --set train.device); every run
+    # starts a new file (rewritten after each of its variants), so an earlier result is replaced
+    # only when told
+    device = "cpu" if config.train.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    out_dir = common.claim_result("vdm_ablation", device=common.device_name(device)).parent
     if args.steps is not None:
         config.train.steps = args.steps
     elif args.minutes is not None:

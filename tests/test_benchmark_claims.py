@@ -93,8 +93,8 @@ def test_toy_guidance_variants_refuses_an_earlier_result_before_sampling(out, mo
 def test_vdm_ablation_refuses_an_earlier_result_before_training(out, monkeypatch):
     mod = bench("vdm_ablation")
     path = earlier(out, "vdm_ablation")
-    monkeypatch.setattr(mod, "load_vdm_run_config", work_ran)
-    monkeypatch.setattr(mod, "load_dataset", work_ran)
+    monkeypatch.setattr(mod, "load_dataset", work_ran)  # the config is read first: it names the device
+    monkeypatch.setattr(mod, "train_vdm", work_ran)
     refused(lambda: mod.main(["--steps", "1"]), path)
 
 
