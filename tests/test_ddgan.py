@@ -407,7 +407,7 @@ def test_config_errors_name_the_fix():
         load_config("fmnist", None, ["train.lr_dd=1e-4"])
     with pytest.raises(UsageError, match="must be an integer"):
         load_config("fmnist", None, ["diffusion.T=2.5"])
-    with pytest.raises(UsageError, match="choose one of"):
+    with pytest.raises(UsageError, match="neither one of fmnist, stacked-fmnist, grid25 nor an image folder"):
         load_config("cifar", None, [])
     # the shared checked assignment of guidediff.config: a misspelt section is an error even when
     # its table is empty, and to_dict is plain JSON (lists, not tuples)

@@ -1,4 +1,4 @@
-"""`guidediff train-ddgan --data fmnist|stacked-fmnist|grid25 --T 4 --out DIR [--minutes M] [--steps N] ...`"""
+"""`guidediff train-ddgan --data fmnist|stacked-fmnist|grid25|IMAGE_FOLDER --T 4 --out DIR [--minutes M] ...`"""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ def add_parser(subparsers) -> None:
                     "config.json, log.jsonl, checkpoints/, model.safetensors (EMA generator) and samples.png. "
                     "Defaults per dataset are in configs/ddgan_*.toml; any key can be set with "
                     "--set section.key=value.")
-    p.add_argument("--data", choices=("fmnist", "stacked-fmnist", "grid25"),
-                   help="training data (default: the config file's, else fmnist)")
+    p.add_argument("--data", metavar="fmnist|stacked-fmnist|grid25|FOLDER",
+                   help="training data (default: the config file's, else fmnist); a folder of your own images, one "
+                        "sub-folder per class, with --resolution and --channels")
+    p.add_argument("--resolution", type=int, help="an image folder's side in pixels (data.resolution), e.g. 32")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="an image folder's channels (data.channels)")
     p.add_argument("--T", type=int, help="number of denoising steps (1, 2, 4, 8 in the paper); default per dataset")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", help="TOML file, e.g. configs/ddgan_fmnist.toml")
@@ -36,7 +39,7 @@ def _command_line(args) -> str:
     parts = ["guidediff", "train-ddgan"]
     for flag, value in (("--data", args.data), ("--T", args.T), ("--out", args.out), ("--config", args.config),
                         ("--minutes", args.minutes), ("--steps", args.steps), ("--batch-size", args.batch_size),
-                        ("--device", args.device)):
+                        ("--resolution", args.resolution), ("--channels", args.channels), ("--device", args.device)):
         if value is not None:
             parts += [flag, str(value)]
     for item in args.set:
@@ -64,7 +67,8 @@ def run(args) -> int:
     claim_out_dir(out, resume=args.resume)
     overrides = list(args.set)
     for key, value in (("diffusion.T", args.T), ("train.steps", args.steps), ("train.minutes", args.minutes),
-                       ("train.batch_size", args.batch_size), ("train.device", args.device and f'"{args.device}"')):
+                       ("train.batch_size", args.batch_size), ("train.device", args.device and f'"{args.device}"'),
+                       ("data.resolution", args.resolution), ("data.channels", args.channels)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.conditional:

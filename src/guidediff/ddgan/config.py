@@ -28,21 +28,37 @@ _SPECS: dict[str, tuple[tuple[int, ...], int]] = {
 }
 
 
-def data_spec(name: str) -> tuple[tuple[int, ...], int]:
-    """(sample shape, number of classes) of a dataset name."""
-    require(name in _SPECS, f"data.name {name!r} is unknown; choose one of {', '.join(DATASETS)}")
-    return _SPECS[name]
+def is_image_folder(name: str) -> bool:
+    """Any data.name but the built-in datasets' is the path of an image folder."""
+    return name not in DATASETS
+
+
+def data_spec(data: DataSection) -> tuple[tuple[int, ...], int]:
+    """(sample shape, number of classes) of a config's data: a built-in dataset's own, or an image
+    folder's (channels, resolution, resolution) and its class sub-folders (data.num_classes, filled
+    when its training starts)."""
+    if not is_image_folder(data.name):
+        return _SPECS[data.name]
+    return (data.channels, data.resolution, data.resolution), data.num_classes
 
 
 @dataclass
 class DataSection:
-    """name: fmnist | stacked-fmnist | grid25. conditional: class-conditional G and D (labels of
-    the dataset; grid25 has 5 row classes). toy_size: points drawn once (seeded) for 2-D data."""
+    """name: fmnist | stacked-fmnist | grid25, or the path of your own image folder (one sub-folder
+    per class, PNG/JPEG of any size, resized and centre-cropped to `resolution` pixels with
+    `channels` 1 or 3; a train/ sub-folder is used when there is one). conditional: class-conditional
+    G and D (labels of the dataset; grid25 has 5 row classes, a folder one per sub-folder).
+    num_classes: an image folder's class count, filled when its training starts and saved with the
+    run. toy_size: points drawn once (seeded) for 2-D data."""
 
     name: str = "fmnist"
     data_dir: str | None = None
     conditional: bool = False
     hflip: bool = False
+    resolution: int = 0
+    channels: int = 0
+    num_classes: int = 0
+    skip_bad_images: bool = False
     toy_size: int = 100_000
 
 
@@ -154,6 +170,11 @@ class DDGANConfig:
     def is_toy(self) -> bool:
         return self.data.name in TOY_DATASETS
 
+    @property
+    def image_size(self) -> int:
+        """The side of the images in pixels: 28 for the built-in image data, data.resolution for a folder."""
+        return self.data.resolution if is_image_folder(self.data.name) else 28
+
     def to_dict(self) -> dict[str, Any]:
         return sections_to_dict(self, SECTIONS)
 
@@ -181,7 +202,19 @@ class DDGANConfig:
     def validate(self) -> None:
         """UsageError naming the fix for well-typed but unusable values."""
         dt, df, g, dsc, t = self.data, self.diffusion, self.generator, self.discriminator, self.train
-        require(dt.name in DATASETS, f"data.name {dt.name!r} is unknown; choose one of {', '.join(DATASETS)}")
+        if is_image_folder(dt.name):
+            require(dt.resolution > 0 or Path(dt.name).expanduser().is_dir(),
+                    f"data.name {dt.name!r} is neither one of {', '.join(DATASETS)} nor an image folder that exists; "
+                    "check the name or the path")
+            require(dt.resolution >= 8 and dt.channels in (1, 3),
+                    f"data.name {dt.name!r} is not one of {', '.join(DATASETS)}, so it is read as an image folder, "
+                    f"which needs data.resolution (pixels, >= 8; got {dt.resolution}) and data.channels (1 or 3; got "
+                    f"{dt.channels}): pass --resolution 32 --channels 3, say")
+            require(dt.num_classes >= 0, f"data.num_classes must be >= 0, got {dt.num_classes}")
+        else:
+            require(dt.resolution in (0, 28) and dt.channels in (0, data_spec(dt)[0][0]) and dt.num_classes == 0,
+                    f"data.resolution, data.channels and data.num_classes are for image folders; {dt.name} has its own "
+                    "shape and classes: leave them out")
         require(df.T >= 1, f"diffusion.T must be >= 1, got {df.T}")
         require(0 < df.beta_min < df.beta_max, f"need 0 < diffusion.beta_min < diffusion.beta_max, got "
                 f"{df.beta_min} and {df.beta_max}")
@@ -198,9 +231,10 @@ class DDGANConfig:
                 f"generator.channel_mult must hold positive integers, got {g.channel_mult}")
         require(len(dsc.channel_mult) >= 1 and min(dsc.channel_mult) >= 1,
                 f"discriminator.channel_mult must hold positive integers, got {dsc.channel_mult}")
-        require(self.is_toy or len(dsc.channel_mult) <= 4,
-                f"discriminator.channel_mult has {len(dsc.channel_mult)} blocks; each halves the 28×28 input "
-                "(28 → 14 → 7 → 3 → 1), so at most 4 fit")
+        blocks_that_fit = max(self.image_size.bit_length() - 1, 0)  # ⌊log2(size)⌋: each block halves the side
+        require(self.is_toy or len(dsc.channel_mult) <= blocks_that_fit,
+                f"discriminator.channel_mult has {len(dsc.channel_mult)} blocks; each halves the "
+                f"{self.image_size}×{self.image_size} input, so at most {blocks_that_fit} fit")
         require(isinstance(dsc.minibatch_std, int) and not isinstance(dsc.minibatch_std, bool)
                 and (dsc.minibatch_std == 0 or dsc.minibatch_std >= 2),
                 f"discriminator.minibatch_std must be 0 (off) or a group size >= 2 (DDGAN uses 4), "
@@ -247,14 +281,14 @@ class DDGANConfig:
 
 
     def unet_config(self, channels: int, num_classes: int):
-        """The generator's UNetConfig for 28×28 images with `channels` channels."""
+        """The generator's UNetConfig for the data's images (image_size) with `channels` channels."""
         from guidediff.nets.unet import UNetConfig
 
         g = self.generator
         wide = all(g.base_channels * m % 64 == 0 for m in g.channel_mult)
         heads = {"head_channels": 64} if wide else {"num_heads": 1}
         return UNetConfig.from_dict(dict(
-            image_size=28, in_channels=channels, base_channels=g.base_channels, channel_mult=list(g.channel_mult),
+            image_size=self.image_size, in_channels=channels, base_channels=g.base_channels, channel_mult=list(g.channel_mult),
             num_res_blocks=g.num_res_blocks, attention_resolutions=list(g.attention_resolutions), dropout=0.0,
             num_classes=num_classes, **heads))
 
@@ -276,13 +310,16 @@ def preset(name: str) -> DDGANConfig:
       stacked Fashion-MNIST it covered 984 modes (KL 0.59) at 13,670 steps, where the plain
       64·(1, 2, 4) covered 672 (KL 1.93) at the same steps (ddgan_long_runs.json). At about 1,100
       steps the plain D had led (571 modes against 343): DDGAN's D starts slower.
+    - an image folder: the image settings above; load_config, which knows the resolution, adds
+      horizontal flips and puts the generator's attention at the largest of its levels up to 16
+      pixels (the bottom one when none is): at 16 for 32- and 64-pixel images (DDGAN's CIFAR-10
+      generator attends at 16), unless the config names them.
     - grid25: T = 2; MLPs of width 64 and depth 3 on Fourier features (4 octaves for G's x_t, 6 for
       D's x_{t−1}), nz = 2; batch 256, lr 1e-3 for both, R1 γ = 0.01 and R2 γ = 0.01 every step,
       10k steps (about 100 s on one CPU core), float32 (the modes are 0.018 wide: bf16 would blur them).
     """
-    require(name in DATASETS, f"data.name {name!r} is unknown; choose one of {', '.join(DATASETS)}")
     config = DDGANConfig(data=DataSection(name=name))
-    if name in ("fmnist", "stacked-fmnist"):
+    if name not in TOY_DATASETS:  # the image data, your own folders too
         config.train = TrainSection(batch_size=256, lr_g=5e-5, r1_every=4)
         config.discriminator = DiscriminatorSection(channel_mult=[2, 4, 8, 8], minibatch_std=4, zero_init_residual=True)
     if name in TOY_DATASETS:
@@ -318,8 +355,24 @@ def load_config(data: str | None = None, path: str | Path | None = None,
         raise UsageError(f"--data {data} disagrees with data.name = {file_data!r} in {path}; drop one of them")
     config = preset(data or file_data or DataSection.name)
     apply_nested(config, nested, str(path))
+    given = {f"{section}.{key}" for section, table in nested.items() if isinstance(table, dict) for key in table}
     for item in overrides:
         key, value = parse_override(item)
         set_value(config, key, value, source=f"--set {item}")
+        given.add(key)
+    if is_image_folder(config.data.name):
+        _folder_defaults(config, given)
     config.validate()
     return config
+
+
+def _folder_defaults(config: DDGANConfig, given: set[str]) -> None:
+    """An image folder's defaults that depend on its resolution, where the config did not name them:
+    horizontal flips, and the generator's attention at its largest level up to 16 pixels (else its
+    bottom level)."""
+    if "data.hflip" not in given:
+        config.data.hflip = True
+    res = config.data.resolution
+    if "generator.attention_resolutions" not in given and res >= 8:
+        levels = [res // 2 ** i for i in range(len(config.generator.channel_mult))]
+        config.generator.attention_resolutions = [max((r for r in levels if r <= 16), default=levels[-1])]

@@ -51,13 +51,15 @@ def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
     discriminator (the pair that was playing), n training images drawn with ``seed`` from the run's
     dataset (in ``data_dir`` when given, else where the run found it)."""
     from guidediff.checkpoint import check_state_dict
-    from guidediff.ddgan.config import DDGANConfig
+    from guidediff.ddgan.config import DDGANConfig, is_image_folder
     from guidediff.ddgan.train import build_networks, load_training_data, read_ddgan_checkpoint, unprefixed
 
     device = torch.device(device)
     _, state, parts = read_ddgan_checkpoint(run_dir, parts=("model",), device=device)
     config = DDGANConfig.from_dict(state["config"], source=str(run_dir))
-    if data_dir is not None:
+    if data_dir is not None and is_image_folder(config.data.name):
+        config.data.name = str(data_dir)  # the run's image folder, moved
+    elif data_dir is not None:
         config.data.data_dir = str(data_dir)
     data = load_training_data(config, device)
     G, D = build_networks(config, data.sample_shape, data.num_classes)

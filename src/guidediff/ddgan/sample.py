@@ -72,7 +72,7 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu", weigh
             tensors = parts[weights] if weights == "ema" else unprefixed("G", parts["model"])
     else:
         raise UsageError(f"{path} does not exist; pass a DDGAN run directory, checkpoint or model.safetensors")
-    shape, num_classes = data_spec(config.data.name)
+    shape, num_classes = data_spec(config.data)
     G, _ = build_networks(config, shape, num_classes)
     from guidediff.checkpoint import check_state_dict
 
@@ -98,7 +98,7 @@ def generate(G: nn.Module, config: DDGANConfig, n: int, *, classes: list[int] | 
     # bf16 on CUDA unless the model was trained in float32 (the 2-D preset: its modes are 0.018 wide)
     bf16 = (cuda and config.train.mixed_precision != "no") if bf16 is None else bf16
     G = G.to(device).eval()
-    shape, num_classes = data_spec(config.data.name)
+    shape, num_classes = data_spec(config.data)
     if config.data.conditional:
         classes = list(range(num_classes)) if classes is None else [int(k) for k in classes]
         require(all(0 <= k < num_classes for k in classes),
@@ -171,7 +171,7 @@ def sample_to_dir(source: str | Path, out: str | Path, n: int, *, classes: str |
 
     require(isinstance(n, int) and n >= 1, f"--n must be >= 1, got {n}")
     G, config = load_generator(source, resolve_device(device), weights=weights)
-    _, num_classes = data_spec(config.data.name)
+    _, num_classes = data_spec(config.data)
     if config.data.conditional:
         picked = parse_classes(classes if classes is not None else "all", num_classes)
     else:

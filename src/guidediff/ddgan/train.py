@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from guidediff.ddgan.config import DDGANConfig
+from guidediff.ddgan.config import DDGANConfig, is_image_folder
 from guidediff.ddgan.schedule import DiscreteVP
 from guidediff.ddgan.update import Nets, NonFiniteLoss
 from guidediff.errors import UsageError, require
@@ -94,7 +94,11 @@ def load_training_data(config: DDGANConfig, device: torch.device) -> TrainingDat
         return TrainingData(x.float().to(device), y.to(device), mixture.num_classes, (x.shape[1],), mixture)
     from guidediff.data.images import load_dataset
 
-    arrays = load_dataset(d.name, "train", d.data_dir)
+    if is_image_folder(d.name):
+        arrays = load_dataset(d.name, "train", resolution=d.resolution, channels=d.channels,
+                              skip_bad=d.skip_bad_images)
+    else:
+        arrays = load_dataset(d.name, "train", d.data_dir)
     images = torch.from_numpy(arrays.images.copy()).to(device)
     labels = torch.from_numpy(arrays.labels.astype("int64")).to(device)
     return TrainingData(images, labels, arrays.num_classes, (arrays.channels, arrays.resolution, arrays.resolution))
@@ -320,7 +324,15 @@ class _Run:
     def _build(self, data: TrainingData | None) -> None:
         from guidediff.ddgan.step import choose_step_mode
 
+        d = self.config.data
+        if is_image_folder(d.name):  # saved as an absolute path: the run's report and resume work from anywhere
+            d.name = str(Path(d.name).expanduser().resolve())
         self.data = data if data is not None else load_training_data(self.config, self.device)
+        if is_image_folder(d.name):
+            require(d.num_classes in (0, self.data.num_classes),
+                    f"{d.name} now holds {self.data.num_classes} classes, but this run was trained on {d.num_classes}; "
+                    "restore the folder's class sub-folders, or start a new run with another --out")
+            d.num_classes = self.data.num_classes
         self.mode = choose_step_mode(self.config, self.cuda)
         # graph modes keep Adam's step count and lr on the device, where a CUDA graph can replay them
         capturable = self.cuda and self.mode != "classic"
