@@ -36,7 +36,10 @@ def device_name(device: str | torch.device | None = None) -> str:
     machine is a CPU measurement and must say so."""
     if device is None or str(device) == "auto":
         return environment()["device"]
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type != "cuda":
         return device.type
     return torch.cuda.get_device_name(device.index or 0) if torch.cuda.is_available() else "cuda (unavailable)"
@@ -133,14 +136,17 @@ def gpu_processes(device_uuid: str | None = None) -> list[str]:
         return [f"nvidia-smi failed: {exc}"]
 
 
-def gpu_sharing() -> dict:
-    """Who else is on our GPU: other compute processes (nvidia-smi) and memory not ours."""
+def gpu_sharing(device: str | torch.device | None = None) -> dict:
+    """Who else is on our GPU (``device``; default the current one): other compute processes
+    (nvidia-smi) and memory not ours."""
     if not torch.cuda.is_available():
         return {"alone": None, "note": "no GPU"}
-    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+    chosen = torch.device(device) if device is not None and str(device) != "auto" else torch.device("cuda")
+    index = chosen.index if chosen.index is not None else torch.cuda.current_device()
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
     others = gpu_processes(str(uuid) if uuid is not None else None)
-    free, total = torch.cuda.mem_get_info()
-    not_ours = (total - free - torch.cuda.memory_reserved()) / 2**20
+    free, total = torch.cuda.mem_get_info(index)
+    not_ours = (total - free - torch.cuda.memory_reserved(index)) / 2**20
     # our CUDA context itself takes ~0.5-1 GiB that memory_reserved does not count
     alone = not [o for o in others if not o.startswith("nvidia-smi failed")] and not_ours < 2048
     return {"alone": alone, "other_processes": others, "memory_not_ours_mib": round(not_ours),
@@ -148,14 +154,14 @@ def gpu_sharing() -> dict:
 
 
 def sharing_began(device: str | torch.device | None) -> dict | None:
-    """gpu_sharing() at a run's start when it runs on a GPU (None on the CPU); hand it to
-    sharing_record at the end, so the result says who else was on the GPU at both ends."""
-    return gpu_sharing() if device_name(device) != "cpu" else None
+    """gpu_sharing(device) at a run's start when it runs on a GPU (None on the CPU); hand it to
+    sharing_record at the end, so the result says who else was on that GPU at both ends."""
+    return gpu_sharing(device) if device_name(device) != "cpu" else None
 
 
-def sharing_record(began: dict | None) -> dict | None:
-    """{"began": ..., "ended": gpu_sharing() now}, or None for a CPU run."""
-    return None if began is None else {"began": began, "ended": gpu_sharing()}
+def sharing_record(began: dict | None, device: str | torch.device | None) -> dict | None:
+    """{"began": ..., "ended": gpu_sharing(device) now}, or None for a CPU run."""
+    return None if began is None else {"began": began, "ended": gpu_sharing(device)}
 
 
 def profile_summary(fn, top: int = 10) -> dict:

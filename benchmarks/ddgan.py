@@ -294,10 +294,11 @@ def _grid(path: Path, x: np.ndarray, k: int = 64) -> None:
 # -- results -----------------------------------------------------------------------------------------
 
 def row_key(entry: dict) -> str:
-    """An fmnist row's name among the parts of ddgan.json (as planned_keys names it)."""
+    """An fmnist row's name among the parts of ddgan.json, as planned_keys names it: a diffusion row
+    by its sampler steps (--nfe), which a second-order sampler's network evaluations exceed."""
     if entry["method"] == "ddgan":
         return f"fmnist ddgan T={entry['nfe']}"
-    return f"fmnist {entry['method']} nfe={entry['nfe']}"
+    return f"fmnist {entry['method']} nfe={entry.get('steps', entry['nfe'])}"
 
 
 def parts_of(result: dict) -> dict[str, dict]:
@@ -321,13 +322,13 @@ def settings_by_part(result: dict) -> dict[str, dict]:
 
 
 def merge(old: dict, new: dict) -> dict:
-    """new over old: fmnist rows are replaced per (method, nfe), kept otherwise. Each part keeps the
+    """new over old: fmnist rows are replaced per row_key, kept otherwise. Each part keeps the
     settings of the call that made it; the prose provenance of a replaced part goes."""
     file_keys = ("fmnist", "settings", "settings_by_part", "provenance", "device", "torch", "commit", "cuda")
     merged = {**old, **{k: v for k, v in new.items() if k not in file_keys}}
     merged.pop("settings", None)
-    entries = {(e["method"], e["nfe"]): e for e in old.get("fmnist", [])}
-    entries.update({(e["method"], e["nfe"]): e for e in new.get("fmnist", [])})
+    entries = {row_key(e): e for e in old.get("fmnist", [])}
+    entries.update({row_key(e): e for e in new.get("fmnist", [])})
     if entries:
         merged["fmnist"] = sorted(entries.values(), key=lambda e: (e["method"], e["nfe"]))
     merged["settings_by_part"] = {**settings_by_part(old), **settings_by_part(new)}
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal results, began
         settings["wall_seconds"] = round(time.perf_counter() - start, 1)
         measured_on = {k: env[k] for k in ("device", "torch", "commit")}
-        sharing = common.sharing_record(began)
+        sharing = common.sharing_record(began, args.device)
         if sharing:
             measured_on["gpu_sharing"] = sharing
             began = sharing["ended"]

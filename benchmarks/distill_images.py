@@ -109,7 +109,7 @@ def main() -> None:
         point = {"w": w, **m, "sec_per_image": res["seconds"] / len(res["x"]), "nfe_per_image": res["nfe_per_image"]}
         summary["points"].append(point)
         summary["fid_floor"] = m["fid_floor"]
-        summary["gpu_sharing"] = common.sharing_record(began)
+        summary["gpu_sharing"] = common.sharing_record(began, device)
         print(f"w={w:g} FID-FMNIST {m['fid']:.3f} IS {m['is']:.2f} CAS {m['cas']:.3f} P {m['precision']:.3f} "
               f"R {m['recall']:.3f} {1e3 * point['sec_per_image']:.2f} ms/image, NFE {point['nfe_per_image']:.0f}",
               flush=True)

@@ -89,7 +89,7 @@ def main() -> None:
         "task": {"model": args.model, "n": per_class * 10, "steps": args.steps, "repeats": args.repeats,
                  "batch": per_class * 10, "sampler": "ddim", "bf16": device.type == "cuda", "compiled": False,
                  "guide_model": args.guide_model, "noisy_classifier": args.noisy_classifier},
-        "methods": rows, "gpu_sharing": common.sharing_record(began)})
+        "methods": rows, "gpu_sharing": common.sharing_record(began, device)})
 
 
 if __name__ == "__main__":

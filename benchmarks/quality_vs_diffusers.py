@@ -200,12 +200,12 @@ def main() -> None:
     if args.side in ("both", "ours"):
         began = common.sharing_began(device)
         result["ours"] = ours(args.minutes, ws, per_class, args.steps, Path(args.runs), device)
-        result["ours"]["gpu_sharing"] = common.sharing_record(began)
+        result["ours"]["gpu_sharing"] = common.sharing_record(began, device)
     if args.side in ("both", "diffusers"):
         params = result["ours"]["params"] if "ours" in result else args.params
         began = common.sharing_began(device)
         result["diffusers"] = diffusers_side(args.minutes, ws, per_class, args.steps, device, params)
-        result["diffusers"]["gpu_sharing"] = common.sharing_record(began)
+        result["diffusers"]["gpu_sharing"] = common.sharing_record(began, device)
     if args.side != "both":
         common.write_result(f"quality_vs_diffusers_{args.side}", result)
         return

@@ -108,16 +108,22 @@ def main() -> None:
     per_class = max(1, args.n // num_classes)
     out_dir = json_path.parent
     points: list[dict] = []
+    earlier: dict = {}
     if args.resume and json_path.exists():
-        points = json.loads(json_path.read_text())["points"]
+        earlier = json.loads(json_path.read_text())
+        points = earlier["points"]
+    # a resumed file keeps what its earlier calls recorded: their wall time and GPU sharing
+    prior_wall = earlier.get("wall_seconds") or 0.0
+    prior_sharing = earlier.get("gpu_sharing_per_call") or ([earlier["gpu_sharing"]] if earlier.get("gpu_sharing") else [])
     done = {(p["config"], p["steps"], p["w"]) for p in points}
     began = common.sharing_began(device)
-    shared = "one GPU (gpu_sharing says who else was on it)" if device.type == "cuda" else "CPU shared with other jobs"
+    shared = ("one GPU (gpu_sharing_per_call says who else was on it)" if device.type == "cuda"
+              else "CPU shared with other jobs")
     payload = {
         "device": common.device_name(device), "model": args.model, "configs": configs, "n_per_point": per_class * num_classes, "steps": steps_list,
         "ws": ws, "batch_size": args.batch_size, "compiled": args.compile, "clip_x": 1.0,
         "note": f"one process, {shared}; seconds include sampling only (compilation excluded by generate)",
-        "points": points,
+        "points": points, "wall_seconds": prior_wall, "gpu_sharing_per_call": prior_sharing,
     }
     start = time.time()
     print(f"{'config':18s} {'w':>4s} {'steps':>5s} {'NFE':>6s} {'FID':>8s} {'floor':>6s} {'CAS':>6s} {'s/img':>8s}")
@@ -138,8 +144,8 @@ def main() -> None:
                 points.append(point)
                 print(f"{name:18s} {w:4g} {steps:5d} {point['nfe_per_image']:6.1f} {point['fid']:8.3f} "
                       f"{point['fid_floor']:6.3f} {point['cas']:6.3f} {point['sec_per_image']:8.5f}", flush=True)
-                payload["wall_seconds"] = time.time() - start
-                payload["gpu_sharing"] = common.sharing_record(began)
+                payload["wall_seconds"] = prior_wall + time.time() - start
+                payload["gpu_sharing_per_call"] = [*prior_sharing, common.sharing_record(began, device)]
                 common.write_result(NAME, payload, str(out_dir))
                 plot(payload, out_dir / f"{NAME}.png")
     summarize(payload)

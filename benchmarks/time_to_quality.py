@@ -164,7 +164,7 @@ def run_side(args) -> None:
     else:
         train_ours(args.side, args, record, save)
     # the minutes compared are the training's: who else was on the GPU when it began and ended
-    record["gpu_sharing_training"] = common.sharing_record(began)
+    record["gpu_sharing_training"] = common.sharing_record(began, args.device)
     record["status"] = "evaluating"
     save()
     evaluate(args.side, args, record, save)

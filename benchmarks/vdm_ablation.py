@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from guidediff.data.images import load_dataset, to_tensor_dataset  # noqa: E402
+from guidediff.errors import UsageError  # noqa: E402
 from guidediff.nets.unet import count_parameters  # noqa: E402
 from guidediff.train import resolve_model_config  # noqa: E402
 from guidediff.vdm import evaluate_bpd, load_vdm_run_config  # noqa: E402
@@ -144,7 +145,10 @@ def main(argv=None) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     overrides.append(f"train.compile={'true' if args.compile else 'false'}")
-    config, base_vdm = load_vdm_run_config(args.config, overrides)
+    try:
+        config, base_vdm = load_vdm_run_config(args.config, overrides)
+    except UsageError as exc:
+        raise SystemExit(f"error: {exc}") from None
     # before any work, on the device the config names (--device or --set train.device); every run
     # starts a new file (rewritten after each of its variants), so an earlier result is replaced
     # only when told
@@ -219,7 +223,7 @@ def main(argv=None) -> int:
             entry["samples"] = grid.name
         entry["eval_seconds"] = time.time() - t_eval
         entry["train_log"] = train_curve(run_dir / "log.jsonl")
-        entry["gpu_sharing"] = common.sharing_record(began)
+        entry["gpu_sharing"] = common.sharing_record(began, device)
         payload["variants"].append(entry)
         null_txt = f", null {entry['bpd_null']:.4f}" if "bpd_null" in entry else ""
         print(f"{name:16s} {entry['bpd']:.4f} ± {entry['bpd_ci95']:.4f} bits/dim{null_txt}  "

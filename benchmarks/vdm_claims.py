@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     def save(part: str, value: dict) -> None:
         nonlocal began
         env = common.environment()
-        sharing = common.sharing_record(began)
+        sharing = common.sharing_record(began, args.device)
         entry[part] = {**value, "device": device, "torch": env["torch"], "commit": env["commit"],
                        "threads": torch.get_num_threads(), "note": args.note,
                        **({"gpu_sharing": sharing} if sharing else {})}

@@ -249,3 +249,13 @@ def test_ddgan_tiny_keeps_the_sizes_the_command_line_gave(out, monkeypatch):
     assert mod.main(["--tiny", "--parts", "fmnist", "--n-eval", "300", "--fmnist-T", "4", "--device", "cpu"]) == 0
     assert (seen["n_eval"], seen["fmnist_T"]) == (300, [4])
     assert (seen["steps"], seen["batch_size"], seen["minutes"]) == (20, 16, None)
+
+
+def test_ddgan_refuses_to_replace_a_second_order_samplers_row_named_by_its_steps(out, monkeypatch):
+    """A Heun row of 10 steps holds 19 network evaluations in nfe; a rerun of --nfe 10 would replace it."""
+    mod = bench("ddgan")
+    row = {"method": "diffusion-heun-karras", "nfe": 19, "steps": 10, "fid": 0.5}
+    (out / "ddgan.json").write_text(json.dumps({"device": "cpu", "fmnist": [row]}))
+    monkeypatch.setattr(mod, "part_diffusion", work_ran)
+    with pytest.raises(SystemExit, match="already holds fmnist diffusion-heun-karras nfe=10"):
+        mod.main(["--parts", "diffusion", "--diffusion-samplers", "heun-karras", "--nfe", "10", "--device", "cpu"])

@@ -99,9 +99,31 @@ def test_a_sampler_registered_later_is_a_valid_sampler_config(monkeypatch):
 
 def test_gpu_sharing_is_recorded_at_both_ends_of_a_gpu_run_only(monkeypatch):
     snapshots = iter([{"alone": True}, {"alone": False, "other_processes": ["812, 900 MiB"]}])
-    monkeypatch.setattr(common, "gpu_sharing", lambda: next(snapshots))
+    asked = []
+    monkeypatch.setattr(common, "gpu_sharing", lambda device=None: asked.append(device) or next(snapshots))
     monkeypatch.setattr(common, "device_name", lambda device: "cpu" if str(device) == "cpu" else "NVIDIA Z9000")
-    assert common.sharing_began("cpu") is None and common.sharing_record(None) is None
-    began = common.sharing_began("cuda")
-    assert common.sharing_record(began) == {"began": {"alone": True},
-                                            "ended": {"alone": False, "other_processes": ["812, 900 MiB"]}}
+    assert common.sharing_began("cpu") is None and common.sharing_record(None, "cpu") is None
+    began = common.sharing_began("cuda:1")
+    assert common.sharing_record(began, "cuda:1") == {"began": {"alone": True},
+                                                      "ended": {"alone": False, "other_processes": ["812, 900 MiB"]}}
+    assert asked == ["cuda:1", "cuda:1"]
+
+
+def test_gpu_sharing_looks_at_the_gpu_it_is_given(monkeypatch):
+    """On a machine of several GPUs, a run on cuda:1 is checked on GPU 1, not on the current GPU 0."""
+    import types
+
+    import torch
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid=f"uuid-{i}"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: seen.append(("mem", i)) or (90 * 2**30, 100 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda i: 9 * 2**30)
+    monkeypatch.setattr(common, "gpu_processes", lambda uuid: seen.append(("procs", uuid)) or [])
+    assert common.gpu_sharing("cuda:1")["alone"] is True  # 1 GiB not ours: our own context
+    assert seen == [("procs", "uuid-1"), ("mem", 1)]
+    seen.clear()
+    common.gpu_sharing("cuda")
+    assert seen == [("procs", "uuid-0"), ("mem", 0)]

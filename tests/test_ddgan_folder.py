@@ -27,31 +27,53 @@ def image_folder(root, classes=("cat", "dog"), per_class=6, size=(20, 24)):
     return root
 
 
-def test_train_ddgan_on_an_image_folder_and_sample_it(tmp_path, capsys):
+def test_train_ddgan_on_an_image_folder_and_sample_it(tmp_path, capsys, monkeypatch):
     from guidediff.cli import main
 
-    images = image_folder(tmp_path / "images")
+    image_folder(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)  # a relative --data: the run saves the folder's absolute path
+    assert main(["train-ddgan", "--data", "images", "--resolution", "16", "--channels", "3", "--conditional",
+                 "--out", "run", "--steps", "2", "--samples", "2", *TINY]) == 0
     run = tmp_path / "run"
-    assert main(["train-ddgan", "--data", str(images), "--resolution", "16", "--channels", "3", "--conditional",
-                 "--out", str(run), "--steps", "2", "--samples", "2", *TINY]) == 0
     _, state, _ = ddgan_train.read_ddgan_checkpoint(run, parts=())
     data = state["config"]["data"]
-    assert (data["name"], data["num_classes"], data["resolution"], data["channels"]) == (str(images), 2, 16, 3)
-    assert data["hflip"] is True and state["config"]["generator"]["attention_resolutions"] == [16]
-    assert main(["sample", str(run), "--n", "3", "--out", str(tmp_path / "samples"), "--device", "cpu"]) == 0
-    with np.load(tmp_path / "samples" / "samples.npz") as saved:
+    assert data["name"] == str(tmp_path / "images") and data["class_names"] == ["cat", "dog"]
+    assert (data["resolution"], data["channels"], data["hflip"]) == (16, 3, True)
+    assert state["config"]["generator"]["attention_resolutions"] == [16]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["sample", str(run), "--n", "3", "--out", "samples", "--device", "cpu"]) == 0
+    with np.load(elsewhere / "samples" / "samples.npz") as saved:
         assert saved["x"].shape == (6, 16, 16, 3) and sorted(set(saved["y"].tolist())) == [0, 1]
     # its report measures the discriminator on the folder's images
     assert main(["report", str(run)]) == 0
     assert "AUC" in (run / "report.html").read_text()
-    # the run resumes from anywhere (its folder is saved as an absolute path) ...
-    assert main(["train-ddgan", "--out", str(run), "--steps", "3", "--device", "cpu", "--no-progress", "--resume",
-                 "--samples", "2"]) == 0
-    # ... but not on a folder whose classes changed
-    image_folder(images, classes=("owl",))
-    assert main(["train-ddgan", "--out", str(run), "--steps", "4", "--device", "cpu", "--no-progress", "--resume",
-                 "--samples", "2"]) == 2
-    assert "now holds 3 classes, but this run was trained on 2" in capsys.readouterr().err
+    resume = ["train-ddgan", "--out", str(run), "--device", "cpu", "--no-progress", "--resume", "--samples", "2"]
+    assert main([*resume, "--steps", "3"]) == 0
+    # a moved folder: named on resume, and only for a run on a folder
+    (tmp_path / "images").rename(tmp_path / "moved")
+    assert main([*resume, "--steps", "4"]) == 2
+    assert "is not there; pass its new place with --data" in capsys.readouterr().err
+    assert main([*resume, "--steps", "4", "--data", str(tmp_path / "moved")]) == 0
+    assert ddgan_train.read_ddgan_checkpoint(run, parts=())[1]["config"]["data"]["name"] == str(tmp_path / "moved")
+    # a conditional run's labels are its classes in order: other classes are refused
+    (tmp_path / "moved" / "dog").rename(tmp_path / "moved" / "ant")
+    assert main([*resume, "--steps", "5", "--data", str(tmp_path / "moved")]) == 2
+    err = capsys.readouterr().err
+    assert "now holds 2 classes (ant, cat), but this run was trained on 2 classes (cat, dog)" in err
+
+
+def test_an_unconditional_folder_run_resumes_when_classes_are_added(tmp_path):
+    from guidediff.cli import main
+
+    images = image_folder(tmp_path / "images", classes=("only",))
+    run = tmp_path / "run"
+    base = ["train-ddgan", "--out", str(run), "--samples", "2", "--device", "cpu", "--no-progress"]
+    assert main([*base, *TINY, "--data", str(images), "--resolution", "16", "--channels", "1", "--steps", "2"]) == 0
+    image_folder(images, classes=("more",))
+    assert main([*base, "--resume", "--steps", "3"]) == 0  # the networks do not depend on the classes
+    assert ddgan_train.read_ddgan_checkpoint(run, parts=())[1]["config"]["data"]["class_names"] == ["more", "only"]
 
 
 def test_an_image_folder_needs_its_size_and_a_discriminator_that_fits(tmp_path):

@@ -1,6 +1,7 @@
 """The package's modules import each other without a circle: each module sits above what it
-imports (function-level imports count too: a lazy import hides a circle from Python, not from a
-reader). Read from the source with ast; nothing is imported."""
+imports. Function-level imports count (a lazy import hides a circle from Python, not from a reader),
+so do the packages an import runs on its way (their __init__) and the plug-ins a registry's package
+loads by name. Read from the source with ast; nothing is imported."""
 
 from __future__ import annotations
 
@@ -11,20 +12,30 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def module_imports() -> dict[str, set[str]]:
+    """module -> the package modules importing it runs: what it names, the packages above those
+    (their __init__ runs first, unless the importer lives inside them), and, for a package whose
+    __init__ loads its submodules by name (import_module: the registries' plug-ins), all of them."""
     modules = {}
     for path in SRC.rglob("*.py"):
         name = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
         modules[name] = path
     edges: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
                 continue
-            edges[name].update(t for t in targets if t in modules and t != name)
+            for target in (t for t in targets if t in modules):
+                parts = target.split(".")
+                parents = [".".join(parts[:i]) for i in range(2, len(parts))]
+                edges[name].update(p for p in [target, *parents]
+                                   if p != name and not name.startswith(p + ".") and p in modules)
+        if path.name == "__init__.py" and "import_module" in text:
+            edges[name].update(m for m in modules if m.rpartition(".")[0] == name)
     return edges
 
 

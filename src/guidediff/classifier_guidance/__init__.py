@@ -5,7 +5,8 @@ the diffusion model's noise levels, whose gradient ∇_z log p_φ(c | z_λ) guid
   for 2-D toys);
 - ``training``: its loss closure for the one training loop, ``train_noisy_classifier``,
   accuracy against λ;
-- ``loading``: ``load_noisy_classifier`` from a run or a .safetensors model, ``check_label_set``;
+- ``loading``: ``load_noisy_classifier`` from a run or a .safetensors model (``check_label_set``, the
+  label-set check, lives with the guidance method in ``guidance.methods.classifier``);
 - ``gradient``: ``classifier_grad_log_prob`` (autograd), ``guide_accuracy``.
 
     clf, clf_config = load_noisy_classifier("runs/fmnist_noisy_classifier", device)
@@ -18,6 +19,7 @@ registry entry that builds them from a checkpoint is ``guidance/methods/classifi
 """
 
 from guidediff.classifier_guidance.gradient import classifier_grad_log_prob, guide_accuracy
-from guidediff.classifier_guidance.loading import check_label_set, load_noisy_classifier
+from guidediff.classifier_guidance.loading import load_noisy_classifier
+from guidediff.guidance.methods.classifier import check_label_set
 
 __all__ = ["check_label_set", "classifier_grad_log_prob", "guide_accuracy", "load_noisy_classifier"]

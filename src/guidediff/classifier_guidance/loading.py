@@ -40,12 +40,3 @@ def load_noisy_classifier(source: str | Path, device: str | torch.device = "cpu"
     check_state_dict(tensors, net.state_dict(), where)
     net.load_state_dict({k: v.float() for k, v in tensors.items()})
     return net.to(device).eval().requires_grad_(False), config
-
-
-def check_label_set(classifier_classes: int, model_classes: int, source: str = "the classifier") -> None:
-    """UsageError unless the classifier predicts exactly the diffusion model's classes: guidance
-    asks p_φ(c | z) for the model's class index c, which means nothing in another label set."""
-    if classifier_classes != model_classes:
-        raise UsageError(
-            f"{source} predicts {classifier_classes} classes but the diffusion model has {model_classes}; "
-            f"train the noisy classifier on the model's dataset (same label set)")

@@ -16,6 +16,8 @@ def add_parser(subparsers) -> None:
                         "sub-folder per class, with --resolution and --channels")
     p.add_argument("--resolution", type=int, help="an image folder's side in pixels (data.resolution), e.g. 32")
     p.add_argument("--channels", type=int, choices=(1, 3), help="an image folder's channels (data.channels)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable files of an image folder out (data.skip_bad_images), instead of stopping")
     p.add_argument("--T", type=int, help="number of denoising steps (1, 2, 4, 8 in the paper); default per dataset")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", help="TOML file, e.g. configs/ddgan_fmnist.toml")
@@ -44,7 +46,8 @@ def _command_line(args) -> str:
             parts += [flag, str(value)]
     for item in args.set:
         parts += ["--set", item]
-    parts += [flag for flag, on in (("--conditional", args.conditional), ("--resume", args.resume)) if on]
+    parts += [flag for flag, on in (("--conditional", args.conditional), ("--skip-bad-images", args.skip_bad_images),
+                                    ("--resume", args.resume)) if on]
     return shlex.join(parts)
 
 
@@ -52,7 +55,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from guidediff.checkpoint import latest_checkpoint
-    from guidediff.ddgan.config import load_config
+    from guidediff.ddgan.config import is_image_folder, load_config
     from guidediff.ddgan.sample import generate, save_preview
     from guidediff.ddgan.train import CHECKPOINTS, train
     from guidediff.errors import require
@@ -73,16 +76,25 @@ def run(args) -> int:
             overrides.append(f"{key}={value}")
     if args.conditional:
         overrides.append("data.conditional=true")
+    if args.skip_bad_images:
+        overrides.append("data.skip_bad_images=true")
     resuming = args.resume and latest_checkpoint(out / CHECKPOINTS) is not None
     require(args.samples >= 1, f"--samples must be >= 1, got {args.samples}")
     if resuming:
-        may_change = ("train.steps=", "train.minutes=", "train.device=", "train.cuda_graph=", "train.finite_check=")
+        may_change = ("train.steps=", "train.minutes=", "train.device=", "train.cuda_graph=", "train.finite_check=",
+                      "data.skip_bad_images=")
         fixed = [item for item in overrides if not item.startswith(may_change)]
-        require(not fixed and not args.config and not args.data,
+        require(not fixed and not args.config,
                 f"--resume continues {out} with its saved config; only --steps, --minutes, --device, "
-                f"--set train.cuda_graph=... and --set train.finite_check=... may change (drop "
-                f"{', '.join(fixed) or '--config/--data'}) or start a new run with another --out")
+                f"--skip-bad-images, --set train.cuda_graph=... and --set train.finite_check=... may change, and "
+                f"--data the place of a run's image folder (drop {', '.join(fixed) or '--config'}) or start a new "
+                "run with another --out")
         config = saved_config(out, overrides)  # its own step mode unless the command names another
+        if args.data is not None:
+            require(is_image_folder(config.data.name) and is_image_folder(args.data),
+                    f"--resume continues {out} on its own data ({config.data.name}); --data may only give a run on "
+                    "an image folder that folder's new place")
+            config.data.name = args.data
     else:
         config = load_config(args.data, args.config, overrides)
     result = train(config, out, resume=args.resume, progress=not args.no_progress, command=_command_line(args))

@@ -35,11 +35,11 @@ def is_image_folder(name: str) -> bool:
 
 def data_spec(data: DataSection) -> tuple[tuple[int, ...], int]:
     """(sample shape, number of classes) of a config's data: a built-in dataset's own, or an image
-    folder's (channels, resolution, resolution) and its class sub-folders (data.num_classes, filled
+    folder's (channels, resolution, resolution) and its class sub-folders (data.class_names, filled
     when its training starts)."""
     if not is_image_folder(data.name):
         return _SPECS[data.name]
-    return (data.channels, data.resolution, data.resolution), data.num_classes
+    return (data.channels, data.resolution, data.resolution), len(data.class_names)
 
 
 @dataclass
@@ -48,8 +48,8 @@ class DataSection:
     per class, PNG/JPEG of any size, resized and centre-cropped to `resolution` pixels with
     `channels` 1 or 3; a train/ sub-folder is used when there is one). conditional: class-conditional
     G and D (labels of the dataset; grid25 has 5 row classes, a folder one per sub-folder).
-    num_classes: an image folder's class count, filled when its training starts and saved with the
-    run. toy_size: points drawn once (seeded) for 2-D data."""
+    class_names: an image folder's class sub-folders in label order, filled when its training
+    starts and saved with the run. toy_size: points drawn once (seeded) for 2-D data."""
 
     name: str = "fmnist"
     data_dir: str | None = None
@@ -57,7 +57,7 @@ class DataSection:
     hflip: bool = False
     resolution: int = 0
     channels: int = 0
-    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
     skip_bad_images: bool = False
     toy_size: int = 100_000
 
@@ -210,10 +210,11 @@ class DDGANConfig:
                     f"data.name {dt.name!r} is not one of {', '.join(DATASETS)}, so it is read as an image folder, "
                     f"which needs data.resolution (pixels, >= 8; got {dt.resolution}) and data.channels (1 or 3; got "
                     f"{dt.channels}): pass --resolution 32 --channels 3, say")
-            require(dt.num_classes >= 0, f"data.num_classes must be >= 0, got {dt.num_classes}")
         else:
-            require(dt.resolution in (0, 28) and dt.channels in (0, data_spec(dt)[0][0]) and dt.num_classes == 0,
-                    f"data.resolution, data.channels and data.num_classes are for image folders; {dt.name} has its own "
+            own_shape = data_spec(dt)[0]
+            own_size, own_channels = (own_shape[-1], own_shape[0]) if len(own_shape) == 3 else (0, 0)
+            require(dt.resolution in (0, own_size) and dt.channels in (0, own_channels) and not dt.class_names,
+                    f"data.resolution, data.channels and data.class_names are for image folders; {dt.name} has its own "
                     "shape and classes: leave them out")
         require(df.T >= 1, f"diffusion.T must be >= 1, got {df.T}")
         require(0 < df.beta_min < df.beta_max, f"need 0 < diffusion.beta_min < diffusion.beta_max, got "

@@ -52,7 +52,8 @@ def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
     dataset (in ``data_dir`` when given, else where the run found it)."""
     from guidediff.checkpoint import check_state_dict
     from guidediff.ddgan.config import DDGANConfig, is_image_folder
-    from guidediff.ddgan.train import build_networks, load_training_data, read_ddgan_checkpoint, unprefixed
+    from guidediff.ddgan.train import (adopt_folder_classes, build_networks, load_training_data,
+                                       read_ddgan_checkpoint, unprefixed)
 
     device = torch.device(device)
     _, state, parts = read_ddgan_checkpoint(run_dir, parts=("model",), device=device)
@@ -62,6 +63,7 @@ def discriminator_report(run_dir: str | Path, n: int = 512, seed: int = 0,
     elif data_dir is not None:
         config.data.data_dir = str(data_dir)
     data = load_training_data(config, device)
+    adopt_folder_classes(config, data)  # a moved folder must still hold the run's classes
     G, D = build_networks(config, data.sample_shape, data.num_classes)
     for name, net in (("G", G), ("D", D)):
         tensors = unprefixed(name, parts["model"])

@@ -49,7 +49,7 @@ def is_r1_step(config: DDGANConfig, step: int) -> bool:
 
 
 class DDGANStep:
-    """``step(i)`` runs DDGAN training step i on ``nets`` (a train.Nets) and the EMA of G.
+    """``step(i)`` runs DDGAN training step i on ``nets`` (an update.Nets) and the EMA of G.
     ``first_bad`` (the first step whose loss was not finite, −1 if none) stays on the device;
     ``take_window()`` reads the mean statistics since its last call (a host sync)."""
 

@@ -1,14 +1,14 @@
 """The DDGAN training loop: two networks, two Adam optimizers, alternating steps (Xiao et al. 2022,
 Algorithm in App. B). A dedicated loop rather than guidediff.train's single-loss one.
 
-One step, for a batch x_0 with levels i ~ U{1..T} (λ_t = λ_i, λ_s = λ_{i−1}):
+One step (``update.train_step``), for a batch x_0 with levels i ~ U{1..T} (λ_t = λ_i, λ_s = λ_{i−1}):
   real pair   (x_s, x_t) ~ q(x_s | x_0) q(x_t | x_s)                               schedule.forward_pair
   fake x_s    x_s' ~ q(x_s | x_t, x̂_0),  x̂_0 = G(x_t, z, λ_t, c),  z ~ N(0, I)      schedule.posterior_sample
   D step      softplus(−D(x_s, x_t)) + softplus(D(x_s', x_t)) [+ R1 on the real x_s, + R2 on x_s', float32]
   G step      softplus(−D(x_s'', x_t)) with a fresh z (non-saturating)
 then the EMA of G. Randomness is a function of (seed, step), so --resume continues exactly.
-ddgan.step runs this step per step number: as it is (train.cuda_graph = false), graph-ready, or
-captured in CUDA graphs (the default on CUDA).
+ddgan.step runs that step per step number: as it is (train.cuda_graph = false), graph-ready, or
+captured in CUDA graphs (the default on CUDA); this module loops over ddgan.step's DDGANStep.
 
 A non-finite loss stops training with TrainingDiverged (a UsageError) that names the fix. With
 train.finite_check = "step" (the default on the CPU) the host reads each loss and stops before the
@@ -50,6 +50,11 @@ KIND = "ddgan"
 MODEL_FORMAT = "guidediff-ddgan-model-v1"
 
 
+def _rate(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the step just taken (a device tensor in the graph modes: read at log steps only)."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
 class TrainingDiverged(UsageError):
     """A loss became NaN or infinite; a checkpoint of the last finite state was written."""
 
@@ -65,6 +70,7 @@ class TrainingData:
     num_classes: int
     sample_shape: tuple[int, ...]
     toy: Any = None  # the GaussianMixture of 2-D data (for evaluation)
+    class_names: list[str] = field(default_factory=list)
 
     @property
     def is_images(self) -> bool:
@@ -101,7 +107,24 @@ def load_training_data(config: DDGANConfig, device: torch.device) -> TrainingDat
         arrays = load_dataset(d.name, "train", d.data_dir)
     images = torch.from_numpy(arrays.images.copy()).to(device)
     labels = torch.from_numpy(arrays.labels.astype("int64")).to(device)
-    return TrainingData(images, labels, arrays.num_classes, (arrays.channels, arrays.resolution, arrays.resolution))
+    return TrainingData(images, labels, arrays.num_classes, (arrays.channels, arrays.resolution, arrays.resolution),
+                        class_names=list(arrays.class_names))
+
+
+def adopt_folder_classes(config: DDGANConfig, data: TrainingData) -> None:
+    """An image folder's classes into the run's config (data.class_names). A conditional run that
+    already has classes must find the same ones: its labels are their order."""
+    d = config.data
+    if not is_image_folder(d.name):
+        return
+
+    def named(names: list[str]) -> str:
+        return f"{len(names)} classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+
+    require(not (d.conditional and d.class_names) or d.class_names == data.class_names,
+            f"{d.name} now holds {named(data.class_names)}, but this run was trained on {named(d.class_names)}; "
+            "restore the folder's class sub-folders (the labels follow their order), or start a new run with another --out")
+    d.class_names = list(data.class_names)
 
 
 # -- networks ----------------------------------------------------------------------------------
@@ -299,9 +322,13 @@ class _Run:
         saved = DDGANConfig.from_dict(state["config"], source=str(self.ckpt_root))
         # The run's architecture and data are fixed; its length, time budget, device, step mode and
         # finite check (train.cuda_graph, train.finite_check: the same training function, run and
-        # watched another way; the two are checked together) may change.
+        # watched another way; the two are checked together) may change, and so may the place of
+        # its image folder.
         saved.train.steps, saved.train.minutes, saved.train.device = t.steps, t.minutes, t.device
         saved.train.cuda_graph, saved.train.finite_check = t.cuda_graph, t.finite_check
+        if is_image_folder(saved.data.name) and is_image_folder(config.data.name):
+            # a run's image folder may have moved (its classes are checked when it loads)
+            saved.data.name, saved.data.skip_bad_images = config.data.name, config.data.skip_bad_images
         saved.validate()
         return saved, state, tensors
 
@@ -325,14 +352,13 @@ class _Run:
         from guidediff.ddgan.step import choose_step_mode
 
         d = self.config.data
-        if is_image_folder(d.name):  # saved as an absolute path: the run's report and resume work from anywhere
+        if is_image_folder(d.name) and data is None:
+            # saved as an absolute path: the run's report and resume work from anywhere
             d.name = str(Path(d.name).expanduser().resolve())
+            require(Path(d.name).is_dir(), f"{d.name}, the image folder this run trains on, is not there; pass its "
+                    "new place with --data NEW_PATH (a resume may move it), or restore it")
         self.data = data if data is not None else load_training_data(self.config, self.device)
-        if is_image_folder(d.name):
-            require(d.num_classes in (0, self.data.num_classes),
-                    f"{d.name} now holds {self.data.num_classes} classes, but this run was trained on {d.num_classes}; "
-                    "restore the folder's class sub-folders, or start a new run with another --out")
-            d.num_classes = self.data.num_classes
+        adopt_folder_classes(self.config, self.data)
         self.mode = choose_step_mode(self.config, self.cuda)
         # graph modes keep Adam's step count and lr on the device, where a CUDA graph can replay them
         capturable = self.cuda and self.mode != "classic"
@@ -390,7 +416,8 @@ class _Run:
         t = self.config.train
         if t.lr_schedule == "constant":
             return
-        factor = lr_factor(step, warmup=0, total=t.lr_decay_steps, decay=t.lr_schedule, final=t.lr_final)
+        # as DDGAN's annealing: the full rates at step 0, lr_final of them from step lr_decay_steps on
+        factor = lr_factor(step - 1, warmup=0, total=t.lr_decay_steps, decay=t.lr_schedule, final=t.lr_final)
         set_learning_rate(self.nets.opt_g, t.lr_g * factor)
         set_learning_rate(self.nets.opt_d, t.lr_d * factor)
 
@@ -401,7 +428,8 @@ class _Run:
         now = time.perf_counter()
         s.steps_per_sec = self.step_fn.window_steps / max(now - s.window_start, 1e-9)
         s.last = self.step_fn.take_window()
-        s.last.update(step=s.step, steps_per_sec=s.steps_per_sec, elapsed_s=s.prior_time + now - s.start)
+        s.last.update(step=s.step, steps_per_sec=s.steps_per_sec, elapsed_s=s.prior_time + now - s.start,
+                      lr_g=_rate(self.nets.opt_g), lr_d=_rate(self.nets.opt_d))
         with open(self.out_dir / LOG_FILE, "a") as f:
             f.write(json.dumps(s.last) + "\n")
         s.window_start = now

@@ -1,6 +1,6 @@
 """One DDGAN training step (Xiao et al. 2022, Alg. 1): a discriminator update on a real pair
 (x_{t−1}, x_t) from q and a fake x′_{t−1} drawn from G's x̂_0 through the posterior q(x_{t−1} | x_t, x̂_0),
-then a generator update. ddgan.step runs it in the step modes; ddgan.train loops over it."""
+then a generator update. ddgan.step runs it in the step modes, and ddgan.train's loop runs ddgan.step."""
 
 from __future__ import annotations
 

@@ -1,14 +1,21 @@
 """Classifier guidance with a noisy classifier (Dhariwal & Nichol 2021), in score or ancestral mean form."""
 
-from guidediff.errors import require
+from guidediff.errors import UsageError, require
 from guidediff.guidance.registry import Guided, register_guidance
 from guidediff.guidance.wrappers import classifier_guidance, classifier_mean_shift, unconditional
 from guidediff.options import Option
 
 
-def check_classifier(model_config, classifier) -> None:
-    from guidediff.classifier_guidance import check_label_set
+def check_label_set(classifier_classes: int, model_classes: int, source: str = "the classifier") -> None:
+    """UsageError unless the classifier predicts exactly the diffusion model's classes: guidance
+    asks p_φ(c | z) for the model's class index c, which means nothing in another label set."""
+    if classifier_classes != model_classes:
+        raise UsageError(
+            f"{source} predicts {classifier_classes} classes but the diffusion model has {model_classes}; "
+            f"train the noisy classifier on the model's dataset (same label set)")
 
+
+def check_classifier(model_config, classifier) -> None:
     mc = model_config
     require(mc.num_classes > 0, "classifier guidance needs a class-conditional model's label set, but this model "
                                 "is unconditional (num_classes = 0)")
