@@ -54,7 +54,7 @@ def test_train_ddgan_on_an_image_folder_and_sample_it(tmp_path, capsys, monkeypa
     # a moved folder: named on resume, and only for a run on a folder
     (tmp_path / "images").rename(tmp_path / "moved")
     assert main([*resume, "--steps", "4"]) == 2
-    assert "is not there; pass its new place with --data" in capsys.readouterr().err
+    assert "does not exist; pass the folder with --data PATH (with --resume: its new place)" in capsys.readouterr().err
     assert main([*resume, "--steps", "4", "--data", str(tmp_path / "moved")]) == 0
     assert ddgan_train.read_ddgan_checkpoint(run, parts=())[1]["config"]["data"]["name"] == str(tmp_path / "moved")
     # a conditional run's labels are its classes in order: other classes are refused
@@ -90,3 +90,16 @@ def test_an_image_folder_needs_its_size_and_a_discriminator_that_fits(tmp_path):
     assert load_config(str(images), None, ["data.resolution=32", "data.channels=3"]).generator.attention_resolutions == [16]
     with pytest.raises(UsageError, match="are for image folders; fmnist has its own shape"):
         load_config("fmnist", None, ["data.resolution=32"])
+
+
+def test_the_folder_config_file_trains_on_a_folder_named_on_the_command_line(tmp_path):
+    """configs/ddgan_folder32.toml with --set data.name: the file's 32x32 RGB, conditional settings."""
+    from pathlib import Path
+
+    images = image_folder(tmp_path / "images")
+    path = Path(__file__).resolve().parents[1] / "configs" / "ddgan_folder32.toml"
+    config = load_config(None, path, [f'data.name="{images}"'])
+    assert (config.image_size, config.data.channels, config.data.conditional) == (32, 3, True)
+    assert config.generator.attention_resolutions == [16] and config.discriminator.channel_mult == [2, 4, 8, 8]
+    with pytest.raises(UsageError, match="neither one of fmnist, stacked-fmnist, grid25 nor an image folder"):
+        load_config(None, path, ['data.resolution=0'])  # the placeholder path is not a folder

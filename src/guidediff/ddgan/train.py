@@ -355,8 +355,8 @@ class _Run:
         if is_image_folder(d.name) and data is None:
             # saved as an absolute path: the run's report and resume work from anywhere
             d.name = str(Path(d.name).expanduser().resolve())
-            require(Path(d.name).is_dir(), f"{d.name}, the image folder this run trains on, is not there; pass its "
-                    "new place with --data NEW_PATH (a resume may move it), or restore it")
+            require(Path(d.name).is_dir(), f"{d.name}, the image folder this run trains on, does not exist; pass the "
+                    "folder with --data PATH (with --resume: its new place)")
         self.data = data if data is not None else load_training_data(self.config, self.device)
         adopt_folder_classes(self.config, self.data)
         self.mode = choose_step_mode(self.config, self.cuda)
