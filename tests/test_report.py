@@ -119,3 +119,16 @@ def test_ddgan_report_without_the_runs_data_says_so_and_takes_a_data_dir(tmp_pat
 
     page = write_report(tmp_path / "run", tmp_path / "again.html", data_dir=find_fmnist_dir()).read_text()
     assert "<th>accuracy</th>" in page and "Not measured" not in page
+
+
+def test_ddgan_curves_add_the_learning_rates_when_they_change(tmp_path, monkeypatch):
+    shown = []
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda plt, fig, path, dpi=120: shown.append(len(fig.axes)) or
+                        real(plt, fig, path, dpi))
+    record = {"loss_d": 1.38, "loss_g": 0.69, "d_real": 0.0, "d_fake": 0.0}
+    constant = [{**record, "step": s, "lr_g": 5e-5, "lr_d": 1.25e-4} for s in (1, 2, 3)]
+    decaying = [{**record, "step": s, "lr_g": 5e-5 / s, "lr_d": 1.25e-4 / s} for s in (1, 2, 3)]
+    assert plots.ddgan_curves(constant, tmp_path / "constant.png").is_file()
+    assert plots.ddgan_curves(decaying, tmp_path / "decaying.png").is_file()
+    assert shown == [2, 3]

@@ -77,13 +77,21 @@ def training_curve(records: list[dict], path: str | Path) -> Path:
 def ddgan_curves(records: list[dict], path: str | Path) -> Path:
     """A DDGAN training log (log.jsonl records with 'step', 'loss_d', 'loss_g', 'd_real', 'd_fake'):
     the two losses beside their values when D is at chance (2·ln 2 and ln 2), and D's mean logits
-    on real and generated pairs beside 0. Curves that sit on those lines mean D separates nothing."""
+    on real and generated pairs beside 0. Curves that sit on those lines mean D separates nothing.
+    A run whose learning rates change (train.lr_schedule; records with 'lr_g', 'lr_d') gets a third
+    panel with them."""
     import math
 
     plt = _pyplot()
     rows = [r for r in records if "loss_d" in r]
     steps = [r["step"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    scheduled = len({(r.get("lr_g"), r.get("lr_d")) for r in rows if "lr_g" in r}) > 1
+    fig, axes = plt.subplots(1, 3 if scheduled else 2, figsize=(15 if scheduled else 10, 3.5))
+    left, right = axes[0], axes[1]
+    if scheduled:
+        for key, label in (("lr_g", "G"), ("lr_d", "D")):
+            axes[2].plot(steps, [r.get(key, float("nan")) for r in rows], linewidth=1, label=label)
+        axes[2].set_title("learning rates (train.lr_schedule)", fontsize=9)
     for key, chance, label in (("loss_d", 2 * math.log(2), "D loss"), ("loss_g", math.log(2), "G loss")):
         line, = left.plot(steps, [r[key] for r in rows], linewidth=1, label=label)
         left.axhline(chance, color=line.get_color(), linestyle=":", linewidth=1)
@@ -92,7 +100,7 @@ def ddgan_curves(records: list[dict], path: str | Path) -> Path:
         right.plot(steps, [r.get(key, float("nan")) for r in rows], linewidth=1, label=label)
     right.axhline(0.0, color="grey", linestyle=":", linewidth=1)
     right.set_title("mean logits (over the levels)", fontsize=9)
-    for ax in (left, right):
+    for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
