@@ -87,11 +87,7 @@ def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch
     r1 = r1_penalty(d_real, x_real, t.r1_gamma) * t.r1_every if r1_step and t.r1_gamma > 0 else zero
     r2 = r1_penalty(d_fake, x_fake, t.r2_gamma) * t.r1_every if r2_step else zero
     total_d = loss_d + r1 + r2
-    if sync:
-        _check_finite("the discriminator loss", total_d)
-    nets.opt_d.zero_grad(set_to_none=True)
-    total_d.backward()
-    nets.opt_d.step()
+    _descend(nets.opt_d, total_d, "the discriminator loss", sync)
 
     # -- generator
     nets.D.requires_grad_(False)
@@ -99,18 +95,20 @@ def train_step(nets: Nets, x0: torch.Tensor, c: torch.Tensor | None, lams: torch
     with autocast:
         d_gen = nets.D_run(x_fake, x_t, lam_t, c).float()
     loss_g = g_loss(d_gen)
-    if sync:
-        _check_finite("the generator loss", loss_g)
-    nets.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    nets.opt_g.step()
+    _descend(nets.opt_g, loss_g, "the generator loss", sync)
     nets.D.requires_grad_(True)
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "r1": r1.detach(), "r2": r2.detach(),
             "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean(),
             "finite": torch.isfinite(total_d.detach()) & torch.isfinite(loss_g.detach())}
 
 
-def _check_finite(what: str, loss: torch.Tensor) -> None:
-    value = float(loss.detach())  # a host sync: only in finite_check = "step"
-    if not math.isfinite(value):
-        raise NonFiniteLoss(what, value)
+def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, sync: bool) -> None:
+    """One optimizer step on ``loss``; with ``sync``, first a host read of it (finite_check "step":
+    a NaN or infinite loss raises NonFiniteLoss before the update could spread it)."""
+    if sync:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(what, value)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
