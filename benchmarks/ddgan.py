@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -402,18 +403,55 @@ def planned_keys(args) -> list[str]:
     return keys
 
 
-def refuse_replacing(old: dict, args, target: Path) -> None:
-    """A part already in ddgan.json is replaced only by a run that continues its training
-    (--resume) or when told (BENCH_OVERWRITE=1)."""
-    import os
+def run_dirs(key: str, args, work: Path) -> list[Path]:
+    """The run directories whose training a part of ddgan.json reports (none for a diffusion row,
+    which trains nothing)."""
+    if key == "gaussians25":
+        return [work / f"grid25_T{T}" for T in args.toy_T]
+    if key == "stacked":
+        return [work / "stacked"]
+    if key.startswith("fmnist ddgan T="):
+        return [work / f"fmnist_T{key.rpartition('=')[2]}"]
+    return []
 
-    if args.resume or os.environ.get("BENCH_OVERWRITE") == "1":
+
+def refuse_replacing(old: dict, args, target: Path, device: str) -> None:
+    """A part already in ddgan.json is replaced only by a run that continues its training on the
+    same device (--resume, with a checkpoint of every run it reports in --work-dir) or when told
+    (BENCH_OVERWRITE=1)."""
+    from guidediff.checkpoint import latest_checkpoint
+
+    if os.environ.get("BENCH_OVERWRITE") == "1":
         return
     have = parts_of(old)
-    clash = [k for k in planned_keys(args) if k in have]
+
+    def continued(key: str) -> bool:
+        dirs = run_dirs(key, args, Path(args.work_dir))
+        measured = (have[key].get("measured_on") or {}).get("device")
+        return (args.resume and bool(dirs) and measured == device
+                and all(latest_checkpoint(d / "checkpoints") is not None for d in dirs))
+
+    clash = [k for k in planned_keys(args) if k in have and not continued(k)]
     if clash:
-        raise SystemExit(f"error: {target} already holds {', '.join(clash)}; pass --resume to continue those runs, "
-                         "write elsewhere with --out, or set BENCH_OVERWRITE=1 to replace them")
+        raise SystemExit(f"error: {target} already holds {', '.join(clash)}, which this run would not continue (--resume "
+                         "continues a part measured on this device whose runs are in --work-dir); write elsewhere with "
+                         "--out, or set BENCH_OVERWRITE=1 to replace them")
+
+
+def refuse_merging_over(old: dict, inputs: list[dict], target: Path) -> None:
+    """--merge adds parts; one already in ddgan.json is replaced only when told (BENCH_OVERWRITE=1)."""
+    if os.environ.get("BENCH_OVERWRITE") == "1":
+        return
+    clash = [k for new in inputs for k in parts_of(new) if k in parts_of(old)]
+    if clash:
+        raise SystemExit(f"error: {target} already holds {', '.join(dict.fromkeys(clash))}; merge into another --out, "
+                         "or set BENCH_OVERWRITE=1 to replace them with the merged files' parts")
+
+
+def part_figures(result: dict) -> list[str]:
+    """The figures benchmarks/ddgan.py writes beside ddgan.json for the parts of ``result``."""
+    names = [f"ddgan_{k}.png" for k in ("gaussians25", "stacked") if k in result]
+    return names + [f"ddgan_fmnist_T{e['nfe']}.png" for e in result.get("fmnist", []) if e["method"] == "ddgan"]
 
 
 def print_table(result: dict) -> None:
@@ -486,13 +524,18 @@ def main(argv: list[str] | None = None) -> int:
     out = target.parent
     old = json.loads(target.read_text()) if target.is_file() else {}
     if args.merge:
-        for new in inputs:
+        refuse_merging_over(old, inputs, target)
+        for path, new in zip(args.merge, inputs):
             old = merge(old, new)
+            for name in part_figures(new):  # each part's figure travels with it
+                figure = Path(path).parent / name
+                if figure.is_file() and figure.parent.resolve() != out.resolve():
+                    shutil.copyfile(figure, out / name)
         old.update(file_stamp(old))
         common.write_result("ddgan", old, str(out))
         print_table(old)
         return 0
-    refuse_replacing(old, args, target)
+    refuse_replacing(old, args, target, device)
 
     classifier = None
     if {"stacked", "fmnist", "diffusion"} & set(args.parts):

@@ -183,9 +183,18 @@ def test_ddgan_refuses_to_replace_a_part_unless_resumed_and_stamps_the_device_it
                                                                       "measured_on": {"device": "NVIDIA Z9000"}}}))
     monkeypatch.setattr(mod, "part_stacked", work_ran)
     before = path.read_text()
-    with pytest.raises(SystemExit, match="already holds stacked; pass --resume.*BENCH_OVERWRITE=1") as exc:
+    with pytest.raises(SystemExit, match="already holds stacked, which this run would not continue.*BENCH_OVERWRITE=1") as exc:
         mod.main(["--parts", "stacked", "--device", "cpu"])
     assert "\n" not in str(exc.value) and path.read_text() == before
+    # --resume continues only a run that is there, measured on this device: an empty work dir trains afresh
+    with pytest.raises(SystemExit, match="already holds stacked, which this run would not continue"):
+        mod.main(["--parts", "stacked", "--device", "cpu", "--resume", "--work-dir", str(out / "empty")])
+    from guidediff.checkpoint import checkpoint_name
+
+    (out / "work" / "stacked" / "checkpoints" / checkpoint_name(5)).mkdir(parents=True)
+    with pytest.raises(SystemExit, match="already holds stacked, which this run would not continue"):  # an H200's part
+        mod.main(["--parts", "stacked", "--device", "cpu", "--resume", "--work-dir", str(out / "work")])
+    assert path.read_text() == before
     # a new part beside it, measured on the CPU of a machine that has a GPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA Z9000")
@@ -203,7 +212,7 @@ def test_ddgan_refuses_to_replace_a_part_unless_resumed_and_stamps_the_device_it
         mod.main(["--parts", "gaussians25", "--diffusion-samplers", "nope"])
 
 
-def test_ddgan_merge_keeps_each_parts_settings_and_drops_the_provenance_of_replaced_parts(out, tmp_path):
+def test_ddgan_merge_keeps_each_parts_settings_and_drops_the_provenance_of_replaced_parts(out, tmp_path, monkeypatch):
     """A merged ddgan.json says where and how each part was made: the older file's one `settings`
     goes to the parts its call planned, a replaced part's prose provenance goes, and the file's
     device, torch and commit are the parts' own only when every part says the same."""
@@ -227,10 +236,17 @@ def test_ddgan_merge_keeps_each_parts_settings_and_drops_the_provenance_of_repla
     assert mod.file_stamp(same) == here
     other = {**same, "stacked": {"measured_on": {**here, "commit": "def"}}}
     assert mod.file_stamp(other) == {**here, "commit": mod.MIXED}
-    # a merge through the command writes the stamp, not the torch and commit of whichever input came last
+    # a merge through the command replaces a part only when told, and its figure travels with it
     (tmp_path / "new.json").write_text(json.dumps(newer))
+    (tmp_path / "ddgan_stacked.png").write_bytes(b"new figure")
     (out / "ddgan.json").write_text(json.dumps(older))
+    with pytest.raises(SystemExit, match="already holds stacked; merge into another --out, or set BENCH_OVERWRITE=1"):
+        mod.main(["--merge", str(tmp_path / "new.json"), "--out", str(out)])
+    assert json.loads((out / "ddgan.json").read_text()) == older
+    monkeypatch.setenv("BENCH_OVERWRITE", "1")
     assert mod.main(["--merge", str(tmp_path / "new.json"), "--out", str(out)]) == 0
+    assert (out / "ddgan_stacked.png").read_bytes() == b"new figure"
+    # it writes the stamp, not the torch and commit of whichever input came last
     saved = json.loads((out / "ddgan.json").read_text())
     assert saved["torch"] == saved["commit"] == saved["device"] == mod.MIXED
 
