@@ -70,8 +70,18 @@ def run_variant(args) -> None:
     overrides, what, base = VARIANTS[args.variant]
     out = Path(args.out)
     name = f"{args.variant}_s{args.seed}"
-    path = out / f"{name}.json"
     run_dir = Path(args.runs or out / "runs") / name
+    # before any work: a finished variant is replaced only when told; one whose run was cut off
+    # (a checkpoint, its JSON not "done") continues
+    from guidediff.checkpoint import latest_checkpoint
+
+    earlier = out / f"{name}.json"
+    cut_off = (latest_checkpoint(run_dir / "checkpoints") is not None and earlier.is_file()
+               and json.loads(earlier.read_text()).get("status") != "done")
+    path = common.claim_result(name, str(out), resume=cut_off)
+    if not cut_off and latest_checkpoint(run_dir / "checkpoints") is not None:
+        raise SystemExit(f"error: {run_dir} holds a finished run of {name}; remove it, or pass --runs DIR, to train "
+                         "the variant again")
     device = str(resolve_device(None))
     config = load_config(ROOT / base, [*overrides, *args.set, f"train.steps={args.steps}", f"train.seed={args.seed}",
                                        "train.sample_every=100000000", f"train.checkpoint_every={args.steps}",
@@ -83,8 +93,8 @@ def run_variant(args) -> None:
               "status": "training", "points": []}
     fmnist_eval.write_json(path, record)
     t0 = time.time()
-    result = train(config, run_dir, resume=True, progress=False)
-    record["train"] = {"wall_s": time.time() - t0, "loop_s": result.loop_s, "final_loss": result.final_loss,
+    result = train(config, run_dir, resume=cut_off, progress=False)
+    record["train"] = {"resumed_cut_off_run": cut_off, "wall_s": time.time() - t0, "loop_s": result.loop_s, "final_loss": result.final_loss,
                        "steps_per_s": (result.images / config.train.batch_size) / max(result.loop_s, 1e-9),
                        "steps_done": result.step}
     record["status"] = "evaluating"

@@ -148,7 +148,8 @@ def evaluate(side: str, args, record: dict, save) -> None:
 
 
 def run_side(args) -> None:
-    path = Path(args.out) / f"time_to_quality_{args.side}.json"
+    # before any training: an earlier side result is replaced only when told
+    path = common.claim_result(f"time_to_quality_{args.side}", args.out)
     record = {**common.environment(), "side": args.side, "minutes": max(args.eval_at), "eval_at": args.eval_at,
               "task": {"n_per_w": 10 * max(args.n // 10, 1), "ddim_steps": args.ddim_steps, "w": args.w},
               "config_file": CONFIGS.get(args.side, "diffusers default (benchmarks/quality_vs_diffusers.py)"),

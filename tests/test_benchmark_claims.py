@@ -275,3 +275,20 @@ def test_ddgan_refuses_to_replace_a_second_order_samplers_row_named_by_its_steps
     monkeypatch.setattr(mod, "part_diffusion", work_ran)
     with pytest.raises(SystemExit, match="already holds fmnist diffusion-heun-karras nfe=10"):
         mod.main(["--parts", "diffusion", "--diffusion-samplers", "heun-karras", "--nfe", "10", "--device", "cpu"])
+
+
+def test_recipe_ablation_refuses_a_finished_variant_before_training(out, monkeypatch):
+    mod = bench("recipe_ablation")
+    path = earlier(out, "baseline_s0")  # a variant's JSON from an earlier call, its run not cut off
+    monkeypatch.setattr(mod, "train", work_ran)
+    monkeypatch.setattr(sys, "argv", ["recipe_ablation.py", "--variant", "baseline", "--out", str(out), "--steps", "1"])
+    refused(mod.main, path)
+
+
+def test_time_to_quality_refuses_an_earlier_side_result_before_training(out, monkeypatch):
+    mod = bench("time_to_quality")
+    path = earlier(out, "time_to_quality_new")
+    monkeypatch.setattr(mod, "train_ours", work_ran)
+    monkeypatch.setattr(sys, "argv", ["time_to_quality.py", "--side", "new", "--out", str(out), "--minutes", "0.01",
+                                      "--eval-at", "0.01"])
+    refused(mod.main, path)
