@@ -189,6 +189,22 @@ def part_variance(model, x, c, edges, m, args) -> dict:
                    "(p ∝ √E[(½e)²] mixed with 1% uniform)"}
 
 
+MIXED = "mixed: each part's device, torch and commit say where"
+
+
+def file_stamp(results: dict) -> dict:
+    """The file's device, torch and commit: the one its parts share, else MIXED; never the last
+    writer's alone."""
+    parts = [part for m in results.get("models", {}).values() for part in m.values() if isinstance(part, dict)]
+    stamp = {}
+    for key in ("device", "torch", "commit"):
+        values = {str(part.get(key)) for part in parts}
+        stamp[key] = values.pop() if len(values) == 1 else MIXED
+    if stamp["torch"] == MIXED:
+        stamp["cuda"] = MIXED
+    return stamp
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="fmnist-cfg")
@@ -248,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                        "threads": torch.get_num_threads(), "note": args.note,
                        **({"gpu_sharing": sharing} if sharing else {})}
         began = sharing["ended"] if sharing else None
-        devices = {part.get("device") for m in results["models"].values() for part in m.values() if isinstance(part, dict)}
-        top = devices.pop() if len(devices) == 1 else "mixed: each part's device says where"
-        common.write_result("vdm_claims", {**results, "device": top,
+        common.write_result("vdm_claims", {**results, **file_stamp(results),
                                            "wall_seconds": round(time.perf_counter() - start, 1)}, str(out))
 
     # the pilot: m(λ) = E[(½‖ε − ε̂‖²)²] per λ bin on training images (never the evaluated test images)

@@ -292,3 +292,13 @@ def test_time_to_quality_refuses_an_earlier_side_result_before_training(out, mon
     monkeypatch.setattr(sys, "argv", ["time_to_quality.py", "--side", "new", "--out", str(out), "--minutes", "0.01",
                                       "--eval-at", "0.01"])
     refused(mod.main, path)
+
+
+def test_vdm_claims_stamps_the_file_with_its_parts_not_its_last_writer():
+    mod = bench("vdm_claims")
+    gpu = {"device": "NVIDIA Z9000", "torch": "2.11.0+cu130", "commit": "abc"}
+    one = {"models": {"m": {"bound_vs_T": dict(gpu), "estimator_variance": dict(gpu)}}}
+    assert mod.file_stamp(one) == gpu
+    both = {"models": {"m": {"bound_vs_T": dict(gpu)}, "tiny": {"bound_vs_T": {"device": "cpu", "torch": "2.13.0+cpu",
+                                                                            "commit": "def"}}}}
+    assert set(mod.file_stamp(both).values()) == {mod.MIXED}
