@@ -55,6 +55,9 @@ def test_train_ddgan_on_an_image_folder_and_sample_it(tmp_path, capsys, monkeypa
     (tmp_path / "images").rename(tmp_path / "moved")
     assert main([*resume, "--steps", "4"]) == 2
     assert "does not exist; pass the folder with --data PATH (with --resume: its new place)" in capsys.readouterr().err
+    (tmp_path / "a_file.png").write_bytes(b"")
+    assert main([*resume, "--steps", "4", "--data", str(tmp_path / "a_file.png")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert main([*resume, "--steps", "4", "--data", str(tmp_path / "moved")]) == 0
     assert ddgan_train.read_ddgan_checkpoint(run, parts=())[1]["config"]["data"]["name"] == str(tmp_path / "moved")
     # a conditional run's labels are its classes in order: other classes are refused
@@ -90,6 +93,8 @@ def test_an_image_folder_needs_its_size_and_a_discriminator_that_fits(tmp_path):
     assert load_config(str(images), None, ["data.resolution=32", "data.channels=3"]).generator.attention_resolutions == [16]
     with pytest.raises(UsageError, match="are for image folders; fmnist has its own shape"):
         load_config("fmnist", None, ["data.resolution=32"])
+    with pytest.raises(UsageError, match="data.class_names is what a run on an image folder saves"):
+        load_config(str(images), None, ["data.resolution=32", "data.channels=3", 'data.class_names=["dog", "cat"]'])
 
 
 def test_the_folder_config_file_trains_on_a_folder_named_on_the_command_line(tmp_path):

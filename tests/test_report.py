@@ -132,3 +132,15 @@ def test_ddgan_curves_add_the_learning_rates_when_they_change(tmp_path, monkeypa
     assert plots.ddgan_curves(constant, tmp_path / "constant.png").is_file()
     assert plots.ddgan_curves(decaying, tmp_path / "decaying.png").is_file()
     assert shown == [2, 3]
+
+
+def test_report_refuses_a_data_dir_that_is_not_a_folder(tmp_path, capsys):
+    from guidediff.cli import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "file").write_text("")
+    for bad, why in ((tmp_path / "gone", "does not exist"), (tmp_path / "file", "is a file")):
+        assert main(["report", str(tmp_path / "run"), "--data-dir", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "the folder that holds the run's dataset" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "report.html").exists()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from guidediff.errors import UsageError, require
+from guidediff.lr_schedule import DECAYS
 from guidediff.nets.unet import UNetConfig
 
 if sys.version_info >= (3, 11):
@@ -193,7 +194,7 @@ class Config:
         require(d.sigma_data > 0, f"diffusion.sigma_data must be > 0, got {d.sigma_data}")
         require(d.min_snr_gamma > 0, f"diffusion.min_snr_gamma must be > 0, got {d.min_snr_gamma}")
         require(d.p_std > 0, f"diffusion.p_std must be > 0, got {d.p_std}")
-        _choice("train.lr_schedule", t.lr_schedule, ("constant", "cosine", "linear"))
+        _choice("train.lr_schedule", t.lr_schedule, DECAYS)
         require(0.0 <= t.lr_final <= 1.0, f"train.lr_final (a fraction of lr) must lie in [0, 1], got {t.lr_final}")
         _choice("train.ema", t.ema, ("exp", "power"))
         from guidediff.ema import SIGMA_REL_MAX

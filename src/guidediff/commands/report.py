@@ -19,6 +19,8 @@ def run(args) -> int:
     from guidediff.report import write_report
 
     run_dir = existing_dir(args.run_dir, "the run, sweep or eval output directory")
+    if args.data_dir is not None:  # named on purpose: a wrong one is an error, not a note inside the page
+        existing_dir(args.data_dir, "the folder that holds the run's dataset")
     check_out_file(args.out or run_dir / "report.html", flag="--out", suffix=".html", overwrite=args.overwrite)
     path = write_report(run_dir, args.out, data_dir=args.data_dir)
     print(f"wrote {path}")

@@ -57,7 +57,7 @@ def run(args) -> int:
     from guidediff.checkpoint import latest_checkpoint
     from guidediff.ddgan.config import is_image_folder, load_config
     from guidediff.ddgan.sample import generate, save_preview
-    from guidediff.ddgan.train import CHECKPOINTS, train
+    from guidediff.ddgan.train import CHECKPOINTS, RESUMABLE, train
     from guidediff.errors import require
 
     from guidediff.commands._outputs import check_device, claim_out_dir
@@ -81,8 +81,7 @@ def run(args) -> int:
     resuming = args.resume and latest_checkpoint(out / CHECKPOINTS) is not None
     require(args.samples >= 1, f"--samples must be >= 1, got {args.samples}")
     if resuming:
-        may_change = ("train.steps=", "train.minutes=", "train.device=", "train.cuda_graph=", "train.finite_check=",
-                      "data.skip_bad_images=")
+        may_change = tuple(f"{key}=" for key in RESUMABLE)
         fixed = [item for item in overrides if not item.startswith(may_change)]
         require(not fixed and not args.config,
                 f"--resume continues {out} with its saved config; only --steps, --minutes, --device, "

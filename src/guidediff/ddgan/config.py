@@ -262,8 +262,8 @@ class DDGANConfig:
         require(t.lr_schedule == "constant" or t.lr_decay_steps >= 1,
                 f"train.lr_schedule = {t.lr_schedule!r} decays over train.lr_decay_steps steps, which is "
                 f"{t.lr_decay_steps}; set it (--set train.lr_decay_steps=N, often train.steps)")
-        require(0 < t.lr_final <= 1, f"train.lr_final is the fraction of the rates left after the decay; it must "
-                f"lie in (0, 1], got {t.lr_final}")
+        require(0 <= t.lr_final <= 1, f"train.lr_final is the fraction of the rates left after the decay; it must "
+                f"lie in [0, 1], got {t.lr_final}")
         require(t.minutes is None or 0 < t.minutes < float("inf"), f"train.minutes must be a positive number, got {t.minutes}")
         require(t.mixed_precision in ("auto", "no", "bf16"),
                 f"train.mixed_precision {t.mixed_precision!r} is unknown; choose auto, no or bf16")
@@ -361,6 +361,8 @@ def load_config(data: str | None = None, path: str | Path | None = None,
         key, value = parse_override(item)
         set_value(config, key, value, source=f"--set {item}")
         given.add(key)
+    require("data.class_names" not in given, "data.class_names is what a run on an image folder saves of the "
+            "folder's class sub-folders; leave it out (the folder decides it)")
     if is_image_folder(config.data.name):
         _folder_defaults(config, given)
     config.validate()

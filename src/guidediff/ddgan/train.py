@@ -55,6 +55,14 @@ def _rate(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
+# What a resumed run may change: its length, time budget, device, step mode and finite check
+# (train.cuda_graph, train.finite_check: the same training function, run and watched another way;
+# the two are checked together), and whether an image folder's unreadable files are left out.
+# A run on an image folder may also name the folder's new place (data.name).
+RESUMABLE = ("train.steps", "train.minutes", "train.device", "train.cuda_graph", "train.finite_check",
+             "data.skip_bad_images")
+
+
 class TrainingDiverged(UsageError):
     """A loss became NaN or infinite; a checkpoint of the last finite state was written."""
 
@@ -317,18 +325,14 @@ class _Run:
 
     # -- Restore: the saved run's config, then its weights and bookkeeping. ----------------------
     def _read_resume_point(self, config: DDGANConfig) -> tuple[DDGANConfig, dict[str, Any], dict[str, dict]]:
-        t = config.train
         _, state, tensors = read_ddgan_checkpoint(self.out_dir, device="cpu")
         saved = DDGANConfig.from_dict(state["config"], source=str(self.ckpt_root))
-        # The run's architecture and data are fixed; its length, time budget, device, step mode and
-        # finite check (train.cuda_graph, train.finite_check: the same training function, run and
-        # watched another way; the two are checked together) may change, and so may the place of
-        # its image folder.
-        saved.train.steps, saved.train.minutes, saved.train.device = t.steps, t.minutes, t.device
-        saved.train.cuda_graph, saved.train.finite_check = t.cuda_graph, t.finite_check
+        # the run's architecture and data are fixed; the RESUMABLE keys come from this call's config
+        for key in RESUMABLE:
+            section, name = key.split(".")
+            setattr(getattr(saved, section), name, getattr(getattr(config, section), name))
         if is_image_folder(saved.data.name) and is_image_folder(config.data.name):
-            # a run's image folder may have moved (its classes are checked when it loads)
-            saved.data.name, saved.data.skip_bad_images = config.data.name, config.data.skip_bad_images
+            saved.data.name = config.data.name  # a run's image folder may have moved (its classes are checked)
         saved.validate()
         return saved, state, tensors
 
@@ -355,8 +359,9 @@ class _Run:
         if is_image_folder(d.name) and data is None:
             # saved as an absolute path: the run's report and resume work from anywhere
             d.name = str(Path(d.name).expanduser().resolve())
-            require(Path(d.name).is_dir(), f"{d.name}, the image folder this run trains on, does not exist; pass the "
-                    "folder with --data PATH (with --resume: its new place)")
+            require(Path(d.name).is_dir(), f"{d.name}, the image folder this run trains on, "
+                    f"{'is a file, not a folder' if Path(d.name).exists() else 'does not exist'}; pass the folder "
+                    "with --data PATH (with --resume: its new place)")
         self.data = data if data is not None else load_training_data(self.config, self.device)
         adopt_folder_classes(self.config, self.data)
         self.mode = choose_step_mode(self.config, self.cuda)
