@@ -45,6 +45,21 @@ def device_name(device: str | torch.device | None = None) -> str:
     return torch.cuda.get_device_name(device.index or 0) if torch.cuda.is_available() else "cuda (unavailable)"
 
 
+def stamp_from_parts(stamps: list[dict | None], mixed: str) -> dict:
+    """The device, torch and commit of a file collected from parts measured apart: the one every
+    part's stamp shares, else ``mixed`` (a sentence saying where each part says it). A part
+    without a stamp (None) makes every key mixed. Never the last writer's alone."""
+    if not stamps:
+        return {}
+    stamp = {}
+    for key in ("device", "torch", "commit"):
+        values = {str(s.get(key)) for s in stamps} if all(stamps) else set()
+        stamp[key] = values.pop() if len(values) == 1 else mixed
+    if stamp["torch"] == mixed:
+        stamp["cuda"] = mixed
+    return stamp
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -346,20 +346,8 @@ MIXED = "mixed: each part's measured_on (or, for older parts, measured / provena
 
 
 def file_stamp(result: dict) -> dict:
-    """The file's device, torch and commit: the one its parts share, else MIXED (each part says
-    where). A part without measured_on (an older one) makes every key MIXED."""
-    stamps = [p.get("measured_on") for p in parts_of(result).values()]
-    if not stamps:
-        return {}
-    if not all(stamps):
-        return {"device": MIXED, "torch": MIXED, "commit": MIXED, "cuda": MIXED}
-    stamp = {}
-    for key in ("device", "torch", "commit"):
-        values = {str(s.get(key)) for s in stamps}
-        stamp[key] = values.pop() if len(values) == 1 else MIXED
-    if stamp["torch"] == MIXED:
-        stamp["cuda"] = MIXED
-    return stamp
+    """The file's device, torch and commit from its parts' measured_on (an older part has none: MIXED)."""
+    return common.stamp_from_parts([p.get("measured_on") for p in parts_of(result).values()], MIXED)
 
 
 def read_input(path: str) -> dict:

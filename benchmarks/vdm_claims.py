@@ -193,16 +193,9 @@ MIXED = "mixed: each part's device, torch and commit say where"
 
 
 def file_stamp(results: dict) -> dict:
-    """The file's device, torch and commit: the one its parts share, else MIXED; never the last
-    writer's alone."""
+    """The file's device, torch and commit from its parts' own (each part records them)."""
     parts = [part for m in results.get("models", {}).values() for part in m.values() if isinstance(part, dict)]
-    stamp = {}
-    for key in ("device", "torch", "commit"):
-        values = {str(part.get(key)) for part in parts}
-        stamp[key] = values.pop() if len(values) == 1 else MIXED
-    if stamp["torch"] == MIXED:
-        stamp["cuda"] = MIXED
-    return stamp
+    return common.stamp_from_parts(parts, MIXED)
 
 
 def main(argv: list[str] | None = None) -> int:
